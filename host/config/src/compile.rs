@@ -1,0 +1,361 @@
+//! Turns a [`ConfigFile`] into [`Settings`], collecting every problem before failing.
+
+use crate::error::{ConfigError, Problem, line_of, locate};
+use crate::file::{ConfigFile, RouteFile};
+use crate::settings::*;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Reads and compiles a configuration file.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let file = path.display().to_string();
+    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    load_str(&source, &file)
+}
+
+/// Compiles configuration source; `file` names it in problems.
+pub fn load_str(source: &str, file: &str) -> Result<Settings, ConfigError> {
+    let parsed: ConfigFile = toml::from_str(source).map_err(|e| {
+        let (line, key) = match e.span() {
+            Some(span) => (line_of(source, span.start), key_at(source, span)),
+            None => (0, String::new()),
+        };
+        ConfigError::Invalid(vec![Problem {
+            file: file.to_string(),
+            line,
+            key,
+            message: e.message().trim().to_string(),
+        }])
+    })?;
+    let mut c = Compiler {
+        source,
+        file,
+        problems: Vec::new(),
+    };
+    let settings = c.compile(parsed);
+    if c.problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(ConfigError::Invalid(c.problems))
+    }
+}
+
+/// The key a parse error points at: the text of the span's line up to `=`.
+fn key_at(source: &str, span: std::ops::Range<usize>) -> String {
+    let start = source[..span.start.min(source.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = source[start..].lines().next().unwrap_or("");
+    line.split('=').next().unwrap_or("").trim().to_string()
+}
+
+struct Compiler<'a> {
+    source: &'a str,
+    file: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Compiler<'_> {
+    fn problem(&mut self, key: String, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.to_string(),
+            line: locate(self.source, &key),
+            key,
+            message: message.into(),
+        });
+    }
+
+    fn tls_policy(&mut self, key: String, value: &str) -> TlsPolicy {
+        match value {
+            "none" => TlsPolicy::None,
+            "opportunistic" => TlsPolicy::Opportunistic,
+            "required" => TlsPolicy::Required,
+            "verify" => TlsPolicy::Verify,
+            other => {
+                self.problem(
+                    key,
+                    format!(
+                        "unknown TLS policy `{other}`: expected none, opportunistic, required or verify"
+                    ),
+                );
+                TlsPolicy::Opportunistic
+            }
+        }
+    }
+
+    fn compile(&mut self, f: ConfigFile) -> Settings {
+        if f.hostname.trim().is_empty() || f.hostname.contains(char::is_whitespace) {
+            self.problem("hostname".into(), "must be a host name without spaces");
+        }
+        let mut local_domains = HashSet::new();
+        for (i, d) in f.local_domains.iter().enumerate() {
+            if d.is_empty() || d.contains(['@', ' ']) {
+                self.problem(format!("local_domains[{i}]"), format!("`{d}` is not a domain"));
+            }
+            local_domains.insert(d.to_ascii_lowercase());
+        }
+        let tls_cert = match (&f.tls.cert, &f.tls.key) {
+            (Some(c), Some(k)) => {
+                for (key, path) in [("tls.cert", c), ("tls.key", k)] {
+                    if !path.exists() {
+                        self.problem(key.into(), format!("{} does not exist", path.display()));
+                    }
+                }
+                Some((c.clone(), k.clone()))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                self.problem("tls.cert".into(), "`tls.key` must be set with `tls.cert`");
+                None
+            }
+            (None, Some(_)) => {
+                self.problem("tls.key".into(), "`tls.cert` must be set with `tls.key`");
+                None
+            }
+        };
+
+        let mut listeners = Vec::new();
+        let mut names = HashSet::new();
+        let mut binds = HashSet::new();
+        if f.listener.is_empty() {
+            self.problem("listener".into(), "at least one [[listener]] is needed");
+        }
+        for (i, l) in f.listener.iter().enumerate() {
+            let k = |field: &str| format!("listener[{i}].{field}");
+            if l.name.is_empty() {
+                self.problem(k("name"), "a listener needs a name");
+            } else if !names.insert(l.name.clone()) {
+                self.problem(k("name"), format!("listener name `{}` is used twice", l.name));
+            }
+            let bind = match l.bind.parse::<SocketAddr>() {
+                Ok(a) => {
+                    if !binds.insert(a) {
+                        self.problem(k("bind"), format!("{a} is bound by another listener"));
+                    }
+                    a
+                }
+                Err(_) => {
+                    self.problem(
+                        k("bind"),
+                        format!("`{}` is not an address:port such as 127.0.0.1:2525", l.bind),
+                    );
+                    SocketAddr::from(([127, 0, 0, 1], 0))
+                }
+            };
+            let role = match l.role.as_str() {
+                "mx" => Role::Mx,
+                "submission" => Role::Submission,
+                other => {
+                    self.problem(
+                        k("role"),
+                        format!("unknown role `{other}`: expected mx or submission"),
+                    );
+                    Role::Mx
+                }
+            };
+            if l.max_line_length < 512 {
+                self.problem(k("max_line_length"), "must be at least 512 (RFC 5321)");
+            }
+            for (field, v) in [
+                ("max_connections", l.max_connections),
+                ("max_recipients", l.max_recipients),
+                ("max_message_size", l.max_message_size),
+                ("max_errors", l.max_errors),
+            ] {
+                if v == 0 {
+                    self.problem(k(field), "must be greater than 0");
+                }
+            }
+            listeners.push(ListenerSettings {
+                name: l.name.clone(),
+                bind,
+                role,
+                starttls: l.starttls,
+                max_connections: l.max_connections,
+                max_recipients: l.max_recipients,
+                max_message_size: l.max_message_size,
+                max_line_length: l.max_line_length,
+                command_timeout: l.command_timeout,
+                data_timeout: l.data_timeout,
+                max_errors: l.max_errors,
+            });
+        }
+
+        let d = &f.delivery;
+        let tls = self.tls_policy("delivery.tls".into(), &d.tls);
+        for (field, v) in [
+            ("max_connections", d.max_connections),
+            ("max_connections_per_destination", d.max_connections_per_destination),
+            ("max_messages_per_connection", d.max_messages_per_connection),
+        ] {
+            if v == 0 {
+                self.problem(format!("delivery.{field}"), "must be greater than 0");
+            }
+        }
+        if d.retry_initial.is_zero() {
+            self.problem("delivery.retry_initial".into(), "must be greater than 0");
+        }
+        if d.retry_max < d.retry_initial {
+            self.problem(
+                "delivery.retry_max".into(),
+                "must not be shorter than `retry_initial`",
+            );
+        }
+        let delivery = DeliverySettings {
+            max_connections: d.max_connections,
+            max_connections_per_destination: d.max_connections_per_destination,
+            max_messages_per_connection: d.max_messages_per_connection,
+            idle_timeout: d.idle_timeout,
+            connect_timeout: d.connect_timeout,
+            command_timeout: d.command_timeout,
+            retry_initial: d.retry_initial,
+            retry_max: d.retry_max,
+            expire: d.expire,
+            delay_notify_after: d.delay_notify_after,
+            tls,
+            mx_port: d.mx_port,
+            dsn_max_original: d.dsn_max_original,
+        };
+
+        let routes = f
+            .route
+            .iter()
+            .enumerate()
+            .map(|(i, r)| self.route(i, r, tls))
+            .collect();
+
+        Settings {
+            hostname: f.hostname.clone(),
+            users_file: f
+                .auth
+                .users_file
+                .clone()
+                .unwrap_or_else(|| f.data_dir.join("users")),
+            data_dir: f.data_dir,
+            local_domains,
+            tls_cert,
+            listeners,
+            delivery,
+            routes,
+        }
+    }
+
+    fn route(&mut self, i: usize, r: &RouteFile, default_tls: TlsPolicy) -> Route {
+        let k = |field: &str| format!("route[{i}].{field}");
+        if r.domain.is_empty() {
+            self.problem(k("domain"), "a route needs a domain (`*` matches all)");
+        }
+        let tls = match &r.tls {
+            Some(t) => self.tls_policy(k("tls"), t),
+            None => default_tls,
+        };
+        let via = match r.via.as_str() {
+            "mx" => Via::Mx,
+            "maildir" => Via::Maildir,
+            "smarthost" => match r.host.as_deref().map(split_host_port) {
+                Some(Some((host, port))) => Via::Smarthost { host, port },
+                Some(None) => {
+                    self.problem(k("host"), "expected host:port");
+                    Via::Mx
+                }
+                None => {
+                    self.problem(k("host"), "a smarthost route needs `host = \"host:port\"`");
+                    Via::Mx
+                }
+            },
+            other => {
+                self.problem(
+                    k("via"),
+                    format!("unknown route `{other}`: expected mx, smarthost or maildir"),
+                );
+                Via::Mx
+            }
+        };
+        Route {
+            domain: r.domain.to_ascii_lowercase(),
+            via,
+            tls,
+        }
+    }
+}
+
+fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_string(), port.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EMBEDDED_DEFAULT;
+
+    #[test]
+    fn embedded_default_compiles() {
+        let s = load_str(EMBEDDED_DEFAULT, "default").unwrap();
+        assert_eq!(s.listeners.len(), 2);
+        assert!(s.is_local_domain("LocalHost"));
+        assert_eq!(s.route_for("localhost").via, Via::Maildir);
+        assert_eq!(s.route_for("example.com").via, Via::Mx);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let src = "hostname = \"a\"\n\n[[listener]]\nname = \"x\"\nbindd = \"1\"\n";
+        let err = load_str(src, "s.toml").unwrap_err();
+        let p = &err.problems()[0];
+        assert_eq!(p.line, 5, "{p}");
+        assert_eq!(p.key, "bindd");
+        assert!(p.message.contains("unknown field `bindd`"), "{p}");
+    }
+
+    #[test]
+    fn all_semantic_problems_reported_at_once() {
+        let src = r#"
+hostname = "mx.example"
+
+[[listener]]
+name = "a"
+bind = "nonsense"
+role = "mx"
+
+[[listener]]
+name = "a"
+bind = "127.0.0.1:25"
+role = "relay"
+max_line_length = 100
+
+[delivery]
+tls = "maybe"
+
+[[route]]
+domain = "example.com"
+via = "smarthost"
+"#;
+        let err = load_str(src, "s.toml").unwrap_err();
+        let got: Vec<(usize, &str)> = err
+            .problems()
+            .iter()
+            .map(|p| (p.line, p.key.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (6, "listener[0].bind"),
+                (10, "listener[1].name"),
+                (12, "listener[1].role"),
+                (13, "listener[1].max_line_length"),
+                (16, "delivery.tls"),
+                (18, "route[0].host"),
+            ],
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! The configuration file as written by an operator. Each field's doc comment is its
+//! documentation; each default is written once, in the `Default` impl of its struct.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigFile {
+    /// Name this server uses in its greeting, EHLO reply, Received headers and DSNs.
+    pub hostname: String,
+    /// Folder for the queue, the users file, the generated TLS key and Maildir delivery.
+    /// A relative path is taken from the working directory.
+    pub data_dir: PathBuf,
+    /// Domains whose mail is accepted on `mx` listeners and delivered to Maildir.
+    pub local_domains: Vec<String>,
+    /// TLS certificate for STARTTLS.
+    pub tls: TlsFile,
+    /// SMTP AUTH users.
+    pub auth: AuthFile,
+    /// SMTP listeners.
+    pub listener: Vec<ListenerFile>,
+    /// Outbound delivery.
+    pub delivery: DeliveryFile,
+    /// Routes by recipient domain, tried in order; the first match wins. Without a match
+    /// mail goes to the domain's MX hosts.
+    pub route: Vec<RouteFile>,
+}
+
+impl Default for ConfigFile {
+    fn default() -> Self {
+        ConfigFile {
+            hostname: "localhost".into(),
+            data_dir: PathBuf::from("data"),
+            local_domains: Vec::new(),
+            tls: TlsFile::default(),
+            auth: AuthFile::default(),
+            listener: Vec::new(),
+            delivery: DeliveryFile::default(),
+            route: Vec::new(),
+        }
+    }
+}
+
+/// STARTTLS certificate.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsFile {
+    /// PEM certificate chain. With neither `cert` nor `key`, a self-signed certificate for
+    /// `hostname` is made at first start and kept in `data_dir/tls/`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key matching `cert`.
+    pub key: Option<PathBuf>,
+}
+
+/// SMTP AUTH.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthFile {
+    /// File of `user:argon2id-hash` lines, managed with `sluice user`. Default:
+    /// `data_dir/users`.
+    pub users_file: Option<PathBuf>,
+}
+
+/// One SMTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerFile {
+    /// Name used in logs and policies.
+    pub name: String,
+    /// Address and port to listen on, such as `127.0.0.1:2525`.
+    pub bind: String,
+    /// `mx` (accepts mail for `local_domains` only) or `submission` (relays for
+    /// authenticated users only).
+    pub role: String,
+    /// Offer STARTTLS. AUTH is only offered once TLS is up.
+    pub starttls: bool,
+    /// Concurrent connections; more get `421 4.7.0`.
+    pub max_connections: usize,
+    /// Recipients per message; more get `452 4.5.3`.
+    pub max_recipients: usize,
+    /// Largest message in bytes, announced with SIZE; larger ones get `552 5.3.4`.
+    pub max_message_size: usize,
+    /// Longest command line in bytes, CRLF included (at least 512, RFC 5321 §4.5.3.1.4).
+    pub max_line_length: usize,
+    /// Time to wait for a command.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Time to wait for each read while receiving message data.
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// Failed commands before the connection is closed with `421 4.7.0`.
+    pub max_errors: usize,
+}
+
+impl Default for ListenerFile {
+    fn default() -> Self {
+        ListenerFile {
+            name: String::new(),
+            bind: String::new(),
+            role: String::new(),
+            starttls: true,
+            max_connections: 1000,
+            max_recipients: 100,
+            max_message_size: 50 * 1024 * 1024,
+            max_line_length: 4096,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            max_errors: 10,
+        }
+    }
+}
+
+/// Outbound delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryFile {
+    /// Delivery attempts running at once, over all destinations.
+    pub max_connections: usize,
+    /// Connections at once to one destination (one smarthost, or one domain's MX set).
+    pub max_connections_per_destination: usize,
+    /// Messages sent over one connection before it is closed.
+    pub max_messages_per_connection: usize,
+    /// How long an idle outbound connection is kept for reuse.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Timeout for connecting to the next hop.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Timeout for each reply of the next hop.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// First retry delay after a temporary failure; doubled after every attempt.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Age after which a message that still fails temporarily is bounced.
+    #[serde(with = "humantime_serde")]
+    pub expire: Duration,
+    /// Age after which a delay DSN is sent to recipients that asked with NOTIFY=DELAY.
+    #[serde(with = "humantime_serde")]
+    pub delay_notify_after: Duration,
+    /// TLS to MX hosts: `opportunistic`, `required` (encrypted, certificate not checked),
+    /// `verify` (encrypted and certificate checked against the web PKI roots) or `none`.
+    pub tls: String,
+    /// Port used for MX hosts.
+    pub mx_port: u16,
+    /// DSNs carry the whole original message up to this size, headers only beyond.
+    pub dsn_max_original: usize,
+}
+
+impl Default for DeliveryFile {
+    fn default() -> Self {
+        DeliveryFile {
+            max_connections: 200,
+            max_connections_per_destination: 10,
+            max_messages_per_connection: 100,
+            idle_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            retry_initial: Duration::from_secs(300),
+            retry_max: Duration::from_secs(3600),
+            expire: Duration::from_secs(5 * 86400),
+            delay_notify_after: Duration::from_secs(4 * 3600),
+            tls: "opportunistic".into(),
+            mx_port: 25,
+            dsn_max_original: 256 * 1024,
+        }
+    }
+}
+
+/// One route.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteFile {
+    /// Recipient domain: `example.com` (exactly), `.example.com` (its subdomains) or `*`.
+    pub domain: String,
+    /// `mx`, `smarthost` or `maildir`.
+    pub via: String,
+    /// For `smarthost`: `host:port`.
+    pub host: Option<String>,
+    /// TLS for this route, as `delivery.tls`; default: `delivery.tls`.
+    pub tls: Option<String>,
+}

@@ -1,0 +1,138 @@
+//! Runtime settings, checked and ready to use.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the server needs, compiled from a [`crate::file::ConfigFile`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub hostname: String,
+    pub data_dir: PathBuf,
+    /// Lowercased.
+    pub local_domains: HashSet<String>,
+    pub tls_cert: Option<(PathBuf, PathBuf)>,
+    pub users_file: PathBuf,
+    pub listeners: Vec<ListenerSettings>,
+    pub delivery: DeliverySettings,
+    pub routes: Vec<Route>,
+}
+
+impl Settings {
+    pub fn queue_dir(&self) -> PathBuf {
+        self.data_dir.join("queue")
+    }
+
+    pub fn maildir(&self) -> PathBuf {
+        self.data_dir.join("maildir")
+    }
+
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.local_domains.contains(&domain.to_ascii_lowercase())
+    }
+
+    /// The route for a recipient domain: local domains go to Maildir, then the first
+    /// matching route, then MX.
+    pub fn route_for(&self, domain: &str) -> Route {
+        let domain = domain.to_ascii_lowercase();
+        if self.local_domains.contains(&domain) {
+            return Route {
+                domain: domain.clone(),
+                via: Via::Maildir,
+                tls: self.delivery.tls,
+            };
+        }
+        for r in &self.routes {
+            let hit = r.domain == "*"
+                || r.domain == domain
+                || (r.domain.starts_with('.') && domain.ends_with(&r.domain));
+            if hit {
+                return r.clone();
+            }
+        }
+        Route {
+            domain,
+            via: Via::Mx,
+            tls: self.delivery.tls,
+        }
+    }
+}
+
+/// What a listener is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Accepts mail for local domains from anyone.
+    Mx,
+    /// Relays for authenticated users.
+    Submission,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Mx => "mx",
+            Role::Submission => "submission",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub role: Role,
+    pub starttls: bool,
+    pub max_connections: usize,
+    pub max_recipients: usize,
+    pub max_message_size: usize,
+    pub max_line_length: usize,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub max_errors: usize,
+}
+
+/// TLS towards the next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    None,
+    Opportunistic,
+    Required,
+    Verify,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub max_connections: usize,
+    pub max_connections_per_destination: usize,
+    pub max_messages_per_connection: usize,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub expire: Duration,
+    pub delay_notify_after: Duration,
+    pub tls: TlsPolicy,
+    pub mx_port: u16,
+    pub dsn_max_original: usize,
+}
+
+/// How mail for a domain leaves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Via {
+    Mx,
+    Smarthost { host: String, port: u16 },
+    Maildir,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub domain: String,
+    pub via: Via,
+    pub tls: TlsPolicy,
+}

@@ -1,0 +1,113 @@
+//! The SMTP envelope: what MAIL FROM and RCPT TO said, including DSN parameters.
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+/// What the sender asked to get back in a DSN (`RET=`, RFC 3461 §4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ret {
+    Full,
+    Headers,
+}
+
+/// `NOTIFY=` of one recipient (RFC 3461 §4.1). All false means the parameter was absent,
+/// which asks for the default: a DSN on failure only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notify {
+    pub never: bool,
+    pub success: bool,
+    pub failure: bool,
+    pub delay: bool,
+}
+
+impl Notify {
+    fn is_default(&self) -> bool {
+        !(self.never || self.success || self.failure || self.delay)
+    }
+
+    pub fn on_failure(&self) -> bool {
+        !self.never && (self.failure || self.is_default())
+    }
+
+    pub fn on_delay(&self) -> bool {
+        !self.never && self.delay
+    }
+
+    pub fn on_success(&self) -> bool {
+        !self.never && self.success
+    }
+
+    /// The parameter as written on a RCPT line, `None` when absent.
+    pub fn to_param(&self) -> Option<String> {
+        if self.never {
+            return Some("NEVER".into());
+        }
+        let mut parts = Vec::new();
+        if self.success {
+            parts.push("SUCCESS");
+        }
+        if self.failure {
+            parts.push("FAILURE");
+        }
+        if self.delay {
+            parts.push("DELAY");
+        }
+        (!parts.is_empty()).then(|| parts.join(","))
+    }
+}
+
+/// One recipient with its DSN parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    pub notify: Notify,
+    /// `ORCPT=` as received (`addr-type;xtext`).
+    pub orcpt: Option<String>,
+}
+
+impl Recipient {
+    pub fn new(address: impl Into<String>) -> Recipient {
+        Recipient {
+            address: address.into(),
+            notify: Notify::default(),
+            orcpt: None,
+        }
+    }
+
+    pub fn domain(&self) -> String {
+        crate::domain_of(&self.address)
+    }
+}
+
+/// Sender, recipients and message-wide parameters of one transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Reverse path; empty for the null sender `<>`.
+    pub sender: String,
+    pub recipients: Vec<Recipient>,
+    pub ret: Option<Ret>,
+    /// `ENVID=` as received (xtext decoded).
+    pub envid: Option<String>,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+}
+
+impl Envelope {
+    pub fn is_null_sender(&self) -> bool {
+        self.sender.is_empty()
+    }
+}
+
+/// Facts about the SMTP session a stage may look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Name of the listener from the config.
+    pub listener: String,
+    /// `mx` or `submission`.
+    pub role: String,
+    pub client_ip: IpAddr,
+    pub helo: Option<String>,
+    /// TLS protocol and cipher when the session is encrypted.
+    pub tls: Option<String>,
+    pub auth_user: Option<String>,
+}

@@ -1,0 +1,26 @@
+//! Types shared by every host crate: the envelope, SMTP replies, session facts and the
+//! [`Pipeline`] interface through which the SMTP session, the queue and delivery call the
+//! plugin chain.
+//!
+//! Nothing here does I/O; the crate is small so that everything can depend on it.
+//!
+//! # Layout
+//! - [`envelope`]: sender, recipients and DSN parameters (RFC 3461).
+//! - [`reply`]: an SMTP reply with its enhanced status code.
+//! - [`pipeline`]: the stages, verdicts and the `Pipeline` trait with a pass-through impl.
+
+pub mod envelope;
+pub mod pipeline;
+pub mod reply;
+
+pub use envelope::{Envelope, Notify, Recipient, Ret, SessionInfo};
+pub use pipeline::{DeliveryEvent, EventKind, PassThrough, Pipeline, Stage, Verdict};
+pub use reply::Reply;
+
+/// The domain part of an address (after the last `@`), lowercased; empty for the null path.
+pub fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
+}
