@@ -1,1 +1,52 @@
-//! placeholder
+//! The durable message queue: message metadata with per-recipient state, and bodies.
+//!
+//! [`Queue`] is the interface the SMTP session and delivery use. [`SledQueue`] keeps
+//! everything in one sled tree and makes `enqueue` durable with a group commit shared by
+//! concurrent sessions; [`MemQueue`] is the model it is tested against.
+//!
+//! # Layout
+//! - [`meta`]: [`MessageMeta`] and [`RecipientState`], the stored record.
+//! - [`sled_queue`]: the sled implementation and its group-commit flusher.
+//! - [`mem`]: the in-memory model.
+//!
+//! *Invariant*: when `enqueue` returns `Ok`, the message and its envelope are on disk.
+
+pub mod mem;
+pub mod meta;
+pub mod sled_queue;
+
+pub use mem::MemQueue;
+pub use meta::{MessageMeta, RecipientState, Status, new_id, now_secs};
+pub use sled_queue::SledQueue;
+
+use async_trait::async_trait;
+
+/// A queue failure. Always an I/O-level problem: callers answer 451 and retry later.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue storage: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("corrupt queue record {id}: {reason}")]
+    Corrupt { id: String, reason: String },
+    #[error("queue flush failed: {0}")]
+    Flush(String),
+    #[error("queue is closed")]
+    Closed,
+}
+
+/// Storage for queued messages.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Stores a new message; returns once it is durable.
+    async fn enqueue(&self, meta: &MessageMeta, body: &[u8]) -> Result<(), QueueError>;
+    /// Replaces a message's metadata. Durable at the next flush (at most ~1 s later).
+    fn update(&self, meta: &MessageMeta) -> Result<(), QueueError>;
+    /// Deletes a message and its body.
+    fn remove(&self, id: &str) -> Result<(), QueueError>;
+    fn get(&self, id: &str) -> Result<Option<MessageMeta>, QueueError>;
+    fn body(&self, id: &str) -> Result<Option<Vec<u8>>, QueueError>;
+    /// Every message, in id (arrival) order.
+    fn list(&self) -> Result<Vec<MessageMeta>, QueueError>;
+    /// Makes every earlier change durable.
+    async fn sync(&self) -> Result<(), QueueError>;
+}
