@@ -1,0 +1,175 @@
+//! DATA and BDAT, and what happens at end of data: checks, the Received header, the
+//! `data` stage, and the durable enqueue before the 250.
+
+use super::{Receiving, Session, Transaction};
+use sluice_core::{Reply, Verdict};
+use sluice_queue::{MessageMeta, new_id};
+use smtp_proto::request::receiver::{BdatReceiver, DataReceiver};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(super) fn data(&mut self) -> Reply {
+        match &self.tx {
+            None => Reply::new(503, "5.5.1", "Send MAIL first"),
+            Some(tx) if tx.envelope.recipients.is_empty() => {
+                Reply::new(554, "5.5.1", "No valid recipients")
+            }
+            Some(tx) if tx.bdat => Reply::new(503, "5.5.1", "DATA cannot follow BDAT"),
+            Some(_) => {
+                self.receiving = Receiving::Data(DataReceiver::new());
+                Reply::new(354, "", "Start mail input; end with <CRLF>.<CRLF>")
+            }
+        }
+    }
+
+    /// Starts reading a BDAT chunk. The reply comes once the chunk is read.
+    pub(super) fn bdat(&mut self, size: usize, is_last: bool) {
+        let discard = match &mut self.tx {
+            None => Some(Reply::new(503, "5.5.1", "Send MAIL first")),
+            Some(tx) if tx.envelope.recipients.is_empty() => {
+                Some(Reply::new(554, "5.5.1", "No valid recipients"))
+            }
+            Some(tx) if tx.body.len() + size > self.cfg.max_message_size => {
+                tx.too_big = true;
+                Some(Reply::new(
+                    552,
+                    "5.3.4",
+                    "Message size exceeds fixed maximum message size",
+                ))
+            }
+            Some(tx) => {
+                tx.bdat = true;
+                tx.body.reserve(size);
+                None
+            }
+        };
+        self.receiving = Receiving::Bdat {
+            rx: BdatReceiver::new(size, is_last),
+            discard,
+        };
+    }
+
+    pub(super) async fn end_of_chunk(&mut self, is_last: bool, discard: Option<Reply>) -> Reply {
+        if let Some(reply) = discard {
+            if self.tx.as_ref().is_some_and(|t| t.too_big) {
+                self.tx = None;
+            }
+            return reply;
+        }
+        if is_last {
+            self.end_of_data().await
+        } else {
+            let n = self.tx.as_ref().map_or(0, |t| t.body.len());
+            Reply::new(250, "2.0.0", format!("{n} octets received"))
+        }
+    }
+
+    /// The transaction ends here whatever the outcome.
+    pub(super) async fn end_of_data(&mut self) -> Reply {
+        let Some(tx) = self.tx.take() else {
+            return Reply::new(503, "5.5.1", "No transaction");
+        };
+        if tx.too_big {
+            return Reply::new(552, "5.3.4", "Message size exceeds fixed maximum message size");
+        }
+        if let Some(problem) = bad_content(&tx.body) {
+            return Reply::new(554, "5.6.0", problem);
+        }
+        self.accept(tx).await
+    }
+
+    async fn accept(&mut self, tx: Transaction) -> Reply {
+        let Transaction {
+            mut envelope, body, ..
+        } = tx;
+        let id = new_id();
+        let mut message = self.received_header(&id, &envelope.recipients);
+        message.reserve(body.len());
+        message.extend_from_slice(&body);
+        drop(body);
+        let verdict = self
+            .ctx
+            .pipeline
+            .data(&self.info, &mut envelope, &mut message)
+            .await;
+        let quarantine = match verdict {
+            Verdict::Reject(r) | Verdict::Defer(r) => return r,
+            Verdict::Discard => {
+                tracing::info!(%id, sender = %envelope.sender, "message discarded by policy");
+                return Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
+            }
+            Verdict::Quarantine(reason) => Some(reason),
+            Verdict::Continue | Verdict::Accept => None,
+        };
+        let mut meta = MessageMeta::new(id, &envelope, message.len());
+        meta.quarantine = quarantine;
+        if let Err(e) = self.ctx.queue.enqueue(&meta, &message).await {
+            tracing::error!(error = %e, "cannot queue message");
+            return Reply::new(451, "4.3.0", "Temporary storage failure, try again later");
+        }
+        tracing::info!(
+            id = %meta.id,
+            sender = %meta.sender,
+            recipients = meta.recipients.len(),
+            size = meta.size,
+            client = %self.info.client_ip,
+            "queued"
+        );
+        let reply = Reply::new(250, "2.0.0", format!("Ok: queued as {}", meta.id));
+        if meta.quarantine.is_none() {
+            let _ = self.ctx.queued.send(meta);
+        }
+        reply
+    }
+
+    fn received_header(&self, id: &str, recipients: &[sluice_core::Recipient]) -> Vec<u8> {
+        let helo = self.info.helo.as_deref().unwrap_or("unknown");
+        let tls = self.stream.is_tls();
+        let auth = self.info.auth_user.is_some();
+        let with = match (self.greeting, tls, auth) {
+            (Some(super::Greeting::Helo), false, _) => "SMTP",
+            (_, false, false) => "ESMTP",
+            (_, true, false) => "ESMTPS",
+            (_, false, true) => "ESMTPA",
+            (_, true, true) => "ESMTPSA",
+        };
+        let tls_comment = match &self.info.tls {
+            Some(t) => format!("\r\n\t(using {t})"),
+            None => String::new(),
+        };
+        let for_clause = match recipients {
+            [one] => format!("\r\n\tfor <{}>", one.address),
+            _ => String::new(),
+        };
+        format!(
+            "Received: from {helo} ([{ip}])\r\n\tby {host} (Sluice) with {with} id {id}{tls_comment}{for_clause};\r\n\t{date}\r\n",
+            ip = self.info.client_ip,
+            host = self.ctx.settings.hostname,
+            date = chrono::Utc::now().to_rfc2822(),
+        )
+        .into_bytes()
+    }
+}
+
+/// Why a message body is refused: NUL bytes or bare LF (a line not ending in CRLF, which
+/// downstream servers may read differently: SMTP smuggling).
+fn bad_content(body: &[u8]) -> Option<&'static str> {
+    if body.contains(&0) {
+        return Some("Message contains NUL bytes");
+    }
+    let bare_lf = memchr::memchr_iter(b'\n', body).any(|i| i == 0 || body[i - 1] != b'\r');
+    bare_lf.then_some("Message contains a bare LF: lines must end with CRLF")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bad_content;
+
+    #[test]
+    fn bare_lf_and_nul_are_refused() {
+        assert!(bad_content(b"a\r\nb\r\n").is_none());
+        assert!(bad_content(b"a\nb\r\n").is_some());
+        assert!(bad_content(b"a\r\n\0\r\n").is_some());
+        assert!(bad_content(b"\n").is_some());
+    }
+}

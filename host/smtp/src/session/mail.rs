@@ -1,0 +1,56 @@
+//! MAIL FROM.
+
+use super::{Session, Transaction};
+use sluice_config::Role;
+use sluice_core::{Envelope, Reply, Ret, Verdict};
+use smtp_proto::{MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_RET_FULL, MAIL_RET_HDRS, MAIL_SMTPUTF8, MailFrom};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(super) async fn mail(&mut self, from: MailFrom<String>) -> Reply {
+        if self.greeting.is_none() {
+            return Reply::new(503, "5.5.1", "Send EHLO or HELO first");
+        }
+        if self.tx.is_some() {
+            return Reply::new(503, "5.5.1", "Nested MAIL command");
+        }
+        if self.cfg.role == Role::Submission && self.info.auth_user.is_none() {
+            return Reply::new(530, "5.7.0", "Authentication required");
+        }
+        if from.flags & MAIL_BODY_BINARYMIME != 0 {
+            return Reply::new(555, "5.5.4", "BODY=BINARYMIME is not supported");
+        }
+        if from.size > self.cfg.max_message_size {
+            return Reply::new(552, "5.3.4", "Message size exceeds fixed maximum message size");
+        }
+        let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
+        if !smtputf8 && !from.address.is_ascii() {
+            return Reply::new(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
+        }
+        let envelope = Envelope {
+            sender: from.address,
+            recipients: Vec::new(),
+            ret: if from.flags & MAIL_RET_FULL != 0 {
+                Some(Ret::Full)
+            } else if from.flags & MAIL_RET_HDRS != 0 {
+                Some(Ret::Headers)
+            } else {
+                None
+            },
+            envid: from.env_id,
+            eight_bit: from.flags & MAIL_BODY_8BITMIME != 0,
+            smtputf8,
+        };
+        match self.ctx.pipeline.mail(&self.info, &envelope).await {
+            Verdict::Reject(r) | Verdict::Defer(r) => return r,
+            _ => {}
+        }
+        self.tx = Some(Transaction {
+            envelope,
+            body: Vec::new(),
+            too_big: false,
+            bdat: false,
+        });
+        Reply::new(250, "2.1.0", "Sender OK")
+    }
+}
