@@ -94,7 +94,10 @@ impl Compiler<'_> {
         let mut local_domains = HashSet::new();
         for (i, d) in f.local_domains.iter().enumerate() {
             if d.is_empty() || d.contains(['@', ' ']) {
-                self.problem(format!("local_domains[{i}]"), format!("`{d}` is not a domain"));
+                self.problem(
+                    format!("local_domains[{i}]"),
+                    format!("`{d}` is not a domain"),
+                );
             }
             local_domains.insert(d.to_ascii_lowercase());
         }
@@ -129,7 +132,10 @@ impl Compiler<'_> {
             if l.name.is_empty() {
                 self.problem(k("name"), "a listener needs a name");
             } else if !names.insert(l.name.clone()) {
-                self.problem(k("name"), format!("listener name `{}` is used twice", l.name));
+                self.problem(
+                    k("name"),
+                    format!("listener name `{}` is used twice", l.name),
+                );
             }
             let bind = match l.bind.parse::<SocketAddr>() {
                 Ok(a) => {
@@ -189,7 +195,10 @@ impl Compiler<'_> {
         let tls = self.tls_policy("delivery.tls".into(), &d.tls);
         for (field, v) in [
             ("max_connections", d.max_connections),
-            ("max_connections_per_destination", d.max_connections_per_destination),
+            (
+                "max_connections_per_destination",
+                d.max_connections_per_destination,
+            ),
             ("max_messages_per_connection", d.max_messages_per_connection),
         ] {
             if v == 0 {

@@ -93,7 +93,12 @@ pub trait Pipeline: Send + Sync {
     async fn queued(&self, _id: &str, _envelope: &Envelope) {}
 
     /// Before each delivery attempt of one message to the given recipients.
-    async fn delivery(&self, _id: &str, _envelope: &Envelope, _recipients: &[Recipient]) -> Verdict {
+    async fn delivery(
+        &self,
+        _id: &str,
+        _envelope: &Envelope,
+        _recipients: &[Recipient],
+    ) -> Verdict {
         Verdict::Continue
     }
 

@@ -11,7 +11,9 @@ pub enum Status {
     /// Not tried yet.
     Pending,
     /// Failed temporarily; next try at this unix time.
-    Deferred { next_attempt: u64 },
+    Deferred {
+        next_attempt: u64,
+    },
     Delivered,
     /// Failed permanently or expired.
     Failed,

@@ -115,7 +115,11 @@ impl SledQueue {
             .await
             .map_err(|_| QueueError::Closed)?;
         if ticket <= state.failed_upto {
-            let e = f.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let e = f
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             return Err(QueueError::Flush(e));
         }
         Ok(())
@@ -148,7 +152,9 @@ fn flush_loop(inner: std::sync::Weak<Inner>, f: Arc<Flusher>) {
         if f.stop.load(Ordering::SeqCst) {
             return;
         }
-        let Some(strong) = inner.upgrade() else { return };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
         let result = strong.db.flush();
         drop(strong);
         f.flushed.send_modify(|s| {
@@ -173,7 +179,9 @@ impl Queue for SledQueue {
     }
 
     fn update(&self, meta: &MessageMeta) -> Result<(), QueueError> {
-        self.inner.db.insert(key(META, &meta.id), Self::encode(meta))?;
+        self.inner
+            .db
+            .insert(key(META, &meta.id), Self::encode(meta))?;
         Ok(())
     }
 

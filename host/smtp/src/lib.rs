@@ -10,13 +10,11 @@
 //! # Layout
 //! - [`server`]: accept loop, connection limit, graceful shutdown.
 //! - [`session`]: one file per SMTP phase (`ehlo`, `mail`, `rcpt`, `data`, `auth`).
-//! - [`stream`]: a stream that can switch to TLS mid-session.
 //! - [`tls`]: the certificate (from config, or self-signed and kept in the data folder).
 //! - [`users`]: the AUTH users file of argon2id hashes.
 
 pub mod server;
 pub mod session;
-pub mod stream;
 pub mod tls;
 pub mod users;
 

@@ -36,7 +36,7 @@ pub async fn serve_listener(
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = stopped(&mut shutdown) => break,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
         };
         let (mut stream, peer) = match accepted {
@@ -66,4 +66,9 @@ pub async fn serve_listener(
         });
     }
     while sessions.join_next().await.is_some() {}
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }

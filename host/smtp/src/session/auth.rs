@@ -110,7 +110,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
         } else {
             tracing::warn!(client = %self.info.client_ip, %user, "authentication failed");
-            self.reply(Reply::new(535, "5.7.8", "Authentication credentials invalid"));
+            self.reply(Reply::new(
+                535,
+                "5.7.8",
+                "Authentication credentials invalid",
+            ));
         }
     }
 }

@@ -70,7 +70,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Reply::new(503, "5.5.1", "No transaction");
         };
         if tx.too_big {
-            return Reply::new(552, "5.3.4", "Message size exceeds fixed maximum message size");
+            return Reply::new(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            );
         }
         if let Some(problem) = bad_content(&tx.body) {
             return Reply::new(554, "5.6.0", problem);

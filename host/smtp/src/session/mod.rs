@@ -12,9 +12,9 @@ mod mail;
 mod rcpt;
 
 use crate::server::ServerContext;
-use crate::stream::MaybeTls;
 use sluice_config::ListenerSettings;
 use sluice_core::{Envelope, Reply, SessionInfo, Verdict};
+use sluice_net::MaybeTls;
 use smtp_proto::Request;
 use smtp_proto::request::receiver::{BdatReceiver, DataReceiver, DummyDataReceiver};
 use std::net::IpAddr;
@@ -327,8 +327,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn on_line(&mut self, line: Vec<u8>) -> Flow {
-        if let Receiving::Sasl(sasl) = std::mem::replace(&mut self.receiving, Receiving::Commands)
-        {
+        if let Receiving::Sasl(sasl) = std::mem::replace(&mut self.receiving, Receiving::Commands) {
             self.sasl_step(sasl, &line).await;
             return Flow::Continue;
         }
@@ -418,7 +417,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.ctx.tls.clone().expect("tls"));
         match tokio::time::timeout(self.cfg.command_timeout, acceptor.accept(plain)).await {
             Ok(Ok(tls)) => {
-                self.stream = MaybeTls::Tls(Box::new(tls));
+                self.stream = MaybeTls::Tls(Box::new(tls.into()));
                 self.info.tls = self.stream.tls_info();
                 self.info.helo = None;
                 self.greeting = None;

@@ -4,7 +4,9 @@
 use super::Session;
 use sluice_config::Role;
 use sluice_core::{Notify, Recipient, Reply, Verdict, domain_of};
-use smtp_proto::{RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS, RcptTo};
+use smtp_proto::{
+    RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS, RcptTo,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -29,7 +31,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             };
         }
         if to.flags & RCPT_NOTIFY_NEVER != 0 && to.flags & !RCPT_NOTIFY_NEVER & 0b111 != 0 {
-            return Reply::new(501, "5.5.4", "NOTIFY=NEVER cannot be combined with other values");
+            return Reply::new(
+                501,
+                "5.5.4",
+                "NOTIFY=NEVER cannot be combined with other values",
+            );
         }
         let recipient = Recipient {
             address: to.address,

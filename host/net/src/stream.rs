@@ -1,10 +1,10 @@
-//! A stream that starts in plain text and may switch to TLS after STARTTLS.
+//! A stream that starts in plain text and may switch to TLS after STARTTLS, on either side.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsStream;
 
 pub enum MaybeTls<S> {
     Plain(S),
@@ -22,12 +22,17 @@ impl<S> MaybeTls<S> {
     pub fn tls_info(&self) -> Option<String> {
         match self {
             MaybeTls::Tls(t) => {
-                let (_, conn) = t.get_ref();
-                Some(format!(
-                    "{:?} {:?}",
-                    conn.protocol_version()?,
-                    conn.negotiated_cipher_suite()?.suite()
-                ))
+                let (version, suite) = match t.as_ref() {
+                    TlsStream::Client(c) => {
+                        let (_, conn) = c.get_ref();
+                        (conn.protocol_version()?, conn.negotiated_cipher_suite()?)
+                    }
+                    TlsStream::Server(s) => {
+                        let (_, conn) = s.get_ref();
+                        (conn.protocol_version()?, conn.negotiated_cipher_suite()?)
+                    }
+                };
+                Some(format!("{version:?} {:?}", suite.suite()))
             }
             _ => None,
         }
@@ -35,7 +40,10 @@ impl<S> MaybeTls<S> {
 }
 
 fn upgrading() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "stream is being upgraded to TLS")
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "stream is being upgraded to TLS",
+    )
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<S> {

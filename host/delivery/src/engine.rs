@@ -1,0 +1,625 @@
+//! The delivery scheduler.
+//!
+//! Messages arrive from the SMTP session (through a channel) or from the queue at start.
+//! Each due message gets an attempt: its due recipients are grouped by route, each group is
+//! delivered (SMTP through a per-destination connection pool, or Maildir), and the outcomes
+//! are written back. Temporary failures are retried with exponential backoff until the
+//! message expires; permanent failures and expiry produce a DSN to the sender.
+
+use crate::client::{SmtpConnection, TlsChoice};
+use crate::dsn::{self, Action};
+use crate::{Outcome, maildir, mx};
+use hickory_resolver::TokioResolver;
+use sluice_config::{Route, Settings, Via};
+use sluice_core::{DeliveryEvent, EventKind, Pipeline, Recipient, Reply, Verdict};
+use sluice_queue::{MessageMeta, Queue, RecipientState, Status, new_id, now_secs};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+/// Connections to one destination: a concurrency limit and idle connections for reuse.
+struct Pool {
+    slots: Arc<Semaphore>,
+    idle: Mutex<Vec<SmtpConnection>>,
+}
+
+/// Where a group of recipients goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Target {
+    Maildir,
+    Mx(String),
+    Smarthost(String, u16),
+}
+
+/// What one attempt leaves to the scheduler.
+struct AttemptResult {
+    /// Still queued, due again at this unix time.
+    due: Option<(u64, String)>,
+    /// New messages (DSNs) to schedule.
+    new: Vec<MessageMeta>,
+}
+
+pub struct Engine {
+    settings: Arc<Settings>,
+    queue: Arc<dyn Queue>,
+    pipeline: Arc<dyn Pipeline>,
+    resolver: Option<TokioResolver>,
+    tls_unverified: Arc<rustls::ClientConfig>,
+    tls_verified: Arc<rustls::ClientConfig>,
+    pools: Mutex<HashMap<Target, Arc<Pool>>>,
+    global: Arc<Semaphore>,
+}
+
+impl Engine {
+    pub fn new(
+        settings: Arc<Settings>,
+        queue: Arc<dyn Queue>,
+        pipeline: Arc<dyn Pipeline>,
+    ) -> Arc<Engine> {
+        let resolver = match TokioResolver::builder_tokio() {
+            Ok(b) => Some(b.build()),
+            Err(e) => {
+                tracing::warn!(error = %e, "no DNS resolver: MX delivery will be deferred");
+                None
+            }
+        };
+        Arc::new(Engine {
+            global: Arc::new(Semaphore::new(settings.delivery.max_connections)),
+            settings,
+            queue,
+            pipeline,
+            resolver,
+            tls_unverified: sluice_net::client_tls::unverified(),
+            tls_verified: sluice_net::client_tls::verified(),
+            pools: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs until `shutdown` turns true; then lets attempts in flight finish.
+    pub async fn run(
+        self: Arc<Self>,
+        mut incoming: mpsc::UnboundedReceiver<MessageMeta>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut timers: BinaryHeap<Reverse<(u64, String)>> = BinaryHeap::new();
+        match self.queue.list() {
+            Ok(all) => {
+                for m in all {
+                    if m.quarantine.is_some() {
+                        continue;
+                    }
+                    match m.next_due() {
+                        Some(due) => timers.push(Reverse((due, m.id))),
+                        None => {
+                            let _ = self.queue.remove(&m.id);
+                        }
+                    }
+                }
+                if !timers.is_empty() {
+                    tracing::info!(messages = timers.len(), "resuming delivery of queued mail");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the queue"),
+        }
+        let mut attempts = tokio::task::JoinSet::new();
+        let mut reaper = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let next = timers.peek().map(|Reverse((due, _))| *due);
+            let sleep = async {
+                match next {
+                    Some(due) => {
+                        let wait = due.saturating_sub(now_secs());
+                        tokio::time::sleep(Duration::from_secs(wait)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(meta) = incoming.recv() => {
+                    let engine = self.clone();
+                    attempts.spawn(async move {
+                        engine.pipeline.queued(&meta.id, &meta.envelope()).await;
+                        engine.attempt(meta).await
+                    });
+                }
+                _ = sleep => {
+                    let now = now_secs();
+                    while let Some(Reverse((due, _))) = timers.peek() {
+                        if *due > now {
+                            break;
+                        }
+                        let Reverse((_, id)) = timers.pop().expect("peeked");
+                        let engine = self.clone();
+                        attempts.spawn(async move {
+                            match engine.queue.get(&id) {
+                                Ok(Some(meta)) => engine.attempt(meta).await,
+                                Ok(None) => AttemptResult { due: None, new: Vec::new() },
+                                Err(e) => {
+                                    tracing::error!(%id, error = %e, "cannot load queued message");
+                                    AttemptResult { due: Some((now_secs() + 60, id)), new: Vec::new() }
+                                }
+                            }
+                        });
+                    }
+                }
+                Some(done) = attempts.join_next(), if !attempts.is_empty() => {
+                    match done {
+                        Ok(result) => {
+                            if let Some(due) = result.due {
+                                timers.push(Reverse(due));
+                            }
+                            for meta in result.new {
+                                let engine = self.clone();
+                                attempts.spawn(async move { engine.attempt(meta).await });
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "delivery attempt panicked"),
+                    }
+                }
+                _ = reaper.tick() => self.close_idle(false).await,
+                _ = stopped(&mut shutdown) => break,
+            }
+        }
+        while attempts.join_next().await.is_some() {}
+        self.close_idle(true).await;
+    }
+
+    /// Closes idle connections past the idle timeout (all of them with `all`).
+    async fn close_idle(&self, all: bool) {
+        let limit = self.settings.delivery.idle_timeout;
+        let mut stale = Vec::new();
+        {
+            let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+            for pool in pools.values() {
+                let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+                let (old, keep): (Vec<_>, Vec<_>) = idle
+                    .drain(..)
+                    .partition(|c| all || c.last_used.elapsed() >= limit);
+                *idle = keep;
+                stale.extend(old);
+            }
+        }
+        for conn in stale {
+            conn.quit().await;
+        }
+    }
+
+    fn pool(&self, target: &Target) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools
+            .entry(target.clone())
+            .or_insert_with(|| {
+                Arc::new(Pool {
+                    slots: Arc::new(Semaphore::new(
+                        self.settings.delivery.max_connections_per_destination,
+                    )),
+                    idle: Mutex::new(Vec::new()),
+                })
+            })
+            .clone()
+    }
+
+    /// One attempt at every due recipient of a message.
+    async fn attempt(&self, mut meta: MessageMeta) -> AttemptResult {
+        let now = now_secs();
+        let body = match self.queue.body(&meta.id) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                tracing::error!(id = %meta.id, "queued message has no body; dropping it");
+                let _ = self.queue.remove(&meta.id);
+                return AttemptResult {
+                    due: None,
+                    new: Vec::new(),
+                };
+            }
+            Err(e) => {
+                tracing::error!(id = %meta.id, error = %e, "cannot read message body");
+                return AttemptResult {
+                    due: Some((now + 60, meta.id)),
+                    new: Vec::new(),
+                };
+            }
+        };
+        let due: Vec<usize> = (0..meta.recipients.len())
+            .filter(|&i| match meta.recipients[i].status {
+                Status::Pending => true,
+                Status::Deferred { next_attempt } => next_attempt <= now,
+                _ => false,
+            })
+            .collect();
+
+        let rcpts: Vec<Recipient> = due
+            .iter()
+            .map(|&i| meta.recipients[i].recipient.clone())
+            .collect();
+        let envelope = meta.envelope();
+        let outcomes: Vec<(usize, Outcome)> =
+            match self.pipeline.delivery(&meta.id, &envelope, &rcpts).await {
+                Verdict::Reject(reply) => due
+                    .iter()
+                    .map(|&i| {
+                        (
+                            i,
+                            Outcome::Failed {
+                                reply: reply.clone(),
+                                remote: None,
+                            },
+                        )
+                    })
+                    .collect(),
+                Verdict::Defer(reply) => due
+                    .iter()
+                    .map(|&i| {
+                        (
+                            i,
+                            Outcome::Deferred {
+                                reply: reply.clone(),
+                                remote: None,
+                            },
+                        )
+                    })
+                    .collect(),
+                Verdict::Discard => due
+                    .iter()
+                    .map(|&i| {
+                        let reply = Reply::new(250, "2.0.0", "discarded by policy");
+                        (
+                            i,
+                            Outcome::Delivered {
+                                reply,
+                                remote: None,
+                                dsn_passed_on: true,
+                                final_delivery: true,
+                            },
+                        )
+                    })
+                    .collect(),
+                _ => {
+                    let mut groups: HashMap<Target, (Route, Vec<usize>)> = HashMap::new();
+                    for &i in &due {
+                        let route = self
+                            .settings
+                            .route_for(&meta.recipients[i].recipient.domain());
+                        let target = match &route.via {
+                            Via::Maildir => Target::Maildir,
+                            Via::Mx => Target::Mx(route.domain.clone()),
+                            Via::Smarthost { host, port } => Target::Smarthost(host.clone(), *port),
+                        };
+                        groups
+                            .entry(target)
+                            .or_insert_with(|| (route, Vec::new()))
+                            .1
+                            .push(i);
+                    }
+                    let work = groups.into_iter().map(|(target, (route, idx))| {
+                        self.deliver_group(target, route, &meta, idx, &body)
+                    });
+                    futures::future::join_all(work)
+                        .await
+                        .into_iter()
+                        .flatten()
+                        .collect()
+                }
+            };
+
+        let mut new = Vec::new();
+        self.apply(&mut meta, outcomes, now, &body, &mut new).await;
+        if meta.is_done() {
+            if let Err(e) = self.queue.remove(&meta.id) {
+                tracing::error!(id = %meta.id, error = %e, "cannot remove delivered message");
+            }
+            AttemptResult { due: None, new }
+        } else {
+            if let Err(e) = self.queue.update(&meta) {
+                tracing::error!(id = %meta.id, error = %e, "cannot update queued message");
+            }
+            let due = meta.next_due().unwrap_or(now + 60);
+            AttemptResult {
+                due: Some((due, meta.id)),
+                new,
+            }
+        }
+    }
+
+    async fn deliver_group(
+        &self,
+        target: Target,
+        route: Route,
+        meta: &MessageMeta,
+        idx: Vec<usize>,
+        body: &[u8],
+    ) -> Vec<(usize, Outcome)> {
+        if target == Target::Maildir {
+            let root = self.settings.maildir();
+            let host = self.settings.hostname.clone();
+            let sender = meta.sender.clone();
+            let jobs: Vec<(usize, String)> = idx
+                .iter()
+                .map(|&i| (i, meta.recipients[i].recipient.address.clone()))
+                .collect();
+            let body = body.to_vec();
+            return tokio::task::spawn_blocking(move || {
+                jobs.into_iter()
+                    .map(|(i, rcpt)| (i, maildir::deliver(&root, &host, &sender, &rcpt, &body)))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        }
+        let defer_all = |reply: Reply| -> Vec<(usize, Outcome)> {
+            idx.iter()
+                .map(|&i| {
+                    let o = if reply.is_permanent() {
+                        Outcome::Failed {
+                            reply: reply.clone(),
+                            remote: None,
+                        }
+                    } else {
+                        Outcome::Deferred {
+                            reply: reply.clone(),
+                            remote: None,
+                        }
+                    };
+                    (i, o)
+                })
+                .collect()
+        };
+        let _global = self.global.clone().acquire_owned().await;
+        let pool = self.pool(&target);
+        let _slot = pool.slots.clone().acquire_owned().await;
+        let tls = TlsChoice {
+            policy: route.tls,
+            unverified: self.tls_unverified.clone(),
+            verified: self.tls_verified.clone(),
+        };
+        // A reused connection may have been closed by the peer meanwhile: then try a fresh one.
+        loop {
+            let reused = pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let fresh = reused.is_none();
+            let mut conn = match reused {
+                Some(c) => c,
+                None => match self.connect(&target, &tls).await {
+                    Ok(c) => c,
+                    Err(reply) => return defer_all(reply),
+                },
+            };
+            match conn.send(meta, &idx, body).await {
+                Ok(outcomes) => {
+                    if conn.messages_sent < self.settings.delivery.max_messages_per_connection {
+                        pool.idle
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(conn);
+                    } else {
+                        tokio::spawn(conn.quit());
+                    }
+                    return outcomes;
+                }
+                Err(reply) if fresh => {
+                    return idx
+                        .iter()
+                        .map(|&i| {
+                            (
+                                i,
+                                Outcome::Deferred {
+                                    reply: reply.clone(),
+                                    remote: Some(conn.host.clone()),
+                                },
+                            )
+                        })
+                        .collect();
+                }
+                Err(_) => continue,
+            }
+        }
+    }
+
+    async fn connect(&self, target: &Target, tls: &TlsChoice) -> Result<SmtpConnection, Reply> {
+        let d = &self.settings.delivery;
+        let no_dns = || Reply::new(451, "4.4.3", "no DNS resolver available");
+        let hops: Vec<(String, Vec<SocketAddr>)> = match target {
+            Target::Smarthost(host, port) => {
+                let addrs = match host.parse::<std::net::IpAddr>() {
+                    Ok(ip) => vec![SocketAddr::new(ip, *port)],
+                    Err(_) => {
+                        let r = self.resolver.as_ref().ok_or_else(no_dns)?;
+                        mx::host_addrs(r, host, *port).await?
+                    }
+                };
+                vec![(host.clone(), addrs)]
+            }
+            Target::Mx(domain) => {
+                let r = self.resolver.as_ref().ok_or_else(no_dns)?;
+                mx::mx_hops(r, domain, d.mx_port)
+                    .await?
+                    .into_iter()
+                    .map(|h| (h.name, h.addrs))
+                    .collect()
+            }
+            Target::Maildir => unreachable!("maildir has no connections"),
+        };
+        let mut last = Reply::new(451, "4.4.4", "no host to connect to");
+        for (name, addrs) in hops {
+            for addr in addrs {
+                match SmtpConnection::connect(
+                    addr,
+                    &name,
+                    &self.settings.hostname,
+                    tls,
+                    d.connect_timeout,
+                    d.command_timeout,
+                )
+                .await
+                {
+                    Ok(c) => return Ok(c),
+                    Err(reply) => {
+                        tracing::info!(host = %name, %addr, %reply, "next hop unavailable");
+                        last = reply;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        let d = &self.settings.delivery;
+        let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(20));
+        d.retry_initial.saturating_mul(factor).min(d.retry_max)
+    }
+
+    /// Writes outcomes into `meta`, emits events and queues DSNs.
+    async fn apply(
+        &self,
+        meta: &mut MessageMeta,
+        outcomes: Vec<(usize, Outcome)>,
+        now: u64,
+        body: &[u8],
+        new: &mut Vec<MessageMeta>,
+    ) {
+        let expire_at = meta.received_at + self.settings.delivery.expire.as_secs();
+        let mut events = Vec::with_capacity(outcomes.len());
+        for (i, outcome) in outcomes {
+            let r = &mut meta.recipients[i];
+            r.attempts += 1;
+            let kind = match outcome {
+                Outcome::Delivered {
+                    reply,
+                    remote,
+                    dsn_passed_on,
+                    final_delivery,
+                } => {
+                    r.status = Status::Delivered;
+                    r.last_reply = Some(reply);
+                    r.remote_mta = remote;
+                    r.relayed_with_dsn = dsn_passed_on && !final_delivery;
+                    EventKind::Delivered
+                }
+                Outcome::Failed { reply, remote } => {
+                    r.status = Status::Failed;
+                    r.last_reply = Some(reply);
+                    r.remote_mta = remote;
+                    EventKind::Bounced
+                }
+                Outcome::Deferred { reply, remote } => {
+                    r.remote_mta = remote;
+                    if now >= expire_at {
+                        r.status = Status::Failed;
+                        r.last_reply = Some(Reply::new(
+                            550,
+                            "5.4.7",
+                            format!("message expired in queue; last error: {reply}"),
+                        ));
+                        EventKind::Bounced
+                    } else {
+                        let wait = self.backoff(r.attempts);
+                        r.status = Status::Deferred {
+                            next_attempt: now + wait.as_secs().max(1),
+                        };
+                        r.last_reply = Some(reply);
+                        EventKind::Deferred
+                    }
+                }
+            };
+            tracing::info!(
+                id = %meta.id,
+                to = %r.recipient.address,
+                status = ?kind,
+                reply = %r.last_reply.as_ref().map(|x| x.to_string()).unwrap_or_default(),
+                "delivery"
+            );
+            events.push((kind, i));
+        }
+        for (kind, i) in &events {
+            let r = &meta.recipients[*i];
+            self.pipeline
+                .event(&DeliveryEvent {
+                    kind: *kind,
+                    message_id: meta.id.clone(),
+                    sender: meta.sender.clone(),
+                    recipient: r.recipient.address.clone(),
+                    reply: r
+                        .last_reply
+                        .clone()
+                        .unwrap_or_else(|| Reply::new(250, "2.0.0", "")),
+                })
+                .await;
+        }
+        if meta.sender.is_empty() {
+            return; // never report about a report (RFC 3461 §6.1)
+        }
+        let delay_after = self.settings.delivery.delay_notify_after.as_secs();
+        let mut failed = Vec::new();
+        let mut delayed = Vec::new();
+        let mut succeeded = Vec::new();
+        for (kind, i) in &events {
+            let r = &meta.recipients[*i];
+            let n = r.recipient.notify;
+            match kind {
+                EventKind::Bounced if n.on_failure() => failed.push(*i),
+                EventKind::Deferred
+                    if n.on_delay()
+                        && !r.delay_notified
+                        && now >= meta.received_at + delay_after =>
+                {
+                    delayed.push(*i)
+                }
+                EventKind::Delivered if n.on_success() && !r.relayed_with_dsn => succeeded.push(*i),
+                _ => {}
+            }
+        }
+        for i in &delayed {
+            meta.recipients[*i].delay_notified = true;
+        }
+        let reports = [
+            (failed, Action::Failed),
+            (delayed, Action::Delayed),
+            (succeeded, Action::Delivered),
+        ];
+        for (idx, action) in reports {
+            if idx.is_empty() {
+                continue;
+            }
+            let list: Vec<(&RecipientState, Action)> = idx
+                .iter()
+                .map(|&i| {
+                    let r = &meta.recipients[i];
+                    let action = match action {
+                        Action::Delivered if r.remote_mta.is_some() => Action::Relayed,
+                        a => a,
+                    };
+                    (r, action)
+                })
+                .collect();
+            let report = dsn::build(
+                &self.settings.hostname,
+                meta,
+                body,
+                &list,
+                expire_at,
+                self.settings.delivery.dsn_max_original,
+            );
+            let envelope = sluice_core::Envelope {
+                sender: String::new(),
+                recipients: vec![Recipient::new(meta.sender.clone())],
+                ..Default::default()
+            };
+            let dsn_meta = MessageMeta::new(new_id(), &envelope, report.len());
+            match self.queue.enqueue(&dsn_meta, &report).await {
+                Ok(()) => {
+                    tracing::info!(id = %meta.id, dsn = %dsn_meta.id, ?action, to = %meta.sender, "DSN queued");
+                    new.push(dsn_meta);
+                }
+                Err(e) => tracing::error!(id = %meta.id, error = %e, "cannot queue DSN"),
+            }
+        }
+    }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
