@@ -12,7 +12,7 @@ use sluice_config::{EMBEDDED_DEFAULT, EMBEDDED_NAME, Settings};
 use sluice_core::PassThrough;
 use sluice_queue::{Queue, SledQueue};
 use sluice_smtp::{ServerContext, Users};
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -71,6 +71,7 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let settings = load(cli.config.as_deref())?;
     match cli.command {

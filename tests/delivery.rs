@@ -1,0 +1,206 @@
+//! Outbound delivery against a real SMTP sink: retries, DSNs, and durability across
+//! kill -9.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+use support::{Client, Sink, Sluice, TlsClient, message, wait_until};
+
+fn route_to(port: u16) -> String {
+    format!(
+        r#"
+[delivery]
+retry_initial = "1s"
+retry_max = "1s"
+
+[[route]]
+domain = "remote.test"
+via = "smarthost"
+host = "127.0.0.1:{port}"
+tls = "none"
+"#
+    )
+}
+
+#[test]
+fn temporary_failure_is_retried_until_accepted() {
+    let sink = Sink::start();
+    let s = Sluice::start(&route_to(sink.port));
+    let out = s.cli(&["user", "add", "u"], "pw\n");
+    assert!(out.status.success());
+    let sent = send_authenticated(
+        &s,
+        "sender@localhost",
+        &["tempfail-1@remote.test"],
+        "retry me",
+    );
+    assert!(sent.starts_with("250"), "{sent}");
+    assert!(
+        wait_until(Duration::from_secs(20), || sink.messages().len() == 1),
+        "log:\n{}",
+        s.log()
+    );
+    assert_eq!(
+        sink.rcpt_attempts(),
+        vec!["tempfail-1@remote.test", "tempfail-1@remote.test"]
+    );
+    assert!(
+        s.maildir("sender@localhost").is_empty(),
+        "no DSN for a success"
+    );
+}
+
+#[test]
+fn permanent_failure_sends_a_dsn_with_the_senders_parameters() {
+    let sink = Sink::start();
+    let s = Sluice::start(&route_to(sink.port));
+    s.cli(&["user", "add", "u"], "pw\n");
+    let mut c = tls_auth_client(&s);
+    let r = c.cmd("MAIL FROM:<sender@localhost> RET=HDRS ENVID=env+2B42");
+    assert!(r.starts_with("250"), "{r}");
+    let r = c.cmd("RCPT TO:<reject-me@remote.test> NOTIFY=FAILURE ORCPT=rfc822;orig@remote.test");
+    assert!(r.starts_with("250"), "{r}");
+    let r = c.cmd("RCPT TO:<fine@remote.test> NOTIFY=NEVER");
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send_raw(message("will bounce", 2000).as_bytes());
+    c.send_raw(b"\r\n.\r\n");
+    let r = c.read_reply();
+    assert!(r.starts_with("250"), "{r}");
+
+    assert!(
+        wait_until(Duration::from_secs(20), || s
+            .maildir("sender@localhost")
+            .len()
+            == 1),
+        "log:\n{}",
+        s.log()
+    );
+    let dsn = &s.maildir("sender@localhost")[0];
+    for needle in [
+        "Return-Path: <>",
+        "Content-Type: multipart/report; report-type=delivery-status;",
+        "Content-Type: message/delivery-status",
+        "Reporting-MTA: dns; sluice.test",
+        "Original-Envelope-Id: env+42",
+        "Final-Recipient: rfc822; reject-me@remote.test",
+        "Original-Recipient: rfc822; orig@remote.test",
+        "Action: failed",
+        "Status: 5.1.1",
+        "Diagnostic-Code: smtp; 550 5.1.1 User unknown",
+        "Content-Type: text/rfc822-headers",
+        "Subject: will bounce",
+    ] {
+        assert!(dsn.contains(needle), "missing {needle:?} in DSN:\n{dsn}");
+    }
+    assert!(
+        !dsn.contains("fine@remote.test"),
+        "NOTIFY=NEVER recipient reported"
+    );
+    assert!(
+        !dsn.contains("The quick brown fox"),
+        "RET=HDRS but the body came back"
+    );
+    // The accepted recipient got the DSN parameters passed on (the sink offers DSN).
+    assert!(wait_until(Duration::from_secs(5), || sink.messages().len() == 1));
+    let m = &sink.messages()[0];
+    assert!(
+        m.mail_line.contains("RET=HDRS") && m.mail_line.contains("ENVID=env+2B42"),
+        "{}",
+        m.mail_line
+    );
+    assert!(
+        m.rcpt_lines[0].contains("NOTIFY=NEVER"),
+        "{:?}",
+        m.rcpt_lines
+    );
+}
+
+#[test]
+fn no_dsn_for_the_null_sender() {
+    let sink = Sink::start();
+    let s = Sluice::start(&route_to(sink.port));
+    s.cli(&["user", "add", "u"], "pw\n");
+    let r = send_authenticated(&s, "", &["reject@remote.test"], "bounce of a bounce");
+    assert!(r.starts_with("250"), "{r}");
+    assert!(
+        wait_until(Duration::from_secs(10), || s
+            .log()
+            .contains("status=Bounced")),
+        "log:\n{}",
+        s.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!s.log().contains("DSN queued"), "log:\n{}", s.log());
+}
+
+/// N messages get a 250 while the next hop is down; the server is killed with SIGKILL and
+/// restarted; all N reach the next hop once it is up.
+#[test]
+fn every_accepted_message_survives_kill_9() {
+    const N: usize = 40;
+    let sink_port = support::free_port();
+    let mut s = Sluice::start(&route_to(sink_port));
+    s.cli(&["user", "add", "u"], "pw\n");
+    let mut c = tls_auth_client(&s);
+    let mut ids = HashSet::new();
+    for i in 0..N {
+        let subject = format!("durable {i}");
+        let r = c.send_mail(
+            "sender@localhost",
+            &[&format!("r{i}@remote.test")],
+            &message(&subject, 3000),
+        );
+        assert!(r.starts_with("250 2.0.0 Ok: queued as"), "{r}");
+        ids.insert(r.rsplit(' ').next().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), N);
+    s.kill9();
+
+    let sink = Sink::start_on(sink_port);
+    s.restart();
+    assert!(
+        wait_until(Duration::from_secs(30), || sink.messages().len() >= N),
+        "only {} of {N} delivered after restart; log:\n{}",
+        sink.messages().len(),
+        s.log()
+    );
+    let mut subjects: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|m| {
+            m.data
+                .lines()
+                .find(|l| l.starts_with("Subject:"))
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), N, "every message exactly once");
+    assert_eq!(sink.messages().len(), N, "no duplicates in this scenario");
+}
+
+#[test]
+fn graceful_shutdown_on_sigterm() {
+    let mut s = Sluice::start("");
+    let mut idle = Client::connect(s.mx_port);
+    idle.cmd("EHLO client.test");
+    let status = s.stop();
+    assert!(status.success(), "{status:?}");
+    let r = idle.read_reply();
+    assert!(r.starts_with("421 4.3.2"), "{r}");
+    assert!(s.log().contains("stopped"));
+}
+
+/// A client on the submission port after STARTTLS and AUTH PLAIN as `u`/`pw`.
+fn tls_auth_client(s: &Sluice) -> TlsClient {
+    TlsClient::connect(s.submission_port, "u", "pw")
+}
+
+fn send_authenticated(s: &Sluice, from: &str, to: &[&str], subject: &str) -> String {
+    let mut c = tls_auth_client(s);
+    c.send_mail(from, to, &message(subject, 1000))
+}

@@ -1,0 +1,363 @@
+//! Test support: the real `sluice` binary in a temp folder, a real SMTP sink that reacts to
+//! magic recipient addresses, and a raw SMTP client for protocol-level checks.
+
+#![allow(dead_code)]
+
+pub mod sink;
+
+pub use sink::Sink;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn sluice_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sluice")
+}
+
+/// Waits until `cond` holds, up to `limit`.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+/// A running `sluice serve` with its own data folder and ports.
+pub struct Sluice {
+    pub dir: tempfile::TempDir,
+    pub mx_port: u16,
+    pub submission_port: u16,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Sluice {
+    /// Writes a config (listeners on free ports, local domain `localhost`, fast retries) plus
+    /// `extra` TOML, and starts the server.
+    pub fn start(extra: &str) -> Sluice {
+        Sluice::configure("", extra).spawn()
+    }
+
+    /// Like [`Sluice::start`], with `mx_extra` added to the `mx` listener's table.
+    pub fn configure(mx_extra: &str, extra: &str) -> Sluice {
+        let dir = tempfile::tempdir().unwrap();
+        let (mx_port, submission_port) = (free_port(), free_port());
+        let config = dir.path().join("sluice.toml");
+        let text = format!(
+            r#"hostname = "sluice.test"
+data_dir = "{data}"
+local_domains = ["localhost"]
+
+[[listener]]
+name = "mx"
+bind = "127.0.0.1:{mx_port}"
+role = "mx"
+{mx_extra}
+
+[[listener]]
+name = "submission"
+bind = "127.0.0.1:{submission_port}"
+role = "submission"
+
+{extra}
+"#,
+            data = dir.path().join("data").display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        Sluice {
+            dir,
+            mx_port,
+            submission_port,
+            config,
+            child: None,
+        }
+    }
+
+    pub fn spawn(mut self) -> Sluice {
+        self.restart();
+        self
+    }
+
+    /// Starts the process (again) and waits for both listeners.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("sluice.log"))
+            .unwrap();
+        let child = Command::new(sluice_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sluice");
+        self.child = Some(child);
+        let ports = [self.mx_port, self.submission_port];
+        let up = wait_until(Duration::from_secs(20), || {
+            ports
+                .iter()
+                .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+        });
+        assert!(up, "sluice did not start; log:\n{}", self.log());
+    }
+
+    pub fn cli(&self, args: &[&str], stdin: &str) -> std::process::Output {
+        let mut child = Command::new(sluice_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default()
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Files delivered to a local Maildir, oldest first.
+    pub fn maildir(&self, address: &str) -> Vec<String> {
+        let (local, domain) = address.split_once('@').unwrap();
+        let new = self
+            .data()
+            .join("maildir")
+            .join(domain)
+            .join(local)
+            .join("new");
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(&new) {
+            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        };
+        files.sort();
+        files
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait: a clean shutdown.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let pid = c.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        c.wait().unwrap()
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A plain blocking SMTP client that shows exactly what the server answers.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    stream: TcpStream,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        let mut c = Client { reader, stream };
+        let greeting = c.read_reply();
+        assert!(greeting.starts_with("220 "), "greeting: {greeting}");
+        c
+    }
+
+    /// Reads one reply, all lines joined with `\n`; empty when the server closed.
+    pub fn read_reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return all,
+                Ok(_) => {}
+            }
+            let done = line.as_bytes().get(3) != Some(&b'-');
+            all.push_str(line.trim_end());
+            if done {
+                return all;
+            }
+            all.push('\n');
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Sends one command line and returns the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+        self.read_reply()
+    }
+
+    /// `true` when the server has closed the connection.
+    pub fn is_closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
+    }
+
+    /// One whole transaction; returns the reply to end of data.
+    pub fn send_mail(&mut self, from: &str, to: &[&str], body: &str) -> String {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>"));
+        assert!(r.starts_with("250"), "MAIL: {r}");
+        for t in to {
+            let r = self.cmd(&format!("RCPT TO:<{t}>"));
+            assert!(r.starts_with("250"), "RCPT {t}: {r}");
+        }
+        let r = self.cmd("DATA");
+        assert!(r.starts_with("354"), "DATA: {r}");
+        self.send_raw(body.as_bytes());
+        self.send_raw(b"\r\n.\r\n");
+        self.read_reply()
+    }
+}
+
+pub fn message(subject: &str, size: usize) -> String {
+    let mut body =
+        format!("From: a@example.com\r\nTo: b@example.net\r\nSubject: {subject}\r\n\r\n");
+    while body.len() < size {
+        body.push_str("The quick brown fox jumps over the lazy dog, again and again.\r\n");
+    }
+    body.truncate(body.trim_end().len());
+    body
+}
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+}
+
+/// A blocking SMTP client over rustls.
+pub struct TlsClient {
+    s: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+}
+
+impl TlsClient {
+    /// EHLO, STARTTLS, EHLO and AUTH PLAIN.
+    pub fn connect(port: u16, user: &str, password: &str) -> TlsClient {
+        let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = raw.read(&mut buf).unwrap();
+        raw.write_all(b"EHLO client.test\r\n").unwrap();
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"250 ") || !got.ends_with(b"\r\n") {
+            let n = raw.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        raw.write_all(b"STARTTLS\r\n").unwrap();
+        let n = raw.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"220"));
+        let mut c = TlsClient::handshake(raw);
+        assert!(c.cmd("EHLO client.test").contains("AUTH PLAIN LOGIN"));
+        use base64::Engine;
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        let r = c.cmd(&format!("AUTH PLAIN {token}"));
+        assert!(r.starts_with("235 2.7.0"), "{r}");
+        c
+    }
+
+    /// TLS over a connection that just got `220` to STARTTLS.
+    pub fn handshake(raw: TcpStream) -> TlsClient {
+        let config = sluice_net::client_tls::unverified();
+        let name = rustls::pki_types::ServerName::try_from("sluice.test").unwrap();
+        let conn = rustls::ClientConnection::new(config, name).unwrap();
+        TlsClient {
+            s: rustls::StreamOwned::new(conn, raw),
+        }
+    }
+
+    pub fn read_reply(&mut self) -> String {
+        let mut out = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            if self.s.read(&mut byte).unwrap_or(0) == 0 {
+                return String::from_utf8_lossy(&out).into_owned();
+            }
+            out.push(byte[0]);
+            if out.ends_with(b"\r\n") {
+                let text = String::from_utf8_lossy(&out).into_owned();
+                let last = text
+                    .trim_end()
+                    .rsplit("\r\n")
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                if last.as_bytes().get(3) != Some(&b'-') {
+                    return text.trim_end().to_string();
+                }
+            }
+        }
+    }
+
+    pub fn send_raw(&mut self, b: &[u8]) {
+        self.s.write_all(b).unwrap();
+    }
+
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+        self.read_reply()
+    }
+
+    pub fn send_mail(&mut self, from: &str, to: &[&str], body: &str) -> String {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>"));
+        assert!(r.starts_with("250"), "MAIL: {r}");
+        for t in to {
+            let r = self.cmd(&format!("RCPT TO:<{t}>"));
+            assert!(r.starts_with("250"), "RCPT: {r}");
+        }
+        assert!(self.cmd("DATA").starts_with("354"));
+        self.send_raw(body.as_bytes());
+        self.send_raw(b"\r\n.\r\n");
+        self.read_reply()
+    }
+}
