@@ -91,15 +91,10 @@ impl Compiler<'_> {
         if f.hostname.trim().is_empty() || f.hostname.contains(char::is_whitespace) {
             self.problem("hostname".into(), "must be a host name without spaces");
         }
-        let mut local_domains = HashSet::new();
-        for (i, d) in f.local_domains.iter().enumerate() {
-            if d.is_empty() || d.contains(['@', ' ']) {
-                self.problem(
-                    format!("local_domains[{i}]"),
-                    format!("`{d}` is not a domain"),
-                );
-            }
-            local_domains.insert(d.to_ascii_lowercase());
+        let local_domains = self.domains("local_domains", &f.local_domains);
+        let relay_domains = self.domains("relay_domains", &f.relay_domains);
+        for d in local_domains.intersection(&relay_domains) {
+            self.problem("relay_domains".into(), format!("`{d}` is also in local_domains"));
         }
         let tls_cert = match (&f.tls.cert, &f.tls.key) {
             (Some(c), Some(k)) => {
@@ -246,11 +241,23 @@ impl Compiler<'_> {
                 .unwrap_or_else(|| f.data_dir.join("users")),
             data_dir: f.data_dir,
             local_domains,
+            relay_domains,
             tls_cert,
             listeners,
             delivery,
             routes,
         }
+    }
+
+    fn domains(&mut self, key: &str, list: &[String]) -> HashSet<String> {
+        let mut out = HashSet::new();
+        for (i, d) in list.iter().enumerate() {
+            if d.is_empty() || d.contains(['@', ' ', '/']) {
+                self.problem(format!("{key}[{i}]"), format!("`{d}` is not a domain"));
+            }
+            out.insert(d.to_ascii_lowercase());
+        }
+        out
     }
 
     fn route(&mut self, i: usize, r: &RouteFile, default_tls: TlsPolicy) -> Route {

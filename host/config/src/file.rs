@@ -16,6 +16,9 @@ pub struct ConfigFile {
     pub data_dir: PathBuf,
     /// Domains whose mail is accepted on `mx` listeners and delivered to Maildir.
     pub local_domains: Vec<String>,
+    /// Domains whose mail is accepted on `mx` listeners from anyone and passed on by the
+    /// routes (an inbound gateway or backup MX), like Postfix's `relay_domains`.
+    pub relay_domains: Vec<String>,
     /// TLS certificate for STARTTLS.
     pub tls: TlsFile,
     /// SMTP AUTH users.
@@ -35,6 +38,7 @@ impl Default for ConfigFile {
             hostname: "localhost".into(),
             data_dir: PathBuf::from("data"),
             local_domains: Vec::new(),
+            relay_domains: Vec::new(),
             tls: TlsFile::default(),
             auth: AuthFile::default(),
             listener: Vec::new(),

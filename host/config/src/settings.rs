@@ -12,6 +12,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Lowercased.
     pub local_domains: HashSet<String>,
+    /// Lowercased.
+    pub relay_domains: HashSet<String>,
     pub tls_cert: Option<(PathBuf, PathBuf)>,
     pub users_file: PathBuf,
     pub listeners: Vec<ListenerSettings>,
@@ -34,6 +36,12 @@ impl Settings {
 
     pub fn is_local_domain(&self, domain: &str) -> bool {
         self.local_domains.contains(&domain.to_ascii_lowercase())
+    }
+
+    /// Mail for this domain is accepted from anyone (local or relay domain).
+    pub fn accepts_for(&self, domain: &str) -> bool {
+        let d = domain.to_ascii_lowercase();
+        self.local_domains.contains(&d) || self.relay_domains.contains(&d)
     }
 
     /// The route for a recipient domain: local domains go to Maildir, then the first

@@ -1,4 +1,4 @@
-//! RCPT TO, with the relay rules: an `mx` listener accepts only local domains unless the
+//! RCPT TO, with the relay rules: an `mx` listener accepts only local and relay domains unless the
 //! client authenticated; a `submission` listener requires AUTH before MAIL.
 
 use super::Session;
@@ -24,7 +24,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if domain.is_empty() {
             return Reply::new(501, "5.1.3", "Recipient address must have a domain");
         }
-        if !self.ctx.settings.is_local_domain(&domain) && self.info.auth_user.is_none() {
+        if !self.ctx.settings.accepts_for(&domain) && self.info.auth_user.is_none() {
             return match self.cfg.role {
                 Role::Submission => Reply::new(530, "5.7.0", "Authentication required"),
                 Role::Mx => Reply::new(554, "5.7.1", format!("Relay access denied for {domain}")),

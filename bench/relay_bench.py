@@ -1,0 +1,333 @@
+#!/usr/bin/env python3
+"""Whole-system relay benchmark: Postfix's smtp-source drives load into a relay that passes
+every message on to smtp-sink, for Sluice and for a private Postfix instance, in one run.
+
+Reports, per relay and message size: messages/s accepted (smtp-source's run time) and
+delivered (counted at the sink), server CPU seconds per 1000 messages (from /proc, children
+included), and p50/p99 end-of-data->250 latency seen by a probe client that sends one
+message at a time alongside the load.
+
+Needs: Debian's postfix package (smtp-source, smtp-sink, postfix), a release build of sluice.
+Everything binds to 127.0.0.1. Run as root (Postfix's master needs it).
+
+    python3 bench/relay_bench.py --messages 5000
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, limit=20):
+    end = time.time() + limit
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def proc_cpu(pid, children=True):
+    """utime+stime (+ reaped children's) of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is state (field 3); utime is field 14 -> index 11
+    ut, st, cut, cst = (int(x) for x in fields[11:15])
+    return (ut + st + ((cut + cst) if children else 0)) / CLK
+
+
+def children_of(ppid):
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == ppid:
+                out.append(int(d))
+        except OSError:
+            pass
+    return out
+
+
+class Sink:
+    """smtp-sink with running counters on stdout."""
+
+    def __init__(self, workdir):
+        self.port = free_port()
+        self.out = open(os.path.join(workdir, f"sink-{self.port}.out"), "w+b")
+        self.proc = subprocess.Popen(
+            ["smtp-sink", "-u", "nobody", "-c", "-m", "1000", f"127.0.0.1:{self.port}", "1024"],
+            stdout=self.out, stderr=subprocess.STDOUT)
+        wait_port(self.port)
+
+    def count(self):
+        self.out.flush()
+        with open(self.out.name, "rb") as f:
+            data = f.read()
+        m = re.findall(rb"mesg=(\d+)", data)
+        return int(m[-1]) if m else 0
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+class Sluice:
+    name = "sluice"
+
+    def __init__(self, workdir, sink_port, binary):
+        self.dir = os.path.join(workdir, "sluice")
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        sub = free_port()
+        conf = os.path.join(self.dir, "sluice.toml")
+        with open(conf, "w") as f:
+            f.write(f'''hostname = "sluice.bench.test"
+data_dir = "{self.dir}/data"
+relay_domains = ["bench.test"]
+
+[[listener]]
+name = "mx"
+bind = "127.0.0.1:{self.port}"
+role = "mx"
+max_connections = 1000
+
+[[listener]]
+name = "submission"
+bind = "127.0.0.1:{sub}"
+role = "submission"
+
+[delivery]
+max_connections_per_destination = 20
+
+[[route]]
+domain = "bench.test"
+via = "smarthost"
+host = "127.0.0.1:{sink_port}"
+tls = "none"
+''')
+        self.log = open(os.path.join(self.dir, "sluice.log"), "w")
+        self.proc = subprocess.Popen([binary, "--config", conf, "serve"],
+                                     stdout=self.log, stderr=self.log,
+                                     env=dict(os.environ, RUST_LOG="warn"))
+        wait_port(self.port)
+
+    def cpu(self):
+        return proc_cpu(self.proc.pid)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+class Postfix:
+    """A private Postfix instance: its own config folder, queue and loopback port."""
+    name = "postfix"
+
+    def __init__(self, workdir, sink_port):
+        self.dir = os.path.join(workdir, "postfix")
+        conf = os.path.join(self.dir, "conf")
+        os.makedirs(conf, exist_ok=True)
+        self.conf = conf
+        self.port = free_port()
+        with open(os.path.join(conf, "main.cf"), "w") as f:
+            f.write(f"""compatibility_level = 3.6
+queue_directory = {self.dir}/queue
+data_directory = {self.dir}/data
+meta_directory = /etc/postfix
+shlib_directory = /usr/lib/postfix
+daemon_directory = /usr/lib/postfix/sbin
+command_directory = /usr/sbin
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = postfix.bench.test
+mydestination =
+relay_domains = bench.test
+relayhost = [127.0.0.1]:{sink_port}
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+local_transport = error:no local delivery
+alias_maps =
+alias_database =
+maillog_file = {self.dir}/maillog
+maillog_file_prefixes = {self.dir}
+default_process_limit = 100
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+""")
+        with open("/etc/postfix/master.cf") as f:
+            master = f.read()
+        lines = []
+        for line in master.splitlines():
+            if re.match(r"^smtp\s+inet\s", line):
+                line = f"127.0.0.1:{self.port} inet n - n - - smtpd"
+            elif re.match(r"^\S+\s+(unix|inet|fifo|pass|unix-dgram)\s", line):
+                cols = line.split(None, 7)
+                if len(cols) >= 8:
+                    cols[4] = "n"  # no chroot: the private queue has no chroot files
+                    line = "  ".join(cols[:7]) + "  " + cols[7]
+                elif len(cols) == 7:
+                    cols[4] = "n"
+                    line = "  ".join(cols)
+            lines.append(line)
+        with open(os.path.join(conf, "master.cf"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.makedirs(os.path.join(self.dir, "queue"), exist_ok=True)
+        os.makedirs(os.path.join(self.dir, "data"), exist_ok=True)
+        shutil.chown(os.path.join(self.dir, "data"), "postfix")
+        r = subprocess.run(["postfix", "-c", conf, "check"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError("postfix check: " + r.stderr)
+        subprocess.run(["postfix", "-c", conf, "start"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        with open(os.path.join(self.dir, "queue", "pid", "master.pid")) as f:
+            self.master = int(f.read().split()[0])
+
+    def cpu(self):
+        total = proc_cpu(self.master)
+        for pid in children_of(self.master):
+            try:
+                total += proc_cpu(pid, children=False)
+            except OSError:
+                pass
+        return total
+
+    def stop(self):
+        subprocess.run(["postfix", "-c", self.conf, "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.time() + 30
+        while time.time() < end and os.path.exists(f"/proc/{self.master}"):
+            time.sleep(0.1)
+
+
+def probe(port, size, stop, latencies, sent):
+    """Sends one message at a time over one connection, timing end-of-data -> 250."""
+    body = b"Subject: probe\r\n\r\n" + (b"x" * 78 + b"\r\n") * max(1, size // 80) + b".\r\n"
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        f = s.makefile("rb")
+
+        def reply():
+            while True:
+                line = f.readline()
+                if not line or line[3:4] != b"-":
+                    return line
+
+        reply()
+        s.sendall(b"EHLO probe.bench.test\r\n")
+        reply()
+        while not stop.is_set():
+            s.sendall(b"MAIL FROM:<probe@bench.test>\r\nRCPT TO:<probe@bench.test>\r\nDATA\r\n")
+            r1, r2, r3 = reply(), reply(), reply()
+            if not r3.startswith(b"354"):
+                break
+            s.sendall(body[:-3])
+            t = time.perf_counter()
+            s.sendall(b".\r\n")
+            r = reply()
+            latencies.append(time.perf_counter() - t)
+            if not r.startswith(b"250"):
+                break
+            sent[0] += 1
+        s.sendall(b"QUIT\r\n")
+        s.close()
+    except OSError as e:
+        print("probe:", e, file=sys.stderr)
+
+
+def run_one(kind, workdir, size, n, sessions, binary):
+    sink = Sink(workdir)
+    server = Sluice(workdir, sink.port, binary) if kind == "sluice" else Postfix(workdir, sink.port)
+    try:
+        cpu0 = server.cpu()
+        stop = threading.Event()
+        latencies, sent = [], [0]
+        t = threading.Thread(target=probe, args=(server.port, size, stop, latencies, sent))
+        t0 = time.perf_counter()
+        t.start()
+        subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(n), "-l", str(size),
+                        "-f", "load@bench.test", "-t", "rcpt@bench.test",
+                        f"127.0.0.1:{server.port}"], check=True)
+        accepted_s = time.perf_counter() - t0
+        stop.set()
+        t.join()
+        total = n + sent[0]
+        deadline = time.time() + 600
+        while sink.count() < total and time.time() < deadline:
+            time.sleep(0.02)
+        delivered_s = time.perf_counter() - t0
+        got = sink.count()
+        cpu = server.cpu() - cpu0
+    finally:
+        server.stop()
+        sink.stop()
+    lat = sorted(latencies)
+    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else float("nan")
+    return {
+        "kind": kind, "size": size, "n": total, "delivered": got,
+        "accepted_rate": total / accepted_s, "delivered_rate": got / delivered_s,
+        "cpu_per_1000": cpu / total * 1000, "p50": p(0.50), "p99": p(0.99),
+        "probe": len(lat),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=5000)
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--sizes", default="5000,50000")
+    ap.add_argument("--relays", default="sluice,postfix")
+    ap.add_argument("--no-build", action="store_true")
+    a = ap.parse_args()
+    for tool in ("smtp-source", "smtp-sink", "postfix"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found: apt-get install postfix")
+    if not a.no_build:
+        subprocess.run(["cargo", "build", "--release", "-p", "sluice"], cwd=ROOT, check=True)
+    binary = os.path.join(ROOT, "target", "release", "sluice")
+    rows = []
+    for size in (int(s) for s in a.sizes.split(",")):
+        for kind in a.relays.split(","):
+            with tempfile.TemporaryDirectory() as workdir:
+                os.chmod(workdir, 0o755)
+                r = run_one(kind, workdir, size, a.messages, a.sessions, binary)
+                rows.append(r)
+                print(f"{kind} {size} B: {r}", file=sys.stderr)
+    print(f"| relay | size | messages | accepted msg/s | delivered msg/s | CPU s / 1000 msgs | p50 ms | p99 ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['kind']} | {r['size'] // 1000} KB | {r['delivered']}/{r['n']} | {r['accepted_rate']:.0f} | "
+              f"{r['delivered_rate']:.0f} | {r['cpu_per_1000']:.2f} | {r['p50']:.2f} | {r['p99']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
