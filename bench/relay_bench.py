@@ -228,6 +228,20 @@ smtpd_client_connection_rate_limit = 0
             time.sleep(0.1)
 
 
+class Direct:
+    """No relay: smtp-source straight into smtp-sink, the ceiling of this machine."""
+    name = "direct"
+
+    def __init__(self, workdir, sink_port):
+        self.port = sink_port
+
+    def cpu(self):
+        return 0.0
+
+    def stop(self):
+        pass
+
+
 def probe(port, size, stop, latencies, sent):
     """Sends one message at a time over one connection, timing end-of-data -> 250."""
     body = b"Subject: probe\r\n\r\n" + (b"x" * 78 + b"\r\n") * max(1, size // 80) + b".\r\n"
@@ -266,7 +280,12 @@ def probe(port, size, stop, latencies, sent):
 
 def run_one(kind, workdir, size, n, sessions, binary):
     sink = Sink(workdir)
-    server = Sluice(workdir, sink.port, binary) if kind == "sluice" else Postfix(workdir, sink.port)
+    if kind == "sluice":
+        server = Sluice(workdir, sink.port, binary)
+    elif kind == "postfix":
+        server = Postfix(workdir, sink.port)
+    else:
+        server = Direct(workdir, sink.port)
     try:
         cpu0 = server.cpu()
         stop = threading.Event()
@@ -305,7 +324,7 @@ def main():
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--sizes", default="5000,50000")
-    ap.add_argument("--relays", default="sluice,postfix")
+    ap.add_argument("--relays", default="direct,sluice,postfix")
     ap.add_argument("--no-build", action="store_true")
     a = ap.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix"):

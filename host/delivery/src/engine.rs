@@ -12,7 +12,7 @@ use crate::{Outcome, maildir, mx};
 use hickory_resolver::TokioResolver;
 use sluice_config::{Route, Settings, Via};
 use sluice_core::{DeliveryEvent, EventKind, Pipeline, Recipient, Reply, Verdict};
-use sluice_queue::{MessageMeta, Queue, RecipientState, Status, new_id, now_secs};
+use sluice_queue::{MessageMeta, Queue, Queued, RecipientState, Status, new_id, now_secs};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
@@ -39,7 +39,7 @@ struct AttemptResult {
     /// Still queued, due again at this unix time.
     due: Option<(u64, String)>,
     /// New messages (DSNs) to schedule.
-    new: Vec<MessageMeta>,
+    new: Vec<Queued>,
 }
 
 pub struct Engine {
@@ -81,7 +81,7 @@ impl Engine {
     /// Runs until `shutdown` turns true; then lets attempts in flight finish.
     pub async fn run(
         self: Arc<Self>,
-        mut incoming: mpsc::UnboundedReceiver<MessageMeta>,
+        mut incoming: mpsc::UnboundedReceiver<Queued>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut timers: BinaryHeap<Reverse<(u64, String)>> = BinaryHeap::new();
@@ -118,11 +118,11 @@ impl Engine {
                 }
             };
             tokio::select! {
-                Some(meta) = incoming.recv() => {
+                Some(Queued { meta, body }) = incoming.recv() => {
                     let engine = self.clone();
                     attempts.spawn(async move {
                         engine.pipeline.queued(&meta.id, &meta.envelope()).await;
-                        engine.attempt(meta).await
+                        engine.attempt(meta, Some(body)).await
                     });
                 }
                 _ = sleep => {
@@ -135,7 +135,7 @@ impl Engine {
                         let engine = self.clone();
                         attempts.spawn(async move {
                             match engine.queue.get(&id) {
-                                Ok(Some(meta)) => engine.attempt(meta).await,
+                                Ok(Some(meta)) => engine.attempt(meta, None).await,
                                 Ok(None) => AttemptResult { due: None, new: Vec::new() },
                                 Err(e) => {
                                     tracing::error!(%id, error = %e, "cannot load queued message");
@@ -151,9 +151,9 @@ impl Engine {
                             if let Some(due) = result.due {
                                 timers.push(Reverse(due));
                             }
-                            for meta in result.new {
+                            for Queued { meta, body } in result.new {
                                 let engine = self.clone();
-                                attempts.spawn(async move { engine.attempt(meta).await });
+                                attempts.spawn(async move { engine.attempt(meta, Some(body)).await });
                             }
                         }
                         Err(e) => tracing::error!(error = %e, "delivery attempt panicked"),
@@ -202,10 +202,11 @@ impl Engine {
             .clone()
     }
 
-    /// One attempt at every due recipient of a message.
-    async fn attempt(&self, mut meta: MessageMeta) -> AttemptResult {
+    /// One attempt at every due recipient of a message; the body is read from the queue
+    /// unless given.
+    async fn attempt(&self, mut meta: MessageMeta, body: Option<Arc<Vec<u8>>>) -> AttemptResult {
         let now = now_secs();
-        let body = match self.queue.body(&meta.id) {
+        let body = match body.map_or_else(|| self.queue.body(&meta.id).map(|b| b.map(Arc::new)), |b| Ok(Some(b))) {
             Ok(Some(b)) => b,
             Ok(None) => {
                 tracing::error!(id = %meta.id, "queued message has no body; dropping it");
@@ -330,7 +331,7 @@ impl Engine {
         route: Route,
         meta: &MessageMeta,
         idx: Vec<usize>,
-        body: &[u8],
+        body: &Arc<Vec<u8>>,
     ) -> Vec<(usize, Outcome)> {
         if target == Target::Maildir {
             let root = self.settings.maildir();
@@ -340,7 +341,7 @@ impl Engine {
                 .iter()
                 .map(|&i| (i, meta.recipients[i].recipient.address.clone()))
                 .collect();
-            let body = body.to_vec();
+            let body = body.clone();
             return tokio::task::spawn_blocking(move || {
                 jobs.into_iter()
                     .map(|(i, rcpt)| (i, maildir::deliver(&root, &host, &sender, &rcpt, &body)))
@@ -478,7 +479,7 @@ impl Engine {
         outcomes: Vec<(usize, Outcome)>,
         now: u64,
         body: &[u8],
-        new: &mut Vec<MessageMeta>,
+        new: &mut Vec<Queued>,
     ) {
         let expire_at = meta.received_at + self.settings.delivery.expire.as_secs();
         let mut events = Vec::with_capacity(outcomes.len());
@@ -611,7 +612,10 @@ impl Engine {
             match self.queue.enqueue(&dsn_meta, &report).await {
                 Ok(()) => {
                     tracing::info!(id = %meta.id, dsn = %dsn_meta.id, ?action, to = %meta.sender, "DSN queued");
-                    new.push(dsn_meta);
+                    new.push(Queued {
+                        meta: dsn_meta,
+                        body: Arc::new(report),
+                    });
                 }
                 Err(e) => tracing::error!(id = %meta.id, error = %e, "cannot queue DSN"),
             }

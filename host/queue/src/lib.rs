@@ -20,6 +20,15 @@ pub use meta::{MessageMeta, RecipientState, Status, new_id, now_secs};
 pub use sled_queue::SledQueue;
 
 use async_trait::async_trait;
+use std::sync::Arc;
+
+/// A message just made durable, handed to delivery with its body so that the first attempt
+/// does not read it back from disk.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub meta: MessageMeta,
+    pub body: Arc<Vec<u8>>,
+}
 
 /// A queue failure. Always an I/O-level problem: callers answer 451 and retry later.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@ use crate::session::Session;
 use crate::users::Users;
 use sluice_config::{ListenerSettings, Settings};
 use sluice_core::Pipeline;
-use sluice_queue::{MessageMeta, Queue};
+use sluice_queue::{Queue, Queued};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -19,7 +19,7 @@ pub struct ServerContext {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub users: Arc<Users>,
     /// Newly queued messages, for the delivery scheduler.
-    pub queued: mpsc::UnboundedSender<MessageMeta>,
+    pub queued: mpsc::UnboundedSender<Queued>,
 }
 
 /// Serves one listener until `shutdown` turns true, then waits for its sessions to end.

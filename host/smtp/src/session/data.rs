@@ -3,7 +3,8 @@
 
 use super::{Receiving, Session, Transaction};
 use sluice_core::{Reply, Verdict};
-use sluice_queue::{MessageMeta, new_id};
+use sluice_queue::{MessageMeta, Queued, new_id};
+use std::sync::Arc;
 use smtp_proto::request::receiver::{BdatReceiver, DataReceiver};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -121,7 +122,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         );
         let reply = Reply::new(250, "2.0.0", format!("Ok: queued as {}", meta.id));
         if meta.quarantine.is_none() {
-            let _ = self.ctx.queued.send(meta);
+            let body = Arc::new(message);
+            let _ = self.ctx.queued.send(Queued { meta, body });
         }
         reply
     }
