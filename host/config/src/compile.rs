@@ -94,7 +94,10 @@ impl Compiler<'_> {
         let local_domains = self.domains("local_domains", &f.local_domains);
         let relay_domains = self.domains("relay_domains", &f.relay_domains);
         for d in local_domains.intersection(&relay_domains) {
-            self.problem("relay_domains".into(), format!("`{d}` is also in local_domains"));
+            self.problem(
+                "relay_domains".into(),
+                format!("`{d}` is also in local_domains"),
+            );
         }
         let tls_cert = match (&f.tls.cert, &f.tls.key) {
             (Some(c), Some(k)) => {

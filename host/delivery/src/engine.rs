@@ -206,7 +206,10 @@ impl Engine {
     /// unless given.
     async fn attempt(&self, mut meta: MessageMeta, body: Option<Arc<Vec<u8>>>) -> AttemptResult {
         let now = now_secs();
-        let body = match body.map_or_else(|| self.queue.body(&meta.id).map(|b| b.map(Arc::new)), |b| Ok(Some(b))) {
+        let body = match body.map_or_else(
+            || self.queue.body(&meta.id).map(|b| b.map(Arc::new)),
+            |b| Ok(Some(b)),
+        ) {
             Ok(Some(b)) => b,
             Ok(None) => {
                 tracing::error!(id = %meta.id, "queued message has no body; dropping it");

@@ -1,16 +1,19 @@
 //! The durable message queue: message metadata with per-recipient state, and bodies.
 //!
 //! [`Queue`] is the interface the SMTP session and delivery use. [`SledQueue`] keeps
-//! everything in one sled tree and makes `enqueue` durable with a group commit shared by
-//! concurrent sessions; [`MemQueue`] is the model it is tested against.
+//! metadata in sled and bodies in append-only segment files, and makes `enqueue` durable
+//! with a group commit shared by concurrent sessions; [`MemQueue`] is the model it is
+//! tested against.
 //!
 //! # Layout
 //! - [`meta`]: [`MessageMeta`] and [`RecipientState`], the stored record.
 //! - [`sled_queue`]: the sled implementation and its group-commit flusher.
+//! - [`body_log`]: bodies in segment files, with checksums and reference counts.
 //! - [`mem`]: the in-memory model.
 //!
 //! *Invariant*: when `enqueue` returns `Ok`, the message and its envelope are on disk.
 
+pub mod body_log;
 pub mod mem;
 pub mod meta;
 pub mod sled_queue;
@@ -37,6 +40,8 @@ pub enum QueueError {
     Storage(#[from] sled::Error),
     #[error("corrupt queue record {id}: {reason}")]
     Corrupt { id: String, reason: String },
+    #[error("queue body storage: {0}")]
+    Body(std::io::Error),
     #[error("queue flush failed: {0}")]
     Flush(String),
     #[error("queue is closed")]

@@ -1,10 +1,12 @@
 //! The queue on sled, with group commit.
 //!
-//! One tree holds `m/<id>` (postcard-encoded [`MessageMeta`]) and `b/<id>` (the body). A new
-//! message is written as one atomic batch, so a crash never leaves half of it. `enqueue` then
-//! waits for a flush: a dedicated thread flushes sled whenever anyone waits, and one flush
-//! serves every enqueue that was written before it started (group commit).
+//! sled holds one record per message under `m/<id>`: a [`BodyRef`] followed by the
+//! postcard-encoded [`MessageMeta`]. Bodies live in the [`BodyLog`]. `enqueue` appends the
+//! body, inserts the record and waits for a flush: a dedicated thread syncs the body log and
+//! then sled whenever anyone waits, and one flush serves every enqueue written before it
+//! started (group commit).
 
+use crate::body_log::{BodyLog, BodyRef};
 use crate::{MessageMeta, Queue, QueueError};
 use async_trait::async_trait;
 use std::path::Path;
@@ -13,7 +15,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::watch;
 
 const META: &[u8] = b"m/";
-const BODY: &[u8] = b"b/";
 
 fn key(prefix: &[u8], id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + id.len());
@@ -48,6 +49,7 @@ pub struct SledQueue {
 
 struct Inner {
     db: sled::Db,
+    bodies: BodyLog,
     flusher: Arc<Flusher>,
 }
 
@@ -60,10 +62,10 @@ impl Drop for Inner {
 }
 
 impl SledQueue {
-    /// Opens (or creates) the queue in `dir` and drops incomplete records.
+    /// Opens (or creates) the queue in `dir`.
     pub fn open(dir: &Path) -> Result<SledQueue, QueueError> {
         let db = sled::Config::new()
-            .path(dir)
+            .path(dir.join("db"))
             .flush_every_ms(Some(500))
             .cache_capacity(64 * 1024 * 1024)
             .open()?;
@@ -76,29 +78,31 @@ impl SledQueue {
             stop: AtomicBool::new(false),
             last_error: Mutex::new(String::new()),
         });
+        let mut live = Vec::new();
+        for item in db.scan_prefix(META) {
+            let (k, v) = item?;
+            match BodyRef::decode(&v) {
+                Some(r) => live.push(r),
+                None => {
+                    tracing::warn!(key = %String::from_utf8_lossy(&k), "dropping unreadable queue record");
+                    db.remove(&k)?;
+                }
+            }
+        }
+        let bodies = BodyLog::open(&dir.join("bodies"), live.into_iter()).map_err(io)?;
         let q = SledQueue {
-            inner: Arc::new(Inner { db, flusher }),
+            inner: Arc::new(Inner {
+                db,
+                bodies,
+                flusher,
+            }),
         };
-        q.recover()?;
         let (inner, f) = (Arc::downgrade(&q.inner), q.inner.flusher.clone());
         std::thread::Builder::new()
             .name("sluice-queue-flush".into())
             .spawn(move || flush_loop(inner, f))
             .map_err(|e| QueueError::Flush(e.to_string()))?;
         Ok(q)
-    }
-
-    /// Removes records a crash could have left: bodies without metadata.
-    fn recover(&self) -> Result<(), QueueError> {
-        for item in self.inner.db.scan_prefix(BODY) {
-            let (k, _) = item?;
-            let id = String::from_utf8_lossy(&k[BODY.len()..]).into_owned();
-            if !self.inner.db.contains_key(key(META, &id))? {
-                tracing::warn!(%id, "dropping queue body without metadata");
-                self.inner.db.remove(&k)?;
-            }
-        }
-        Ok(())
     }
 
     /// Waits until everything written before this call is on disk.
@@ -125,15 +129,21 @@ impl SledQueue {
         Ok(())
     }
 
-    fn decode(&self, id: &str, bytes: &[u8]) -> Result<MessageMeta, QueueError> {
-        postcard::from_bytes(bytes).map_err(|e| QueueError::Corrupt {
+    fn decode(&self, id: &str, bytes: &[u8]) -> Result<(BodyRef, MessageMeta), QueueError> {
+        let corrupt = |reason: String| QueueError::Corrupt {
             id: id.to_string(),
-            reason: e.to_string(),
-        })
+            reason,
+        };
+        let body = BodyRef::decode(bytes).ok_or_else(|| corrupt("short record".into()))?;
+        let meta = postcard::from_bytes(&bytes[BodyRef::ENCODED_LEN..])
+            .map_err(|e| corrupt(e.to_string()))?;
+        Ok((body, meta))
     }
 
-    fn encode(meta: &MessageMeta) -> Vec<u8> {
-        postcard::to_allocvec(meta).expect("message metadata always serializes")
+    fn encode(body: &BodyRef, meta: &MessageMeta) -> Vec<u8> {
+        let mut out = Vec::with_capacity(BodyRef::ENCODED_LEN + 128);
+        body.encode(&mut out);
+        postcard::to_extend(meta, out).expect("message metadata always serializes")
     }
 }
 
@@ -155,53 +165,74 @@ fn flush_loop(inner: std::sync::Weak<Inner>, f: Arc<Flusher>) {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let result = strong.db.flush();
+        // Bodies first, then the records that point at them.
+        let result = match strong.bodies.sync() {
+            Ok(()) => strong.db.flush().map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         drop(strong);
         f.flushed.send_modify(|s| {
             s.done = target;
             if let Err(e) = &result {
                 s.failed_upto = target;
-                *f.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e.to_string();
+                *f.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e.clone();
                 tracing::error!(error = %e, "queue flush failed");
             }
         });
     }
 }
 
+fn io(e: std::io::Error) -> QueueError {
+    QueueError::Body(e)
+}
+
 #[async_trait]
 impl Queue for SledQueue {
     async fn enqueue(&self, meta: &MessageMeta, body: &[u8]) -> Result<(), QueueError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(key(BODY, &meta.id), body);
-        batch.insert(key(META, &meta.id), Self::encode(meta));
-        self.inner.db.apply_batch(batch)?;
+        let r = self.inner.bodies.append(body).map_err(io)?;
+        if let Err(e) = self
+            .inner
+            .db
+            .insert(key(META, &meta.id), Self::encode(&r, meta))
+        {
+            let _ = self.inner.bodies.release(&r);
+            return Err(e.into());
+        }
         self.durable().await
     }
 
     fn update(&self, meta: &MessageMeta) -> Result<(), QueueError> {
-        self.inner
-            .db
-            .insert(key(META, &meta.id), Self::encode(meta))?;
+        let k = key(META, &meta.id);
+        if let Some(old) = self.inner.db.get(&k)? {
+            let (r, _) = self.decode(&meta.id, &old)?;
+            self.inner.db.insert(k, Self::encode(&r, meta))?;
+        }
         Ok(())
     }
 
     fn remove(&self, id: &str) -> Result<(), QueueError> {
-        let mut batch = sled::Batch::default();
-        batch.remove(key(META, id));
-        batch.remove(key(BODY, id));
-        self.inner.db.apply_batch(batch)?;
+        if let Some(old) = self.inner.db.remove(key(META, id))?
+            && let Some(r) = BodyRef::decode(&old)
+        {
+            self.inner.bodies.release(&r).map_err(io)?;
+        }
         Ok(())
     }
 
     fn get(&self, id: &str) -> Result<Option<MessageMeta>, QueueError> {
         match self.inner.db.get(key(META, id))? {
-            Some(v) => Ok(Some(self.decode(id, &v)?)),
+            Some(v) => Ok(Some(self.decode(id, &v)?.1)),
             None => Ok(None),
         }
     }
 
+    /// `None` when the message is gone, or its body never reached the disk.
     fn body(&self, id: &str) -> Result<Option<Vec<u8>>, QueueError> {
-        Ok(self.inner.db.get(key(BODY, id))?.map(|v| v.to_vec()))
+        let Some(v) = self.inner.db.get(key(META, id))? else {
+            return Ok(None);
+        };
+        let (r, _) = self.decode(id, &v)?;
+        self.inner.bodies.read(&r).map_err(io)
     }
 
     fn list(&self) -> Result<Vec<MessageMeta>, QueueError> {
@@ -209,12 +240,19 @@ impl Queue for SledQueue {
         for item in self.inner.db.scan_prefix(META) {
             let (k, v) = item?;
             let id = String::from_utf8_lossy(&k[META.len()..]).into_owned();
-            out.push(self.decode(&id, &v)?);
+            out.push(self.decode(&id, &v)?.1);
         }
         Ok(out)
     }
 
     async fn sync(&self) -> Result<(), QueueError> {
         self.durable().await
+    }
+}
+
+impl SledQueue {
+    /// Body segment files on disk (for tests of segment clean-up).
+    pub fn body_segments(&self) -> usize {
+        self.inner.bodies.segments_on_disk()
     }
 }

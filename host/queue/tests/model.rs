@@ -103,3 +103,59 @@ async fn concurrent_enqueues_share_flushes_and_all_survive() {
         assert_eq!(q.body(&id).unwrap().as_deref(), Some(&b"hello"[..]));
     }
 }
+
+#[tokio::test]
+async fn body_segments_are_deleted_when_their_messages_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path()).unwrap();
+    let body = vec![b'x'; 100_000];
+    let mut ids = Vec::new();
+    for i in 0..400 {
+        let env = Envelope {
+            sender: "a@b.c".into(),
+            recipients: vec![Recipient::new(format!("x{i}@d.e"))],
+            ..Envelope::default()
+        };
+        let m = MessageMeta::new(new_id(), &env, body.len());
+        q.enqueue(&m, &body).await.unwrap();
+        ids.push(m.id);
+    }
+    assert!(q.body_segments() >= 3, "{} segments", q.body_segments());
+    for id in &ids {
+        q.remove(id).unwrap();
+    }
+    assert_eq!(
+        q.body_segments(),
+        1,
+        "only the segment being appended to is left"
+    );
+    drop(q);
+    let q = SledQueue::open(dir.path()).unwrap();
+    assert!(q.list().unwrap().is_empty());
+    assert_eq!(q.body_segments(), 1);
+}
+
+#[tokio::test]
+async fn a_record_whose_body_is_damaged_has_no_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path()).unwrap();
+    let env = Envelope {
+        sender: "a@b.c".into(),
+        recipients: vec![Recipient::new("x@d.e")],
+        ..Envelope::default()
+    };
+    let m = MessageMeta::new(new_id(), &env, 5);
+    q.enqueue(&m, b"hello").await.unwrap();
+    drop(q);
+    // Damage the body in its segment.
+    for entry in std::fs::read_dir(dir.path().join("bodies")).unwrap() {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        if !data.is_empty() {
+            std::fs::write(&path, b"jello").unwrap();
+        }
+    }
+    let q = SledQueue::open(dir.path()).unwrap();
+    assert!(q.get(&m.id).unwrap().is_some());
+    assert_eq!(q.body(&m.id).unwrap(), None);
+}

@@ -4,8 +4,8 @@
 use super::{Receiving, Session, Transaction};
 use sluice_core::{Reply, Verdict};
 use sluice_queue::{MessageMeta, Queued, new_id};
-use std::sync::Arc;
 use smtp_proto::request::receiver::{BdatReceiver, DataReceiver};
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
