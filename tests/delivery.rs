@@ -204,3 +204,151 @@ fn send_authenticated(s: &Sluice, from: &str, to: &[&str], subject: &str) -> Str
     let mut c = tls_auth_client(s);
     c.send_mail(from, to, &message(subject, 1000))
 }
+
+#[test]
+fn delay_dsn_then_expiry_bounce() {
+    let sink = Sink::start();
+    let extra = route_to(sink.port).replace(
+        "[delivery]\n",
+        "[delivery]\ndelay_notify_after = \"0s\"\nexpire = \"3s\"\n",
+    );
+    let s = Sluice::start(&extra);
+    s.cli(&["user", "add", "u"], "pw\n");
+    let mut c = tls_auth_client(&s);
+    c.cmd("MAIL FROM:<sender@localhost>");
+    let r = c.cmd("RCPT TO:<defer-1@remote.test> NOTIFY=DELAY,FAILURE");
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send_raw(message("slow one", 500).as_bytes());
+    c.send_raw(b"\r\n.\r\n");
+    assert!(c.read_reply().starts_with("250"));
+    assert!(
+        wait_until(Duration::from_secs(20), || s
+            .maildir("sender@localhost")
+            .len()
+            == 2),
+        "log:\n{}",
+        s.log()
+    );
+    let reports = s.maildir("sender@localhost");
+    assert!(reports[0].contains("Action: delayed"), "{}", reports[0]);
+    assert!(reports[0].contains("Status: 4.2.1"), "{}", reports[0]);
+    assert!(reports[0].contains("Will-Retry-Until:"), "{}", reports[0]);
+    assert!(reports[1].contains("Action: failed"), "{}", reports[1]);
+    assert!(reports[1].contains("Status: 5.4.7"), "{}", reports[1]);
+    assert!(
+        reports[1].contains("Subject: slow one"),
+        "the bounce carries the message"
+    );
+    assert!(sink.rcpt_attempts().len() >= 2, "retried before expiring");
+}
+
+/// Sluice relays to a second Sluice over a smarthost route that requires TLS.
+#[test]
+fn relays_to_a_next_hop_over_required_starttls() {
+    let b = Sluice::configure_with("local_domains = [\"b.test\"]", "", "").spawn();
+    let a = Sluice::configure_with(
+        "local_domains = []\nrelay_domains = [\"b.test\"]",
+        "",
+        &format!(
+            "[[route]]\ndomain = \"b.test\"\nvia = \"smarthost\"\nhost = \"127.0.0.1:{}\"\ntls = \"required\"\n",
+            b.mx_port
+        ),
+    )
+    .spawn();
+    let mut c = Client::connect(a.mx_port);
+    c.cmd("EHLO client.test");
+    for i in 0..3 {
+        let r = c.send_mail(
+            "x@example.com",
+            &["user@b.test"],
+            &message(&format!("tls {i}"), 800),
+        );
+        assert!(r.starts_with("250"), "{r}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || b.maildir("user@b.test").len()
+            == 3),
+        "A log:\n{}\nB log:\n{}",
+        a.log(),
+        b.log()
+    );
+    let mail = &b.maildir("user@b.test")[0];
+    assert!(
+        mail.contains("by sluice.test (Sluice) with ESMTPS"),
+        "{mail}"
+    );
+    assert!(mail.contains("(using TLS"), "{mail}");
+}
+
+#[test]
+fn required_tls_defers_when_the_next_hop_has_none() {
+    let sink = Sink::start(); // offers no STARTTLS
+    let s = Sluice::configure_with(
+        "relay_domains = [\"remote.test\"]",
+        "",
+        &route_to(sink.port).replace("tls = \"none\"", "tls = \"required\""),
+    )
+    .spawn();
+    let mut c = Client::connect(s.mx_port);
+    c.cmd("EHLO client.test");
+    let r = c.send_mail(
+        "x@example.com",
+        &["someone@remote.test"],
+        "Subject: t\r\n\r\nx",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    assert!(
+        wait_until(Duration::from_secs(10), || s.log().contains("4.7.10")),
+        "log:\n{}",
+        s.log()
+    );
+    assert!(
+        sink.messages().is_empty(),
+        "sent in clear text despite tls = required"
+    );
+}
+
+#[test]
+fn queue_commands_on_a_stopped_server() {
+    let sink_port = support::free_port(); // nothing listens: mail stays deferred
+    let mut s = Sluice::start(&route_to(sink_port));
+    s.cli(&["user", "add", "u"], "pw\n");
+    let a = send_authenticated(&s, "sender@localhost", &["a@remote.test"], "first");
+    let b = send_authenticated(&s, "sender@localhost", &["b@remote.test"], "second");
+    let (id_a, id_b) = (a.rsplit(' ').next().unwrap(), b.rsplit(' ').next().unwrap());
+    assert!(wait_until(Duration::from_secs(10), || s
+        .log()
+        .contains("status=Deferred")));
+    // The queue is locked while the server runs.
+    let locked = s.cli(&["queue", "list"], "");
+    assert!(!locked.status.success());
+    assert!(String::from_utf8_lossy(&locked.stderr).contains("stop the running server"));
+    s.stop();
+
+    let list = String::from_utf8_lossy(&s.cli(&["queue", "list"], "").stdout).into_owned();
+    assert!(
+        list.contains(id_a) && list.contains(id_b) && list.contains("2 message(s)"),
+        "{list}"
+    );
+    let show = String::from_utf8_lossy(&s.cli(&["queue", "show", id_a], "").stdout).into_owned();
+    assert!(
+        show.contains("recipient <a@remote.test>: Deferred"),
+        "{show}"
+    );
+    assert!(show.contains("Subject: first"), "{show}");
+    let del = s.cli(&["queue", "delete", id_b], "");
+    assert!(del.status.success());
+    let retry = String::from_utf8_lossy(&s.cli(&["queue", "retry"], "").stdout).into_owned();
+    assert!(retry.contains("1 message(s) due now"), "{retry}");
+
+    // Back up with the next hop there: only the remaining message goes out, at once.
+    let sink = Sink::start_on(sink_port);
+    s.restart();
+    assert!(
+        wait_until(Duration::from_secs(10), || sink.messages().len() == 1),
+        "log:\n{}",
+        s.log()
+    );
+    assert!(sink.messages()[0].data.contains("Subject: first"));
+}

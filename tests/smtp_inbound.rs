@@ -315,3 +315,60 @@ fn submission_with_starttls_and_auth_from_python_smtplib() {
     assert!(m.data.contains("with ESMTPSA"), "{}", m.data);
     assert!(m.data.contains("Subject: via submission"));
 }
+
+#[test]
+fn recipient_limit_auth_login_and_cli() {
+    let s = Sluice::configure("max_recipients = 2", "").spawn();
+    let mut c = Client::connect(s.mx_port);
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@example.com>");
+    assert!(c.cmd("RCPT TO:<one@localhost>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<two@localhost>").starts_with("250"));
+    let r = c.cmd("RCPT TO:<three@localhost>");
+    assert!(r.starts_with("452 4.5.3"), "{r}");
+
+    // AUTH LOGIN, step by step, after STARTTLS.
+    let out = s.cli(&["user", "add", "login-user"], "pw2\n");
+    assert!(out.status.success());
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", s.submission_port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 1024];
+    let _ = raw.read(&mut buf).unwrap();
+    raw.write_all(b"EHLO c\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = raw.read(&mut buf).unwrap();
+    raw.write_all(b"STARTTLS\r\n").unwrap();
+    let n = raw.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"220"));
+    let mut t = TlsClient::handshake(raw);
+    t.cmd("EHLO c");
+    assert_eq!(t.cmd("AUTH LOGIN"), "334 VXNlcm5hbWU6");
+    assert_eq!(t.cmd("bG9naW4tdXNlcg=="), "334 UGFzc3dvcmQ6"); // login-user
+    let r = t.cmd("cHcy"); // pw2
+    assert!(r.starts_with("235 2.7.0"), "{r}");
+    assert!(t.cmd("AUTH PLAIN").starts_with("503 5.5.1"), "second AUTH");
+
+    // check-config names file, line and key.
+    let bad = s.dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "hostname = \"x\"\n[[listener]]\nname = \"a\"\nbind = \"nope\"\nrole = \"mx\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::sluice_bin())
+        .args(["--config", bad.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:4: listener[0].bind:", bad.display())),
+        "{err}"
+    );
+    let out = s.cli(&["check-config"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

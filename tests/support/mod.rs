@@ -55,13 +55,20 @@ impl Sluice {
 
     /// Like [`Sluice::start`], with `mx_extra` added to the `mx` listener's table.
     pub fn configure(mx_extra: &str, extra: &str) -> Sluice {
+        Sluice::configure_with("", mx_extra, extra)
+    }
+
+    /// With `top` as top-level keys; `local_domains` there replaces the default
+    /// `["localhost"]`.
+    pub fn configure_with(top: &str, mx_extra: &str, extra: &str) -> Sluice {
         let dir = tempfile::tempdir().unwrap();
         let (mx_port, submission_port) = (free_port(), free_port());
         let config = dir.path().join("sluice.toml");
         let text = format!(
             r#"hostname = "sluice.test"
 data_dir = "{data}"
-local_domains = ["localhost"]
+{domains}
+{top}
 
 [[listener]]
 name = "mx"
@@ -77,6 +84,11 @@ role = "submission"
 {extra}
 "#,
             data = dir.path().join("data").display(),
+            domains = if top.contains("local_domains") {
+                ""
+            } else {
+                "local_domains = [\"localhost\"]"
+            },
         );
         std::fs::write(&config, text).unwrap();
         Sluice {

@@ -1,6 +1,7 @@
 //! A real SMTP server for Sluice to deliver to, reacting to magic recipients:
 //! - `reject…@` gets `550 5.1.1` at RCPT;
 //! - `tempfail…@` gets `451 4.3.0` the first time that address is seen, then `250`;
+//! - `defer…@` always gets `451 4.2.1`;
 //! - anything else is accepted. Messages are recorded with their parameters.
 
 use std::collections::HashSet;
@@ -102,6 +103,7 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
             match current.as_mut() {
                 None => "503 5.5.1 need MAIL".into(),
                 Some(_) if addr.starts_with("reject") => "550 5.1.1 User unknown".into(),
+                Some(_) if addr.starts_with("defer") => "451 4.2.1 Mailbox busy".into(),
                 Some(_) if addr.starts_with("tempfail") && st.tempfailed.insert(addr.clone()) => {
                     "451 4.3.0 Try again later".into()
                 }
