@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, clippy, and the workspace tests (unit tests and
-# the end-to-end tests in tests/, which start real servers on 127.0.0.1).
+# the end-to-end tests in tests/, which start real servers on 127.0.0.1). Ends with one
+# summary line: "N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -255,26 +255,7 @@ impl SmtpConnection {
         self.last_used = Instant::now();
         let caps = self.caps.clone();
         let remote = Some(self.host.clone());
-        let fail_all = |reply: Reply| {
-            let out = rcpts
-                .iter()
-                .map(|&i| {
-                    let o = if reply.is_permanent() {
-                        Outcome::Failed {
-                            reply: reply.clone(),
-                            remote: remote.clone(),
-                        }
-                    } else {
-                        Outcome::Deferred {
-                            reply: reply.clone(),
-                            remote: remote.clone(),
-                        }
-                    };
-                    (i, o)
-                })
-                .collect::<Vec<_>>();
-            Ok(out)
-        };
+        let fail_all = |reply: Reply| Ok(Outcome::for_all(rcpts, &reply, &remote));
         if meta.smtputf8 && !caps.smtputf8 {
             return fail_all(Reply::new(
                 553,
@@ -375,22 +356,8 @@ impl SmtpConnection {
             let r = rcpt_replies[k].clone();
             if r.is_positive() {
                 accepted.push(i);
-            } else if r.is_permanent() {
-                outcomes.push((
-                    i,
-                    Outcome::Failed {
-                        reply: r,
-                        remote: remote.clone(),
-                    },
-                ));
             } else {
-                outcomes.push((
-                    i,
-                    Outcome::Deferred {
-                        reply: r,
-                        remote: remote.clone(),
-                    },
-                ));
+                outcomes.push((i, Outcome::not_delivered(r, remote.clone())));
             }
         }
         let data_reply =
@@ -402,20 +369,7 @@ impl SmtpConnection {
                 self.read_reply().await?;
             }
             self.rset().await?;
-            for i in accepted {
-                let o = if data_reply.is_permanent() {
-                    Outcome::Failed {
-                        reply: data_reply.clone(),
-                        remote: remote.clone(),
-                    }
-                } else {
-                    Outcome::Deferred {
-                        reply: data_reply.clone(),
-                        remote: remote.clone(),
-                    }
-                };
-                outcomes.push((i, o));
-            }
+            outcomes.extend(Outcome::for_all(&accepted, &data_reply, &remote));
             return Ok(outcomes);
         }
         self.write(&dot_stuff(body)).await?;
@@ -430,16 +384,8 @@ impl SmtpConnection {
                     dsn_passed_on: caps.dsn,
                     final_delivery: false,
                 }
-            } else if end.is_permanent() {
-                Outcome::Failed {
-                    reply: end.clone(),
-                    remote: remote.clone(),
-                }
             } else {
-                Outcome::Deferred {
-                    reply: end.clone(),
-                    remote: remote.clone(),
-                }
+                Outcome::not_delivered(end.clone(), remote.clone())
             };
             outcomes.push((i, o));
         }

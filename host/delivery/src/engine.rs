@@ -353,24 +353,7 @@ impl Engine {
             .await
             .unwrap_or_default();
         }
-        let defer_all = |reply: Reply| -> Vec<(usize, Outcome)> {
-            idx.iter()
-                .map(|&i| {
-                    let o = if reply.is_permanent() {
-                        Outcome::Failed {
-                            reply: reply.clone(),
-                            remote: None,
-                        }
-                    } else {
-                        Outcome::Deferred {
-                            reply: reply.clone(),
-                            remote: None,
-                        }
-                    };
-                    (i, o)
-                })
-                .collect()
-        };
+        let defer_all = |reply: Reply| Outcome::for_all(&idx, &reply, &None);
         let _global = self.global.clone().acquire_owned().await;
         let pool = self.pool(&target);
         let _slot = pool.slots.clone().acquire_owned().await;

@@ -44,3 +44,21 @@ pub enum Outcome {
         remote: Option<String>,
     },
 }
+
+impl Outcome {
+    /// `Failed` for a permanent (5xx) reply, `Deferred` otherwise.
+    pub fn not_delivered(reply: Reply, remote: Option<String>) -> Outcome {
+        if reply.is_permanent() {
+            Outcome::Failed { reply, remote }
+        } else {
+            Outcome::Deferred { reply, remote }
+        }
+    }
+
+    /// The same not-delivered outcome for each recipient index.
+    pub fn for_all(idx: &[usize], reply: &Reply, remote: &Option<String>) -> Vec<(usize, Outcome)> {
+        idx.iter()
+            .map(|&i| (i, Outcome::not_delivered(reply.clone(), remote.clone())))
+            .collect()
+    }
+}
