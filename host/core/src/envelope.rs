@@ -98,8 +98,8 @@ impl Envelope {
     }
 }
 
-/// Facts about the SMTP session a stage may look at.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Facts about the SMTP session a stage may look at; kept with the queued message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {
     /// Name of the listener from the config.
     pub listener: String,

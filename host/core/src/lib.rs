@@ -14,7 +14,9 @@ pub mod pipeline;
 pub mod reply;
 
 pub use envelope::{Envelope, Notify, Recipient, Ret, SessionInfo};
-pub use pipeline::{DeliveryEvent, EventKind, PassThrough, Pipeline, Stage, Verdict};
+pub use pipeline::{
+    DeliveryEvent, EventKind, Fixed, PassThrough, Pipeline, Pipelines, Stage, Verdict,
+};
 pub use reply::Reply;
 
 /// The domain part of an address (after the last `@`), lowercased; empty for the null path.

@@ -89,14 +89,24 @@ pub trait Pipeline: Send + Sync {
         Verdict::Continue
     }
 
-    /// After the message is durable, off the SMTP path.
-    async fn queued(&self, _id: &str, _envelope: &Envelope) {}
+    /// After the message is durable, off the SMTP path. `session` is `None` for mail the
+    /// host made itself (DSNs).
+    async fn queued(
+        &self,
+        _id: &str,
+        _session: Option<&SessionInfo>,
+        _envelope: &Envelope,
+        _message: &[u8],
+    ) {
+    }
 
     /// Before each delivery attempt of one message to the given recipients.
     async fn delivery(
         &self,
         _id: &str,
+        _session: Option<&SessionInfo>,
         _envelope: &Envelope,
+        _message: &[u8],
         _recipients: &[Recipient],
     ) -> Verdict {
         Verdict::Continue
@@ -110,3 +120,18 @@ pub trait Pipeline: Send + Sync {
 pub struct PassThrough;
 
 impl Pipeline for PassThrough {}
+
+/// Where sessions and delivery get the pipeline from. A session takes one snapshot when it
+/// starts and keeps it to its end, so a reload never changes the chain under a session.
+pub trait Pipelines: Send + Sync {
+    fn current(&self) -> std::sync::Arc<dyn Pipeline>;
+}
+
+/// Always the same pipeline.
+pub struct Fixed(pub std::sync::Arc<dyn Pipeline>);
+
+impl Pipelines for Fixed {
+    fn current(&self) -> std::sync::Arc<dyn Pipeline> {
+        self.0.clone()
+    }
+}

@@ -11,7 +11,7 @@ use crate::dsn::{self, Action};
 use crate::{Outcome, maildir, mx};
 use hickory_resolver::TokioResolver;
 use sluice_config::{Route, Settings, Via};
-use sluice_core::{DeliveryEvent, EventKind, Pipeline, Recipient, Reply, Verdict};
+use sluice_core::{DeliveryEvent, EventKind, Pipelines, Recipient, Reply, Verdict};
 use sluice_queue::{MessageMeta, Queue, Queued, RecipientState, Status, new_id, now_secs};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -45,7 +45,7 @@ struct AttemptResult {
 pub struct Engine {
     settings: Arc<Settings>,
     queue: Arc<dyn Queue>,
-    pipeline: Arc<dyn Pipeline>,
+    pipelines: Arc<dyn Pipelines>,
     resolver: Option<TokioResolver>,
     tls_unverified: Arc<rustls::ClientConfig>,
     tls_verified: Arc<rustls::ClientConfig>,
@@ -57,7 +57,7 @@ impl Engine {
     pub fn new(
         settings: Arc<Settings>,
         queue: Arc<dyn Queue>,
-        pipeline: Arc<dyn Pipeline>,
+        pipelines: Arc<dyn Pipelines>,
     ) -> Arc<Engine> {
         let resolver = match TokioResolver::builder_tokio() {
             Ok(b) => Some(b.build()),
@@ -70,7 +70,7 @@ impl Engine {
             global: Arc::new(Semaphore::new(settings.delivery.max_connections)),
             settings,
             queue,
-            pipeline,
+            pipelines,
             resolver,
             tls_unverified: sluice_net::client_tls::unverified(),
             tls_verified: sluice_net::client_tls::verified(),
@@ -121,7 +121,11 @@ impl Engine {
                 Some(Queued { meta, body }) = incoming.recv() => {
                     let engine = self.clone();
                     attempts.spawn(async move {
-                        engine.pipeline.queued(&meta.id, &meta.envelope()).await;
+                        engine
+                            .pipelines
+                            .current()
+                            .queued(&meta.id, meta.session.as_ref(), &meta.envelope(), &body)
+                            .await;
                         engine.attempt(meta, Some(body)).await
                     });
                 }
@@ -240,74 +244,77 @@ impl Engine {
             .map(|&i| meta.recipients[i].recipient.clone())
             .collect();
         let envelope = meta.envelope();
-        let outcomes: Vec<(usize, Outcome)> =
-            match self.pipeline.delivery(&meta.id, &envelope, &rcpts).await {
-                Verdict::Reject(reply) => due
-                    .iter()
-                    .map(|&i| {
-                        (
-                            i,
-                            Outcome::Failed {
-                                reply: reply.clone(),
-                                remote: None,
-                            },
-                        )
-                    })
-                    .collect(),
-                Verdict::Defer(reply) => due
-                    .iter()
-                    .map(|&i| {
-                        (
-                            i,
-                            Outcome::Deferred {
-                                reply: reply.clone(),
-                                remote: None,
-                            },
-                        )
-                    })
-                    .collect(),
-                Verdict::Discard => due
-                    .iter()
-                    .map(|&i| {
-                        let reply = Reply::new(250, "2.0.0", "discarded by policy");
-                        (
-                            i,
-                            Outcome::Delivered {
-                                reply,
-                                remote: None,
-                                dsn_passed_on: true,
-                                final_delivery: true,
-                            },
-                        )
-                    })
-                    .collect(),
-                _ => {
-                    let mut groups: HashMap<Target, (Route, Vec<usize>)> = HashMap::new();
-                    for &i in &due {
-                        let route = self
-                            .settings
-                            .route_for(&meta.recipients[i].recipient.domain());
-                        let target = match &route.via {
-                            Via::Maildir => Target::Maildir,
-                            Via::Mx => Target::Mx(route.domain.clone()),
-                            Via::Smarthost { host, port } => Target::Smarthost(host.clone(), *port),
-                        };
-                        groups
-                            .entry(target)
-                            .or_insert_with(|| (route, Vec::new()))
-                            .1
-                            .push(i);
-                    }
-                    let work = groups.into_iter().map(|(target, (route, idx))| {
-                        self.deliver_group(target, route, &meta, idx, &body)
-                    });
-                    futures::future::join_all(work)
-                        .await
-                        .into_iter()
-                        .flatten()
-                        .collect()
+        let pipeline = self.pipelines.current();
+        let outcomes: Vec<(usize, Outcome)> = match pipeline
+            .delivery(&meta.id, meta.session.as_ref(), &envelope, &body, &rcpts)
+            .await
+        {
+            Verdict::Reject(reply) => due
+                .iter()
+                .map(|&i| {
+                    (
+                        i,
+                        Outcome::Failed {
+                            reply: reply.clone(),
+                            remote: None,
+                        },
+                    )
+                })
+                .collect(),
+            Verdict::Defer(reply) => due
+                .iter()
+                .map(|&i| {
+                    (
+                        i,
+                        Outcome::Deferred {
+                            reply: reply.clone(),
+                            remote: None,
+                        },
+                    )
+                })
+                .collect(),
+            Verdict::Discard => due
+                .iter()
+                .map(|&i| {
+                    let reply = Reply::new(250, "2.0.0", "discarded by policy");
+                    (
+                        i,
+                        Outcome::Delivered {
+                            reply,
+                            remote: None,
+                            dsn_passed_on: true,
+                            final_delivery: true,
+                        },
+                    )
+                })
+                .collect(),
+            _ => {
+                let mut groups: HashMap<Target, (Route, Vec<usize>)> = HashMap::new();
+                for &i in &due {
+                    let route = self
+                        .settings
+                        .route_for(&meta.recipients[i].recipient.domain());
+                    let target = match &route.via {
+                        Via::Maildir => Target::Maildir,
+                        Via::Mx => Target::Mx(route.domain.clone()),
+                        Via::Smarthost { host, port } => Target::Smarthost(host.clone(), *port),
+                    };
+                    groups
+                        .entry(target)
+                        .or_insert_with(|| (route, Vec::new()))
+                        .1
+                        .push(i);
                 }
-            };
+                let work = groups.into_iter().map(|(target, (route, idx))| {
+                    self.deliver_group(target, route, &meta, idx, &body)
+                });
+                futures::future::join_all(work)
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            }
+        };
 
         let mut new = Vec::new();
         self.apply(&mut meta, outcomes, now, &body, &mut new).await;
@@ -520,9 +527,10 @@ impl Engine {
             );
             events.push((kind, i));
         }
+        let pipeline = self.pipelines.current();
         for (kind, i) in &events {
             let r = &meta.recipients[*i];
-            self.pipeline
+            pipeline
                 .event(&DeliveryEvent {
                     kind: *kind,
                     message_id: meta.id.clone(),

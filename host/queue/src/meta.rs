@@ -1,7 +1,7 @@
 //! The record kept for each queued message.
 
 use serde::{Deserialize, Serialize};
-use sluice_core::{Envelope, Recipient, Reply, Ret};
+use sluice_core::{Envelope, Recipient, Reply, Ret, SessionInfo};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -69,6 +69,8 @@ pub struct MessageMeta {
     pub recipients: Vec<RecipientState>,
     /// Held by the policy (quarantine); not delivered until released.
     pub quarantine: Option<String>,
+    /// The session that submitted it; `None` for mail the host made (DSNs).
+    pub session: Option<SessionInfo>,
 }
 
 impl MessageMeta {
@@ -89,6 +91,7 @@ impl MessageMeta {
                 .map(RecipientState::new)
                 .collect(),
             quarantine: None,
+            session: None,
         }
     }
 

@@ -9,7 +9,7 @@ mod queue_cmd;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use sluice_config::{EMBEDDED_DEFAULT, EMBEDDED_NAME, Settings};
-use sluice_core::PassThrough;
+use sluice_core::{Fixed, PassThrough};
 use sluice_queue::{Queue, SledQueue};
 use sluice_smtp::{ServerContext, Users};
 use std::io::{BufRead, IsTerminal};
@@ -141,13 +141,13 @@ async fn serve(settings: Settings) -> Result<()> {
         &settings.hostname,
     )
     .context("TLS certificate")?;
-    let pipeline: Arc<dyn sluice_core::Pipeline> = Arc::new(PassThrough);
+    let pipelines: Arc<dyn sluice_core::Pipelines> = Arc::new(Fixed(Arc::new(PassThrough)));
     let (queued_tx, queued_rx) = tokio::sync::mpsc::unbounded_channel();
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(ServerContext {
         settings: settings.clone(),
         queue: queue.clone(),
-        pipeline: pipeline.clone(),
+        pipelines: pipelines.clone(),
         tls: Some(tls),
         users: Arc::new(Users::new(&settings.users_file)),
         queued: queued_tx,
@@ -166,7 +166,7 @@ async fn serve(settings: Settings) -> Result<()> {
             shutdown_rx.clone(),
         ));
     }
-    let engine = sluice_delivery::Engine::new(settings.clone(), queue.clone(), pipeline);
+    let engine = sluice_delivery::Engine::new(settings.clone(), queue.clone(), pipelines);
     tasks.spawn(engine.run(queued_rx, shutdown_rx.clone()));
     drop(ctx);
 

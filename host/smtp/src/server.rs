@@ -3,7 +3,7 @@
 use crate::session::Session;
 use crate::users::Users;
 use sluice_config::{ListenerSettings, Settings};
-use sluice_core::Pipeline;
+use sluice_core::Pipelines;
 use sluice_queue::{Queue, Queued};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -14,7 +14,8 @@ use tokio::sync::{Semaphore, mpsc, watch};
 pub struct ServerContext {
     pub settings: Arc<Settings>,
     pub queue: Arc<dyn Queue>,
-    pub pipeline: Arc<dyn Pipeline>,
+    /// The session takes a snapshot at connect and keeps it.
+    pub pipelines: Arc<dyn Pipelines>,
     /// `None` when STARTTLS cannot be offered.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub users: Arc<Users>,

@@ -93,7 +93,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         message.extend_from_slice(&body);
         drop(body);
         let verdict = self
-            .ctx
             .pipeline
             .data(&self.info, &mut envelope, &mut message)
             .await;
@@ -108,6 +107,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         let mut meta = MessageMeta::new(id, &envelope, message.len());
         meta.quarantine = quarantine;
+        meta.session = Some(self.info.clone());
         if let Err(e) = self.ctx.queue.enqueue(&meta, &message).await {
             tracing::error!(error = %e, "cannot queue message");
             return Reply::new(451, "4.3.0", "Temporary storage failure, try again later");

@@ -8,7 +8,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn ehlo(&mut self, host: String, kind: Greeting) -> Reply {
         self.tx = None;
         self.info.helo = Some(host);
-        match self.ctx.pipeline.ehlo(&self.info).await {
+        match self.pipeline.ehlo(&self.info).await {
             Verdict::Reject(r) | Verdict::Defer(r) => {
                 self.info.helo = None;
                 return r;

@@ -47,7 +47,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             eight_bit: from.flags & MAIL_BODY_8BITMIME != 0,
             smtputf8,
         };
-        match self.ctx.pipeline.mail(&self.info, &envelope).await {
+        match self.pipeline.mail(&self.info, &envelope).await {
             Verdict::Reject(r) | Verdict::Defer(r) => return r,
             _ => {}
         }

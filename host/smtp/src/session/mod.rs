@@ -13,7 +13,7 @@ mod rcpt;
 
 use crate::server::ServerContext;
 use sluice_config::ListenerSettings;
-use sluice_core::{Envelope, Reply, SessionInfo, Verdict};
+use sluice_core::{Envelope, Pipeline, Reply, SessionInfo, Verdict};
 use sluice_net::MaybeTls;
 use smtp_proto::Request;
 use smtp_proto::request::receiver::{BdatReceiver, DataReceiver, DummyDataReceiver};
@@ -61,6 +61,8 @@ enum Greeting {
 pub struct Session<S> {
     stream: MaybeTls<S>,
     ctx: Arc<ServerContext>,
+    /// The chain this session started with, kept across reloads.
+    pipeline: Arc<dyn Pipeline>,
     cfg: Arc<ListenerSettings>,
     shutdown: watch::Receiver<bool>,
     info: SessionInfo,
@@ -95,6 +97,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         Session {
             stream: MaybeTls::Plain(stream),
+            pipeline: ctx.pipelines.current(),
             ctx,
             cfg,
             shutdown,
@@ -113,7 +116,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Runs the session to its end. Never panics on client input.
     pub async fn run(mut self) {
         let hostname = self.ctx.settings.hostname.clone();
-        match self.ctx.pipeline.connect(&self.info).await {
+        match self.pipeline.connect(&self.info).await {
             Verdict::Reject(r) | Verdict::Defer(r) => {
                 self.reply(r);
                 let _ = self.flush().await;

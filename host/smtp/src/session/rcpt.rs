@@ -49,7 +49,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         let tx = self.tx.as_ref().expect("checked above");
         match self
-            .ctx
             .pipeline
             .rcpt(&self.info, &tx.envelope, &recipient)
             .await

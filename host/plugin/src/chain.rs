@@ -1,0 +1,394 @@
+//! Running one stage through a chain's steps.
+//!
+//! Each call gets a fresh instance from the step's `InstancePre` in a new store (no state
+//! carried between messages), with the step's memory limit and CPU deadline. Steps run in
+//! order; the first verdict other than `continue` ends the stage. Scores add up, and the
+//! chain's thresholds turn the sum into an action at the `data` stage. Edits are collected
+//! and applied once, by the caller, after the stage.
+
+use crate::bindings::{PluginPre, types as wit};
+use crate::message::{MessageData, MessageHandle};
+use crate::runtime::Runtime;
+use crate::step::{Grants, Services, StepState};
+use sluice_core::{Reply, Stage, Verdict};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::Store;
+
+/// What a step's failure leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// `451 4.3.0`: the client tries again later.
+    Tempfail,
+    /// The step is ignored for this message.
+    Skip,
+    /// `554 5.7.0`.
+    Reject,
+}
+
+pub struct Step {
+    pub name: Arc<str>,
+    pub plugin: Arc<str>,
+    pub pre: PluginPre<StepState>,
+    pub stages: HashSet<Stage>,
+    pub on_error: OnError,
+    pub memory: usize,
+    pub deadline_ticks: u64,
+    pub max_output: usize,
+    pub grants: Arc<Grants>,
+}
+
+impl Step {
+    pub fn store(&self, runtime: &Runtime, services: &Arc<dyn Services>) -> Store<StepState> {
+        let state = StepState::new(
+            self.plugin.clone(),
+            self.name.clone(),
+            self.grants.clone(),
+            services.clone(),
+            self.memory,
+        );
+        let mut store = Store::new(runtime.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.deadline_ticks);
+        store.epoch_deadline_trap();
+        store
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    pub listeners: Vec<String>,
+    pub authenticated: Option<bool>,
+    pub sender_domains: Vec<String>,
+    pub recipient_domains: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Thresholds {
+    pub reject: Option<f64>,
+    pub quarantine: Option<f64>,
+    pub add_header: Option<f64>,
+}
+
+pub struct Chain {
+    pub name: String,
+    pub conditions: Conditions,
+    pub steps: Vec<Step>,
+    pub thresholds: Thresholds,
+    pub runtime: Arc<Runtime>,
+    pub services: Arc<dyn Services>,
+}
+
+/// The input of one stage.
+pub enum StageInput {
+    Connect(wit::SessionInfo),
+    Ehlo(wit::SessionInfo),
+    Mail(wit::SessionInfo, wit::Envelope),
+    Rcpt(wit::SessionInfo, wit::Envelope, String),
+    Data(Arc<MessageData>),
+    Queued(Arc<MessageData>),
+    Delivery(Arc<MessageData>, Vec<String>),
+    Event(wit::DeliveryEvent),
+}
+
+impl StageInput {
+    pub fn stage(&self) -> Stage {
+        match self {
+            StageInput::Connect(_) => Stage::Connect,
+            StageInput::Ehlo(_) => Stage::Ehlo,
+            StageInput::Mail(..) => Stage::Mail,
+            StageInput::Rcpt(..) => Stage::Rcpt,
+            StageInput::Data(_) => Stage::Data,
+            StageInput::Queued(_) => Stage::Queued,
+            StageInput::Delivery(..) => Stage::Delivery,
+            StageInput::Event(_) => Stage::Event,
+        }
+    }
+}
+
+/// What one step did, for logs and `sluice trace`.
+#[derive(Debug, Clone)]
+pub struct StepTrace {
+    pub step: String,
+    pub verdict: Verdict,
+    pub symbols: Vec<wit::Symbol>,
+    pub edits: Vec<wit::Edit>,
+    pub elapsed: Duration,
+    /// The failure and what `on_error` made of it.
+    pub error: Option<String>,
+}
+
+/// The result of a stage.
+#[derive(Debug, Clone)]
+pub struct StageResult {
+    pub verdict: Verdict,
+    pub score: f64,
+    pub symbols: Vec<wit::Symbol>,
+    pub edits: Vec<wit::Edit>,
+    pub trace: Vec<StepTrace>,
+}
+
+/// Why a step call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("CPU deadline exceeded")]
+    Timeout,
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("result too large: {0} bytes, limit {1}")]
+    Oversized(usize, usize),
+}
+
+impl Chain {
+    /// Whether this chain applies, given what is known at this point of the session.
+    pub fn matches(
+        &self,
+        listener: &str,
+        authenticated: bool,
+        sender: Option<&str>,
+        recipients: Option<&[String]>,
+    ) -> bool {
+        let c = &self.conditions;
+        if !c.listeners.is_empty() && !c.listeners.iter().any(|l| l == listener) {
+            return false;
+        }
+        if c.authenticated.is_some_and(|a| a != authenticated) {
+            return false;
+        }
+        if !c.sender_domains.is_empty() {
+            let Some(sender) = sender else { return false };
+            if !c.sender_domains.contains(&sluice_core::domain_of(sender)) {
+                return false;
+            }
+        }
+        if !c.recipient_domains.is_empty() {
+            let Some(rcpts) = recipients else {
+                return false;
+            };
+            if !rcpts
+                .iter()
+                .any(|r| c.recipient_domains.contains(&sluice_core::domain_of(r)))
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Runs every step subscribed to the input's stage.
+    pub async fn run(&self, input: &StageInput) -> StageResult {
+        let stage = input.stage();
+        let mut result = StageResult {
+            verdict: Verdict::Continue,
+            score: 0.0,
+            symbols: Vec::new(),
+            edits: Vec::new(),
+            trace: Vec::new(),
+        };
+        for step in self.steps.iter().filter(|s| s.stages.contains(&stage)) {
+            let start = Instant::now();
+            let outcome = self.call(step, input).await;
+            let elapsed = start.elapsed();
+            let (verdict, trace) = match outcome {
+                Ok(o) => {
+                    let verdict = to_verdict(&o.verdict);
+                    for s in &o.symbols {
+                        if s.score.is_finite() {
+                            result.score += s.score;
+                        }
+                    }
+                    let trace = StepTrace {
+                        step: step.name.to_string(),
+                        verdict: verdict.clone(),
+                        symbols: o.symbols.clone(),
+                        edits: o.edits.clone(),
+                        elapsed,
+                        error: None,
+                    };
+                    result.symbols.extend(o.symbols);
+                    result.edits.extend(o.edits);
+                    (verdict, trace)
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        chain = %self.name, step = %step.name, plugin = %step.plugin,
+                        ?stage, error = %e, on_error = ?step.on_error, "plugin step failed"
+                    );
+                    let verdict = match step.on_error {
+                        OnError::Skip => Verdict::Continue,
+                        OnError::Tempfail => Verdict::Defer(Reply::new(
+                            451,
+                            "4.3.0",
+                            format!("Temporary failure in policy step {}", step.name),
+                        )),
+                        OnError::Reject => Verdict::Reject(Reply::new(
+                            554,
+                            "5.7.0",
+                            format!("Message refused by policy step {}", step.name),
+                        )),
+                    };
+                    let trace = StepTrace {
+                        step: step.name.to_string(),
+                        verdict: verdict.clone(),
+                        symbols: Vec::new(),
+                        edits: Vec::new(),
+                        elapsed,
+                        error: Some(e.to_string()),
+                    };
+                    (verdict, trace)
+                }
+            };
+            result.trace.push(trace);
+            if verdict != Verdict::Continue {
+                result.verdict = verdict;
+                return result;
+            }
+        }
+        if stage == Stage::Data {
+            self.apply_thresholds(&mut result);
+        }
+        result
+    }
+
+    fn apply_thresholds(&self, r: &mut StageResult) {
+        let t = &self.thresholds;
+        let names: Vec<String> = r
+            .symbols
+            .iter()
+            .map(|s| format!("{}={:.2}", s.name, s.score))
+            .collect();
+        if t.reject.is_some_and(|x| r.score >= x) {
+            r.verdict = Verdict::Reject(Reply::new(
+                550,
+                "5.7.1",
+                format!("Message rejected by policy (score {:.2})", r.score),
+            ));
+        } else if t.quarantine.is_some_and(|x| r.score >= x) {
+            r.verdict = Verdict::Quarantine(format!("score {:.2}: {}", r.score, names.join(", ")));
+        }
+        if t.add_header.is_some_and(|x| r.score >= x) {
+            r.edits.push(wit::Edit::SetHeader(wit::Header {
+                name: "X-Sluice-Score".into(),
+                value: format!("{:.2}", r.score),
+            }));
+            r.edits.push(wit::Edit::SetHeader(wit::Header {
+                name: "X-Sluice-Symbols".into(),
+                value: names.join(", "),
+            }));
+        }
+    }
+
+    async fn call(&self, step: &Step, input: &StageInput) -> Result<wit::Outcome, StepError> {
+        let mut store = step.store(&self.runtime, &self.services);
+        let trap = |e: wasmtime::Error| classify(e);
+        let plugin = step.pre.instantiate_async(&mut store).await.map_err(trap)?;
+        let f = plugin.sluice_plugin_filter();
+        let outcome = match input {
+            StageInput::Connect(s) => f.call_on_connect(&mut store, s).await,
+            StageInput::Ehlo(s) => f.call_on_ehlo(&mut store, s).await,
+            StageInput::Mail(s, e) => f.call_on_mail(&mut store, s, e).await,
+            StageInput::Rcpt(s, e, r) => f.call_on_rcpt(&mut store, s, e, r).await,
+            StageInput::Data(m) | StageInput::Queued(m) | StageInput::Delivery(m, _) => {
+                let handle = store
+                    .data_mut()
+                    .table
+                    .push(MessageHandle(m.clone()))
+                    .map_err(|e| StepError::Trap(e.to_string()))?;
+                match input {
+                    StageInput::Data(_) => f.call_on_data(&mut store, handle).await,
+                    StageInput::Queued(_) => f.call_on_queued(&mut store, handle).await,
+                    StageInput::Delivery(_, r) => f.call_on_delivery(&mut store, handle, r).await,
+                    _ => unreachable!("matched above"),
+                }
+            }
+            StageInput::Event(e) => f.call_on_event(&mut store, e).await,
+        }
+        .map_err(trap)?;
+        let size = outcome_size(&outcome);
+        if size > step.max_output {
+            return Err(StepError::Oversized(size, step.max_output));
+        }
+        Ok(outcome)
+    }
+}
+
+fn classify(e: wasmtime::Error) -> StepError {
+    if let Some(t) = e.downcast_ref::<wasmtime::Trap>()
+        && *t == wasmtime::Trap::Interrupt
+    {
+        return StepError::Timeout;
+    }
+    StepError::Trap(format!("{e:#}"))
+}
+
+fn outcome_size(o: &wit::Outcome) -> usize {
+    let reply = |r: &wit::Reply| r.enhanced.len() + r.text.len() + 2;
+    let verdict = match &o.verdict {
+        wit::Verdict::Reject(r) | wit::Verdict::Defer(r) => reply(r),
+        wit::Verdict::Quarantine(s) => s.len(),
+        _ => 0,
+    };
+    let symbols: usize = o
+        .symbols
+        .iter()
+        .map(|s| s.name.len() + s.description.as_ref().map_or(0, String::len) + 8)
+        .sum();
+    let edits: usize = o
+        .edits
+        .iter()
+        .map(|e| match e {
+            wit::Edit::AddHeader(h) | wit::Edit::SetHeader(h) => h.name.len() + h.value.len(),
+            wit::Edit::RemoveHeader(s)
+            | wit::Edit::ReplaceText(s)
+            | wit::Edit::ReplaceHtml(s)
+            | wit::Edit::AddRecipient(s)
+            | wit::Edit::RemoveRecipient(s)
+            | wit::Edit::SetSender(s) => s.len(),
+        })
+        .sum();
+    verdict + symbols + edits
+}
+
+pub fn to_verdict(v: &wit::Verdict) -> Verdict {
+    let reply = |r: &wit::Reply, class: u16| {
+        // A plugin may only reject with 5xx and defer with 4xx; anything else is mended.
+        let (code, enhanced) = if r.code / 100 == class && r.code < 600 {
+            let ok = r.enhanced.starts_with(char::from(b'0' + class as u8));
+            (
+                r.code,
+                if ok {
+                    r.enhanced.clone()
+                } else {
+                    format!("{class}.7.1")
+                },
+            )
+        } else if class == 5 {
+            (550, "5.7.1".to_string())
+        } else {
+            (451, "4.7.1".to_string())
+        };
+        Reply::new(code, &enhanced, r.text.replace(['\r', '\n'], " "))
+    };
+    match v {
+        wit::Verdict::Continue => Verdict::Continue,
+        wit::Verdict::Accept => Verdict::Accept,
+        wit::Verdict::Reject(r) => Verdict::Reject(reply(r, 5)),
+        wit::Verdict::Defer(r) => Verdict::Defer(reply(r, 4)),
+        wit::Verdict::Quarantine(s) => Verdict::Quarantine(s.clone()),
+        wit::Verdict::Discard => Verdict::Discard,
+    }
+}
+
+pub fn from_wit_stage(s: wit::Stage) -> Stage {
+    match s {
+        wit::Stage::Connect => Stage::Connect,
+        wit::Stage::Ehlo => Stage::Ehlo,
+        wit::Stage::Mail => Stage::Mail,
+        wit::Stage::Rcpt => Stage::Rcpt,
+        wit::Stage::Data => Stage::Data,
+        wit::Stage::Queued => Stage::Queued,
+        wit::Stage::Delivery => Stage::Delivery,
+        wit::Stage::Event => Stage::Event,
+    }
+}

@@ -1,0 +1,364 @@
+//! Policy files: `policies/*.toml`, each with `[[pipeline]]` chains of `[[pipeline.step]]`.
+//!
+//! A step's shared keys (`plugin`, `sha256`, `stages`, `on_error`, limits, `capabilities`)
+//! are checked here; its `config` table goes untouched (as JSON) to the plugin's
+//! `configure`, whose error is reported with the policy file, line and step.
+
+use crate::chain::{Chain, Conditions, OnError, Step, Thresholds};
+use crate::runtime::{LoadError, MAX_MEMORY, Runtime, TICK};
+use crate::step::{Grants, MemoryServices, Services};
+use serde::Deserialize;
+use sluice_config::error::{Problem, locate};
+use sluice_core::Stage;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One policy file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Chains, tried in order (files in name order); the first whose conditions hold runs.
+    #[serde(default)]
+    pub pipeline: Vec<PipelineFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// Name used in logs, traces and metrics.
+    pub name: String,
+    /// Listener names this chain applies to; empty means all.
+    #[serde(default)]
+    pub listeners: Vec<String>,
+    /// `true`: only authenticated sessions; `false`: only unauthenticated; absent: both.
+    pub authenticated: Option<bool>,
+    /// Sender domains this chain applies to; empty means all. A chain with this condition
+    /// is not chosen before MAIL FROM.
+    #[serde(default)]
+    pub sender_domains: Vec<String>,
+    /// Recipient domains (any recipient matching); empty means all. A chain with this
+    /// condition is not chosen before the first RCPT TO.
+    #[serde(default)]
+    pub recipient_domains: Vec<String>,
+    /// What the summed score of the `data` stage leads to.
+    #[serde(default)]
+    pub thresholds: ThresholdsFile,
+    /// The steps, in order.
+    #[serde(default)]
+    pub step: Vec<StepFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdsFile {
+    /// Score at or above which the message is rejected (`550 5.7.1`).
+    pub reject: Option<f64>,
+    /// Score at or above which the message is quarantined.
+    pub quarantine: Option<f64>,
+    /// Score at or above which `X-Sluice-Score` and `X-Sluice-Symbols` are added.
+    pub add_header: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepFile {
+    /// Name used in logs and traces.
+    pub name: String,
+    /// Path of the component, relative to the policy file.
+    pub plugin: String,
+    /// SHA-256 of the component file (hex); a different file is refused.
+    pub sha256: String,
+    /// Stages this step runs at; empty means every stage the plugin handles.
+    #[serde(default)]
+    pub stages: Vec<String>,
+    /// When the plugin fails: `tempfail` (451 4.3.0), `skip` or `reject` (554 5.7.0).
+    #[serde(default = "default_on_error")]
+    pub on_error: String,
+    /// Linear memory limit in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: usize,
+    /// CPU deadline per call in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Largest result (edits, symbols) in KiB.
+    #[serde(default = "default_max_output_kb")]
+    pub max_output_kb: usize,
+    /// Capabilities; none by default.
+    #[serde(default)]
+    pub capabilities: CapabilitiesFile,
+    /// The plugin's own settings, passed to its `configure` as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+fn default_on_error() -> String {
+    "tempfail".into()
+}
+fn default_memory_mb() -> usize {
+    64
+}
+fn default_timeout_ms() -> u64 {
+    200
+}
+fn default_max_output_kb() -> usize {
+    1024
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilitiesFile {
+    /// Key-value namespace the step may use.
+    pub kv: Option<String>,
+    /// May emit events.
+    #[serde(default)]
+    pub events: bool,
+}
+
+/// Every chain of every policy file, compiled and loaded.
+pub struct PolicySet {
+    pub chains: Vec<Arc<Chain>>,
+    /// Policy files this set was built from.
+    pub files: Vec<PathBuf>,
+}
+
+impl PolicySet {
+    pub fn empty() -> PolicySet {
+        PolicySet {
+            chains: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+}
+
+pub fn parse_stage(s: &str) -> Option<Stage> {
+    Some(match s {
+        "connect" => Stage::Connect,
+        "ehlo" => Stage::Ehlo,
+        "mail" => Stage::Mail,
+        "rcpt" => Stage::Rcpt,
+        "data" => Stage::Data,
+        "queued" => Stage::Queued,
+        "delivery" => Stage::Delivery,
+        "event" => Stage::Event,
+        _ => return None,
+    })
+}
+
+/// Loads `*.toml` in a folder (or one file), compiling every plugin and calling every
+/// `configure`. All problems are returned at once.
+pub async fn load_policies(
+    runtime: &Arc<Runtime>,
+    path: &Path,
+    services: Option<Arc<dyn Services>>,
+) -> Result<PolicySet, Vec<Problem>> {
+    let services = services.unwrap_or_else(|| Arc::new(MemoryServices::default()));
+    let mut files: Vec<PathBuf> = if path.is_dir() {
+        match std::fs::read_dir(path) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect(),
+            Err(e) => {
+                return Err(vec![problem(path, 0, "", format!("cannot read: {e}"))]);
+            }
+        }
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files.sort();
+    let mut problems = Vec::new();
+    let mut chains = Vec::new();
+    for file in &files {
+        match load_file(runtime, file, &services).await {
+            Ok(mut c) => chains.append(&mut c),
+            Err(mut p) => problems.append(&mut p),
+        }
+    }
+    if problems.is_empty() {
+        Ok(PolicySet { chains, files })
+    } else {
+        Err(problems)
+    }
+}
+
+fn problem(file: &Path, line: usize, key: &str, message: impl Into<String>) -> Problem {
+    Problem {
+        file: file.display().to_string(),
+        line,
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+async fn load_file(
+    runtime: &Arc<Runtime>,
+    file: &Path,
+    services: &Arc<dyn Services>,
+) -> Result<Vec<Arc<Chain>>, Vec<Problem>> {
+    let source = std::fs::read_to_string(file)
+        .map_err(|e| vec![problem(file, 0, "", format!("cannot read: {e}"))])?;
+    let parsed: PolicyFile = toml::from_str(&source).map_err(|e| {
+        let line = e
+            .span()
+            .map_or(0, |s| sluice_config::error::line_of(&source, s.start));
+        vec![problem(file, line, "", e.message().trim())]
+    })?;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let mut problems = Vec::new();
+    let mut chains = Vec::new();
+    for (pi, p) in parsed.pipeline.iter().enumerate() {
+        let mut steps = Vec::new();
+        let mut names = HashSet::new();
+        for (si, s) in p.step.iter().enumerate() {
+            let key = |field: &str| format!("pipeline[{pi}].step[{si}].{field}");
+            let mut report = |field: &str, msg: String| {
+                let k = key(field);
+                problems.push(problem(file, locate(&source, &k), &k, msg));
+            };
+            if !names.insert(s.name.clone()) {
+                report(
+                    "name",
+                    format!("step name `{}` is used twice in this pipeline", s.name),
+                );
+            }
+            let on_error = match s.on_error.as_str() {
+                "tempfail" => OnError::Tempfail,
+                "skip" => OnError::Skip,
+                "reject" => OnError::Reject,
+                other => {
+                    report(
+                        "on_error",
+                        format!("unknown on_error `{other}`: expected tempfail, skip or reject"),
+                    );
+                    OnError::Tempfail
+                }
+            };
+            let mut stages = HashSet::new();
+            for st in &s.stages {
+                match parse_stage(st) {
+                    Some(x) => {
+                        stages.insert(x);
+                    }
+                    None => report("stages", format!("unknown stage `{st}`")),
+                }
+            }
+            if s.memory_mb == 0 || s.memory_mb * 1024 * 1024 > MAX_MEMORY {
+                report(
+                    "memory_mb",
+                    format!("must be between 1 and {}", MAX_MEMORY >> 20),
+                );
+            }
+            if s.timeout_ms == 0 {
+                report("timeout_ms", "must be greater than 0".into());
+            }
+            let plugin_path = dir.join(&s.plugin);
+            let pre = match runtime.load(&plugin_path, &s.sha256) {
+                Ok(pre) => pre,
+                Err(e) => {
+                    let field = match e {
+                        LoadError::Digest { .. } => "sha256",
+                        _ => "plugin",
+                    };
+                    report(field, e.to_string());
+                    continue;
+                }
+            };
+            let plugin_name: Arc<str> = plugin_path
+                .file_stem()
+                .map_or("plugin".into(), |n| n.to_string_lossy().into());
+            let grants = Arc::new(Grants {
+                kv: s.capabilities.kv.clone(),
+                events: s.capabilities.events,
+            });
+            let mut step = Step {
+                name: s.name.clone().into(),
+                plugin: plugin_name,
+                pre,
+                stages,
+                on_error,
+                memory: s.memory_mb * 1024 * 1024,
+                deadline_ticks: s.timeout_ms.div_ceil(TICK.as_millis() as u64).max(1) + 1,
+                max_output: s.max_output_kb * 1024,
+                grants,
+            };
+            let config = config_json(&s.config);
+            match configure(runtime, &step, services, &config).await {
+                Ok(declared) => {
+                    if step.stages.is_empty() {
+                        step.stages = declared;
+                    } else {
+                        for st in step.stages.iter().filter(|x| !declared.contains(x)) {
+                            report("stages", format!("the plugin does not handle stage {st:?}"));
+                        }
+                    }
+                }
+                Err(e) => report("config", format!("plugin refused its configuration: {e}")),
+            }
+            steps.push(step);
+        }
+        let t = &p.thresholds;
+        chains.push(Arc::new(Chain {
+            name: p.name.clone(),
+            conditions: Conditions {
+                listeners: p.listeners.clone(),
+                authenticated: p.authenticated,
+                sender_domains: p
+                    .sender_domains
+                    .iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect(),
+                recipient_domains: p
+                    .recipient_domains
+                    .iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect(),
+            },
+            steps,
+            thresholds: Thresholds {
+                reject: t.reject,
+                quarantine: t.quarantine,
+                add_header: t.add_header,
+            },
+            runtime: runtime.clone(),
+            services: services.clone(),
+        }));
+    }
+    if problems.is_empty() {
+        Ok(chains)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Calls `stages` and `configure` on a fresh instance.
+async fn configure(
+    runtime: &Runtime,
+    step: &Step,
+    services: &Arc<dyn Services>,
+    config: &str,
+) -> Result<HashSet<Stage>, String> {
+    let mut store = step.store(runtime, services);
+    let plugin = step
+        .pre
+        .instantiate_async(&mut store)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let f = plugin.sluice_plugin_filter();
+    let declared = f
+        .call_stages(&mut store)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    f.call_configure(&mut store, config)
+        .await
+        .map_err(|e| format!("{e:#}"))??;
+    Ok(declared
+        .into_iter()
+        .map(crate::chain::from_wit_stage)
+        .collect())
+}
+
+/// A TOML table as JSON text, for `configure`.
+fn config_json(t: &toml::Table) -> String {
+    serde_json::to_string(t).unwrap_or_else(|_| "{}".into())
+}

@@ -1,0 +1,173 @@
+//! The wasmtime engine and loading plugins.
+//!
+//! One engine for the process: the pooling allocator with explicit limits (falling back to
+//! on-demand allocation when the address space cannot be reserved), epoch interruption
+//! driven by a ticker thread, and compiled components cached on disk under the SHA-256 of
+//! the component and a hash of the engine's compatibility settings.
+
+use crate::bindings::PluginPre;
+use crate::step::StepState;
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// One epoch tick; CPU deadlines are whole numbers of ticks.
+pub const TICK: Duration = Duration::from_millis(5);
+
+/// Largest linear memory a step may ask for (its policy limit is checked against this).
+pub const MAX_MEMORY: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read plugin {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("plugin {path} has sha256 {actual}, but the policy requires {expected}")]
+    Digest {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("plugin {path} is not a usable component: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// The engine could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin runtime: {0}")]
+pub struct EngineError(pub String);
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<StepState>,
+    cache_dir: Option<PathBuf>,
+    /// Whether the pooling allocator is in use (false after the fallback).
+    pub pooling: bool,
+}
+
+impl Runtime {
+    /// Builds the engine; `cache_dir` keeps compiled components between runs.
+    pub fn new(cache_dir: Option<&Path>) -> Result<Arc<Runtime>, EngineError> {
+        let e = |e: wasmtime::Error| EngineError(format!("{e:#}"));
+        let (engine, pooling) = match Engine::new(&config(true)) {
+            Ok(engine) => (engine, true),
+            Err(err) => {
+                tracing::warn!(error = %err, "pooling allocator unavailable; using on-demand allocation");
+                (Engine::new(&config(false)).map_err(e)?, false)
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(e)?;
+        crate::bindings::Plugin::add_to_linker::<StepState, wasmtime::component::HasSelf<StepState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(e)?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .map_err(|err| EngineError(err.to_string()))?;
+        if let Some(dir) = cache_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|err| EngineError(format!("{}: {err}", dir.display())))?;
+        }
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            cache_dir: cache_dir.map(Path::to_path_buf),
+            pooling,
+        }))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Reads a plugin, checks its digest, compiles it (or loads the cached compilation) and
+    /// links it.
+    pub fn load(&self, path: &Path, sha256: &str) -> Result<PluginPre<StepState>, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if !actual.eq_ignore_ascii_case(sha256) {
+            return Err(LoadError::Digest {
+                path: path.to_path_buf(),
+                expected: sha256.to_string(),
+                actual,
+            });
+        }
+        let invalid = |e: wasmtime::Error| LoadError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        };
+        let component = self.component(&bytes, &actual).map_err(invalid)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
+        PluginPre::new(pre).map_err(invalid)
+    }
+
+    fn component(&self, bytes: &[u8], digest: &str) -> wasmtime::Result<Component> {
+        let Some(dir) = &self.cache_dir else {
+            return Component::new(&self.engine, bytes);
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let file = dir.join(format!("{digest}-{:016x}.cwasm", h.finish()));
+        if file.exists() {
+            match deserialize(&self.engine, &file) {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(path = %file.display(), error = %e, "recompiling: cached component unusable")
+                }
+            }
+        }
+        let compiled = self.engine.precompile_component(bytes)?;
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, &compiled)?;
+        std::fs::rename(&tmp, &file)?;
+        deserialize(&self.engine, &file)
+    }
+}
+
+/// Loads a precompiled component from the cache folder.
+#[allow(unsafe_code)]
+fn deserialize(engine: &Engine, file: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: the file was written by `precompile_component` of an engine with the same
+    // compatibility hash (it is in the name), into the data folder Sluice owns. Wasmtime
+    // checks the header and engine settings again; the remaining risk is someone with
+    // write access to the data folder, who could equally replace the binary.
+    unsafe { Component::deserialize_file(engine, file) }
+}
+
+fn config(pooling: bool) -> Config {
+    let mut c = Config::new();
+    c.wasm_component_model(true);
+    c.epoch_interruption(true);
+    c.max_wasm_stack(512 * 1024);
+    if pooling {
+        let mut p = PoolingAllocationConfig::default();
+        p.total_component_instances(1000);
+        p.total_core_instances(2000);
+        p.total_memories(1000);
+        p.total_tables(2000);
+        p.max_memory_size(MAX_MEMORY);
+        p.max_memories_per_module(2);
+        p.total_stacks(1000);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
+    }
+    c
+}

@@ -1,0 +1,167 @@
+//! What a store holds during one call into one step: WASI with no ambient authority, the
+//! resource table, memory limits, and the step's grants, which every host call checks.
+
+use crate::bindings::host::{self, Level};
+use crate::message::{MessageData, MessageHandle};
+use std::sync::Arc;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Capabilities granted to one step by its policy. Nothing is granted by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Key-value namespace, when granted.
+    pub kv: Option<String>,
+    pub events: bool,
+}
+
+/// Shared services the host functions reach.
+pub trait Services: Send + Sync {
+    fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
+    fn kv_set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), String>;
+    fn kv_delete(&self, namespace: &str, key: &str) -> Result<(), String>;
+    fn emit(&self, plugin: &str, name: &str, payload: &str) -> Result<(), String>;
+}
+
+/// Services for runs without a server (trace, check-config): key-value in memory, events
+/// logged.
+#[derive(Default)]
+pub struct MemoryServices {
+    kv: std::sync::Mutex<std::collections::HashMap<(String, String), Vec<u8>>>,
+}
+
+impl Services for MemoryServices {
+    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let kv = self.kv.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(kv.get(&(ns.to_string(), key.to_string())).cloned())
+    }
+
+    fn kv_set(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), String> {
+        let mut kv = self.kv.lock().unwrap_or_else(|e| e.into_inner());
+        kv.insert((ns.to_string(), key.to_string()), value.to_vec());
+        Ok(())
+    }
+
+    fn kv_delete(&self, ns: &str, key: &str) -> Result<(), String> {
+        let mut kv = self.kv.lock().unwrap_or_else(|e| e.into_inner());
+        kv.remove(&(ns.to_string(), key.to_string()));
+        Ok(())
+    }
+
+    fn emit(&self, plugin: &str, name: &str, payload: &str) -> Result<(), String> {
+        tracing::info!(plugin, event = name, payload, "plugin event");
+        Ok(())
+    }
+}
+
+pub struct StepState {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub limits: StoreLimits,
+    pub plugin: Arc<str>,
+    pub step: Arc<str>,
+    pub grants: Arc<Grants>,
+    pub services: Arc<dyn Services>,
+    /// Ungranted calls the plugin made, reported with the step's result.
+    pub denied: Vec<String>,
+}
+
+impl StepState {
+    pub fn new(
+        plugin: Arc<str>,
+        step: Arc<str>,
+        grants: Arc<Grants>,
+        services: Arc<dyn Services>,
+        memory_bytes: usize,
+    ) -> StepState {
+        // No preopened folders, no environment, no arguments, no network, no inherited
+        // stdio: a plugin computes, and reaches out only through granted host calls.
+        let wasi = WasiCtx::builder()
+            .allow_blocking_current_thread(false)
+            .build();
+        StepState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory_bytes)
+                .instances(64)
+                .tables(64)
+                .memories(16)
+                .trap_on_grow_failure(true)
+                .build(),
+            plugin,
+            step,
+            grants,
+            services,
+            denied: Vec::new(),
+        }
+    }
+
+    pub fn message(&self, m: &Resource<MessageHandle>) -> Option<Arc<MessageData>> {
+        self.table.get(m).ok().map(|h| h.0.clone())
+    }
+
+    fn deny(&mut self, what: &str) -> host::Error {
+        let why = format!("capability `{what}` is not granted to step {}", self.step);
+        tracing::warn!(plugin = %self.plugin, step = %self.step, "{why}");
+        self.denied.push(why.clone());
+        host::Error::Denied(why)
+    }
+}
+
+impl WasiView for StepState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl host::Host for StepState {
+    fn log(&mut self, level: Level, message: String) {
+        let (plugin, step) = (&*self.plugin, &*self.step);
+        let message: String = message.chars().take(4096).collect();
+        match level {
+            Level::Error => tracing::error!(plugin, step, "{message}"),
+            Level::Warn => tracing::warn!(plugin, step, "{message}"),
+            Level::Info => tracing::info!(plugin, step, "{message}"),
+            Level::Debug => tracing::debug!(plugin, step, "{message}"),
+        }
+    }
+
+    fn kv_get(&mut self, key: String) -> Result<Option<Vec<u8>>, host::Error> {
+        let Some(ns) = self.grants.kv.clone() else {
+            return Err(self.deny("kv"));
+        };
+        self.services.kv_get(&ns, &key).map_err(host::Error::Failed)
+    }
+
+    fn kv_set(&mut self, key: String, value: Vec<u8>) -> Result<(), host::Error> {
+        let Some(ns) = self.grants.kv.clone() else {
+            return Err(self.deny("kv"));
+        };
+        self.services
+            .kv_set(&ns, &key, &value)
+            .map_err(host::Error::Failed)
+    }
+
+    fn kv_delete(&mut self, key: String) -> Result<(), host::Error> {
+        let Some(ns) = self.grants.kv.clone() else {
+            return Err(self.deny("kv"));
+        };
+        self.services
+            .kv_delete(&ns, &key)
+            .map_err(host::Error::Failed)
+    }
+
+    fn emit(&mut self, name: String, payload: String) -> Result<(), host::Error> {
+        if !self.grants.events {
+            return Err(self.deny("events"));
+        }
+        self.services
+            .emit(&self.plugin, &name, &payload)
+            .map_err(host::Error::Failed)
+    }
+}
