@@ -37,6 +37,8 @@ pub struct Step {
     pub deadline_ticks: u64,
     pub max_output: usize,
     pub grants: Arc<Grants>,
+    /// The step's `config` table as JSON.
+    pub config: Arc<str>,
 }
 
 impl Step {
@@ -46,6 +48,7 @@ impl Step {
             self.name.clone(),
             self.grants.clone(),
             services.clone(),
+            self.config.clone(),
             self.memory,
         );
         let mut store = Store::new(runtime.engine(), state);

@@ -281,8 +281,9 @@ async fn load_file(
                 deadline_ticks: s.timeout_ms.div_ceil(TICK.as_millis() as u64).max(1) + 1,
                 max_output: s.max_output_kb * 1024,
                 grants,
+                config: config_json(&s.config).into(),
             };
-            let config = config_json(&s.config);
+            let config = step.config.clone();
             match configure(runtime, &step, services, &config).await {
                 Ok(declared) => {
                     if step.stages.is_empty() {

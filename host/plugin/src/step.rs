@@ -63,6 +63,8 @@ pub struct StepState {
     pub step: Arc<str>,
     pub grants: Arc<Grants>,
     pub services: Arc<dyn Services>,
+    /// The step's config as JSON.
+    pub config: Arc<str>,
     /// Ungranted calls the plugin made, reported with the step's result.
     pub denied: Vec<String>,
 }
@@ -73,6 +75,7 @@ impl StepState {
         step: Arc<str>,
         grants: Arc<Grants>,
         services: Arc<dyn Services>,
+        config: Arc<str>,
         memory_bytes: usize,
     ) -> StepState {
         // No preopened folders, no environment, no arguments, no network, no inherited
@@ -94,6 +97,7 @@ impl StepState {
             step,
             grants,
             services,
+            config,
             denied: Vec::new(),
         }
     }
@@ -129,6 +133,10 @@ impl host::Host for StepState {
             Level::Info => tracing::info!(plugin, step, "{message}"),
             Level::Debug => tracing::debug!(plugin, step, "{message}"),
         }
+    }
+
+    fn config(&mut self) -> String {
+        self.config.to_string()
     }
 
     fn kv_get(&mut self, key: String) -> Result<Option<Vec<u8>>, host::Error> {

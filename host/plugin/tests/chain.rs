@@ -1,0 +1,314 @@
+//! The plugin runtime against real components built from `plugins/`: verdicts, edits,
+//! thresholds, containment of hostile plugins, policy errors and hot reload.
+
+use sluice_core::{Envelope, Pipelines, Recipient, SessionInfo, Verdict};
+use sluice_plugin::{Runtime, WasmPipeline};
+use sluice_test_plugins::{HOSTILE, NOOP, Plugin, TAG};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn step(name: &str, p: Plugin, extra: &str) -> String {
+    format!(
+        "[[pipeline.step]]\nname = \"{name}\"\nplugin = \"{}\"\nsha256 = \"{}\"\n{extra}\n",
+        p.path, p.sha256
+    )
+}
+
+fn hostile(name: &str, mode: &str, extra: &str) -> String {
+    step(
+        name,
+        HOSTILE,
+        &format!("{extra}\n[pipeline.step.config]\nmode = \"{mode}\"\n"),
+    )
+}
+
+fn write_policy(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, format!("[[pipeline]]\nname = \"test\"\n{body}")).unwrap();
+    path
+}
+
+fn runtime() -> Arc<Runtime> {
+    Runtime::new(None).unwrap()
+}
+
+fn session() -> SessionInfo {
+    SessionInfo {
+        listener: "mx".into(),
+        role: "mx".into(),
+        client_ip: "127.0.0.1".parse().unwrap(),
+        helo: Some("client.test".into()),
+        tls: None,
+        auth_user: None,
+    }
+}
+
+fn envelope() -> Envelope {
+    Envelope {
+        sender: "a@example.com".into(),
+        recipients: vec![Recipient::new("b@example.net")],
+        ..Envelope::default()
+    }
+}
+
+const MESSAGE: &str = "From: a@example.com\r\nTo: b@example.net\r\nSubject: Winner of free money\r\nContent-Type: text/plain\r\n\r\nhello\r\n";
+
+async fn data(p: &WasmPipeline) -> (Verdict, Vec<u8>, Envelope) {
+    let mut env = envelope();
+    let mut msg = MESSAGE.as_bytes().to_vec();
+    let v = p.current().data(&session(), &mut env, &mut msg).await;
+    (v, msg, env)
+}
+
+async fn load(body: &str) -> (tempfile::TempDir, Arc<WasmPipeline>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_policy(dir.path(), body);
+    let p = WasmPipeline::load(runtime(), &path, None)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("{e:?}");
+        });
+    (dir, p)
+}
+
+fn header<'a>(msg: &'a [u8], name: &str) -> Option<String> {
+    let m = mail_parser::MessageParser::default().parse(msg)?;
+    m.header_raw(name).map(|v| v.trim().to_string())
+}
+
+#[tokio::test]
+async fn noop_and_tag_steps_with_config_edits_and_thresholds() {
+    let body = format!(
+        "[pipeline.thresholds]\nadd_header = 2.0\nquarantine = 5.0\nreject = 100.0\n{}{}",
+        step("noop", NOOP, ""),
+        step(
+            "tag",
+            TAG,
+            "[pipeline.step.config]\nheader = \"X-Processed-By\"\nvalue = \"sluice\"\nwords = { winner = 3.0, \"free money\" = 2.5 }\n"
+        )
+    );
+    let (_d, p) = load(&body).await;
+    let (v, msg, _) = data(&p).await;
+    assert_eq!(
+        v,
+        Verdict::Quarantine("score 5.50: SUBJECT_FREE_MONEY=2.50, SUBJECT_WINNER=3.00".into())
+    );
+    assert_eq!(header(&msg, "X-Processed-By").as_deref(), Some("sluice"));
+    assert_eq!(header(&msg, "X-Sluice-Score").as_deref(), Some("5.50"));
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&msg[..])
+        .unwrap();
+    assert_eq!(parsed.body_text(0).unwrap().trim(), "hello");
+}
+
+#[tokio::test]
+async fn edits_produce_valid_mime_and_envelope_changes() {
+    let (_d, p) = load(&hostile("edit", "edit", "")).await;
+    let (v, msg, _) = data(&p).await;
+    assert_eq!(v, Verdict::Continue);
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&msg[..])
+        .unwrap();
+    assert!(
+        parsed.body_text(0).unwrap().starts_with("rewritten ✓"),
+        "{}",
+        String::from_utf8_lossy(&msg)
+    );
+    assert_eq!(parsed.subject(), Some("Winner of free money"));
+    assert_eq!(header(&msg, "X-Edited").as_deref(), Some("yes"));
+    assert_eq!(
+        header(&msg, "Content-Transfer-Encoding").as_deref(),
+        Some("quoted-printable")
+    );
+}
+
+#[tokio::test]
+async fn hostile_plugins_are_contained_as_their_policy_says() {
+    let cases: &[(&str, &str, &str, fn(&Verdict) -> bool)] = &[
+        (
+            "loop",
+            "on_error = \"tempfail\"\ntimeout_ms = 100",
+            "timeout -> 451",
+            |v| matches!(v, Verdict::Defer(r) if r.code == 451 && r.enhanced == "4.3.0"),
+        ),
+        (
+            "memory",
+            "on_error = \"reject\"\nmemory_mb = 16",
+            "memory -> 554",
+            |v| matches!(v, Verdict::Reject(r) if r.code == 554 && r.enhanced == "5.7.0"),
+        ),
+        ("trap", "on_error = \"skip\"", "trap -> skipped", |v| {
+            *v == Verdict::Continue
+        }),
+        (
+            "giant",
+            "on_error = \"tempfail\"\nmax_output_kb = 64",
+            "giant output -> 451",
+            |v| matches!(v, Verdict::Defer(r) if r.code == 451),
+        ),
+        (
+            "reject",
+            "",
+            "plain reject",
+            |v| matches!(v, Verdict::Reject(r) if r.code == 550 && r.enhanced == "5.7.1"),
+        ),
+    ];
+    for (mode, extra, what, ok) in cases {
+        let (_d, p) = load(&hostile(mode, mode, extra)).await;
+        let start = Instant::now();
+        let (v, _, _) = data(&p).await;
+        assert!(ok(&v), "{what}: got {v:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{what} took {:?}",
+            start.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn other_messages_keep_flowing_while_a_plugin_spins() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let looping = write_policy(dir.path(), &hostile("loop", "loop", "timeout_ms = 1000"));
+    let spin = WasmPipeline::load(rt.clone(), &looping, None)
+        .await
+        .unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    let fine = write_policy(dir2.path(), &step("noop", NOOP, ""));
+    let quick = WasmPipeline::load(rt, &fine, None).await.unwrap();
+    let spinning = tokio::spawn(async move { data(&spin).await.0 });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let start = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(data(&quick).await.0, Verdict::Continue);
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "20 messages took {:?} beside a spinning plugin",
+        start.elapsed()
+    );
+    assert!(matches!(spinning.await.unwrap(), Verdict::Defer(_)));
+}
+
+#[tokio::test]
+async fn capabilities_are_denied_unless_granted_and_no_state_survives() {
+    let (_d, p) = load(&hostile("kv", "kv", "")).await;
+    let (_, msg, _) = data(&p).await;
+    let kv = header(&msg, "X-Kv").unwrap();
+    assert!(kv.contains("Denied(") && kv.contains("not granted"), "{kv}");
+
+    let (_d, p) = load(&hostile(
+        "kv",
+        "kv",
+        "[pipeline.step.capabilities]\nkv = \"ns\"",
+    ))
+    .await;
+    let (_, msg, _) = data(&p).await;
+    assert_eq!(header(&msg, "X-Kv").as_deref(), Some("granted"));
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    let body = step(
+        "tcp",
+        HOSTILE,
+        &format!("[pipeline.step.config]\nmode = \"tcp\"\ntarget = \"{target}\"\n"),
+    );
+    let (_d, p) = load(&body).await;
+    let (_, msg, _) = data(&p).await;
+    let tcp = header(&msg, "X-Tcp").unwrap();
+    assert!(tcp.starts_with("refused"), "{tcp}");
+    assert!(listener.accept().is_err(), "the plugin reached the network");
+
+    let (_d, p) = load(&hostile("state", "state", "")).await;
+    for _ in 0..3 {
+        let (_, msg, _) = data(&p).await;
+        assert_eq!(
+            header(&msg, "X-Calls").as_deref(),
+            Some("1"),
+            "state leaked between messages"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_policies_are_refused_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let wrong_sha = format!(
+        "[[pipeline.step]]\nname = \"x\"\nplugin = \"{}\"\nsha256 = \"{}\"\n",
+        NOOP.path,
+        "0".repeat(64)
+    );
+    let bad_config = step(
+        "tag",
+        TAG,
+        "[pipeline.step.config]\nheader = \"Bad Header\"\nvalue = \"v\"\n",
+    );
+    let unknown_mode = hostile("h", "sideways", "on_error = \"explode\"");
+    let path = write_policy(
+        dir.path(),
+        &format!("{wrong_sha}{bad_config}{unknown_mode}"),
+    );
+    let problems = match WasmPipeline::load(runtime(), &path, None).await {
+        Ok(_) => panic!("bad policy accepted"),
+        Err(p) => p,
+    };
+    let got: Vec<(usize, String)> = problems.iter().map(|p| (p.line, p.key.clone())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (6, "pipeline[0].step[0].sha256".to_string()),
+            (11, "pipeline[0].step[1].config".to_string()),
+            (19, "pipeline[0].step[2].on_error".to_string()),
+            (20, "pipeline[0].step[2].config".to_string()),
+        ],
+        "{problems:#?}"
+    );
+    assert!(problems[0].message.contains("sha256"), "{}", problems[0]);
+    assert!(
+        problems[1]
+            .message
+            .contains("`header` must be a header name"),
+        "{}",
+        problems[1]
+    );
+    assert!(
+        problems[3].message.contains("unknown mode `sideways`"),
+        "{}",
+        problems[3]
+    );
+    assert!(
+        problems[0]
+            .to_string()
+            .starts_with(&format!("{}:6:", path.display()))
+    );
+}
+
+#[tokio::test]
+async fn reload_swaps_atomically_and_refuses_a_broken_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_policy(dir.path(), &hostile("r", "reject", ""));
+    let p = WasmPipeline::load(runtime(), &path, None).await.unwrap();
+    let before = p.current();
+    assert!(matches!(data(&p).await.0, Verdict::Reject(_)));
+
+    std::fs::write(&path, "[[pipeline]]\nname = \"broken\"\nnot_a_key = 1\n").unwrap();
+    assert!(p.reload().await.is_err());
+    assert!(
+        matches!(data(&p).await.0, Verdict::Reject(_)),
+        "the running policy stays"
+    );
+
+    write_policy(dir.path(), &step("noop", NOOP, ""));
+    assert_eq!(p.reload().await.unwrap(), 1);
+    assert_eq!(data(&p).await.0, Verdict::Continue);
+    // A session that started before the reload keeps its chain.
+    let mut env = envelope();
+    let mut msg = MESSAGE.as_bytes().to_vec();
+    assert!(matches!(
+        before.data(&session(), &mut env, &mut msg).await,
+        Verdict::Reject(_)
+    ));
+}

@@ -1,0 +1,67 @@
+//! Builds the plugins in `plugins/` for wasm32-wasip2, once, into `target/plugins`, and
+//! writes their paths and SHA-256 digests as constants.
+
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::process::Command;
+
+const PLUGINS: &[&str] = &["noop", "hostile", "tag"];
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest.parent().unwrap().parent().unwrap().to_path_buf();
+    for watched in [
+        "plugins/Cargo.toml",
+        "plugins/sdk",
+        "plugins/examples",
+        "plugins/testing",
+        "wit",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+    let target_dir = root.join("target").join("plugins");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "--manifest-path",
+    ])
+    .arg(root.join("plugins").join("Cargo.toml"))
+    .arg("--target-dir")
+    .arg(&target_dir);
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("run cargo for the plugins");
+    if !status.success() {
+        panic!(
+            "building plugins/ for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)"
+        );
+    }
+    let mut out = String::new();
+    for name in PLUGINS {
+        let path = target_dir
+            .join("wasm32-wasip2")
+            .join("release")
+            .join(format!("{name}.wasm"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let sha = hex::encode(Sha256::digest(&bytes));
+        out.push_str(&format!(
+            "/// The `{name}` plugin.\npub const {}: Plugin = Plugin {{ path: {:?}, sha256: {:?} }};\n",
+            name.to_uppercase().replace('-', "_"),
+            path.display().to_string(),
+            sha
+        ));
+    }
+    let dest = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("plugins.rs");
+    std::fs::write(dest, out).unwrap();
+}

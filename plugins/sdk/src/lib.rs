@@ -1,0 +1,182 @@
+//! The Rust SDK for Sluice plugins: bindings for `wit/sluice-plugin.wit`, a [`Filter`]
+//! trait whose handlers all default to "continue", and helpers to build outcomes.
+//!
+//! A plugin is a `cdylib` built with `cargo build --release --target wasm32-wasip2`:
+//!
+//! ```ignore
+//! use sluice_plugin_sdk::{Filter, Message, Outcome, Stage, export_filter};
+//!
+//! struct Tag;
+//!
+//! impl Filter for Tag {
+//!     const STAGES: &'static [Stage] = &[Stage::Data];
+//!     fn on_data(message: &Message) -> Outcome {
+//!         Outcome::cont().add_header("X-Tagged", "yes")
+//!     }
+//! }
+//!
+//! export_filter!(Tag);
+//! ```
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "plugin",
+    pub_export_macro: true,
+    default_bindings_module: "sluice_plugin_sdk",
+});
+
+pub use exports::sluice::plugin::filter::Guest;
+pub use sluice::plugin::host;
+pub use sluice::plugin::types::{
+    Attachment, AuthResults, DeliveryEvent, Edit, Envelope, EventKind, Header, Message, Outcome,
+    Reply, SessionInfo, Stage, Symbol, Verdict,
+};
+
+/// A plugin. Implement the handlers for the stages listed in `STAGES`; the host never calls
+/// the others.
+pub trait Filter {
+    const STAGES: &'static [Stage];
+
+    /// Checks the step's `config` table (JSON). An error is shown to the operator with the
+    /// policy file and step.
+    fn configure(_config: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn on_connect(_session: SessionInfo) -> Outcome {
+        Outcome::cont()
+    }
+    fn on_ehlo(_session: SessionInfo) -> Outcome {
+        Outcome::cont()
+    }
+    fn on_mail(_session: SessionInfo, _envelope: Envelope) -> Outcome {
+        Outcome::cont()
+    }
+    fn on_rcpt(_session: SessionInfo, _envelope: Envelope, _recipient: String) -> Outcome {
+        Outcome::cont()
+    }
+    fn on_data(_message: &Message) -> Outcome {
+        Outcome::cont()
+    }
+    fn on_queued(_message: &Message) -> Outcome {
+        Outcome::cont()
+    }
+    fn on_delivery(_message: &Message, _recipients: Vec<String>) -> Outcome {
+        Outcome::cont()
+    }
+    fn on_event(_event: DeliveryEvent) -> Outcome {
+        Outcome::cont()
+    }
+}
+
+/// Exports a [`Filter`] as the component's `filter` interface.
+#[macro_export]
+macro_rules! export_filter {
+    ($t:ident) => {
+        const _: () = {
+            use $crate::Filter as _F;
+            impl $crate::Guest for $t {
+                fn stages() -> ::std::vec::Vec<$crate::Stage> {
+                    <$t as _F>::STAGES.to_vec()
+                }
+                fn configure(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                    <$t as _F>::configure(&config)
+                }
+                fn on_connect(s: $crate::SessionInfo) -> $crate::Outcome {
+                    <$t as _F>::on_connect(s)
+                }
+                fn on_ehlo(s: $crate::SessionInfo) -> $crate::Outcome {
+                    <$t as _F>::on_ehlo(s)
+                }
+                fn on_mail(s: $crate::SessionInfo, e: $crate::Envelope) -> $crate::Outcome {
+                    <$t as _F>::on_mail(s, e)
+                }
+                fn on_rcpt(s: $crate::SessionInfo, e: $crate::Envelope, r: ::std::string::String) -> $crate::Outcome {
+                    <$t as _F>::on_rcpt(s, e, r)
+                }
+                fn on_data(m: &$crate::Message) -> $crate::Outcome {
+                    <$t as _F>::on_data(m)
+                }
+                fn on_queued(m: &$crate::Message) -> $crate::Outcome {
+                    <$t as _F>::on_queued(m)
+                }
+                fn on_delivery(m: &$crate::Message, r: ::std::vec::Vec<::std::string::String>) -> $crate::Outcome {
+                    <$t as _F>::on_delivery(m, r)
+                }
+                fn on_event(e: $crate::DeliveryEvent) -> $crate::Outcome {
+                    <$t as _F>::on_event(e)
+                }
+            }
+            $crate::export!($t with_types_in $crate);
+        };
+    };
+}
+
+impl Outcome {
+    /// Continue, with no symbols or edits.
+    pub fn cont() -> Outcome {
+        Outcome {
+            verdict: Verdict::Continue,
+            symbols: Vec::new(),
+            edits: Vec::new(),
+        }
+    }
+
+    pub fn reject(code: u16, enhanced: &str, text: &str) -> Outcome {
+        Outcome::cont().verdict(Verdict::Reject(reply(code, enhanced, text)))
+    }
+
+    pub fn defer(code: u16, enhanced: &str, text: &str) -> Outcome {
+        Outcome::cont().verdict(Verdict::Defer(reply(code, enhanced, text)))
+    }
+
+    pub fn verdict(mut self, v: Verdict) -> Outcome {
+        self.verdict = v;
+        self
+    }
+
+    pub fn symbol(mut self, name: &str, score: f64) -> Outcome {
+        self.symbols.push(Symbol {
+            name: name.into(),
+            score,
+            description: None,
+        });
+        self
+    }
+
+    pub fn edit(mut self, e: Edit) -> Outcome {
+        self.edits.push(e);
+        self
+    }
+
+    pub fn add_header(self, name: &str, value: &str) -> Outcome {
+        self.edit(Edit::AddHeader(Header {
+            name: name.into(),
+            value: value.into(),
+        }))
+    }
+
+    pub fn set_header(self, name: &str, value: &str) -> Outcome {
+        self.edit(Edit::SetHeader(Header {
+            name: name.into(),
+            value: value.into(),
+        }))
+    }
+}
+
+fn reply(code: u16, enhanced: &str, text: &str) -> Reply {
+    Reply {
+        code,
+        enhanced: enhanced.into(),
+        text: text.into(),
+    }
+}
+
+/// The step's `config` table as JSON (what `configure` validated).
+pub fn config_json() -> String {
+    host::config()
+}
+
+/// Logs through the host, with the plugin and step names attached.
+pub fn log(level: host::Level, message: &str) {
+    host::log(level, message)
+}

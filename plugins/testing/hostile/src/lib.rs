@@ -1,0 +1,90 @@
+//! A plugin that misbehaves on purpose, for containment tests. `config.mode` picks how:
+//! `loop`, `memory`, `trap`, `giant`, `kv` (ungranted key-value), `tcp` (ungranted network
+//! to `config.target`), `state` (counts calls in a static), `score` (a symbol worth
+//! `config.score`), `edit` (replaces the text part and tags the message), `reject`.
+
+use serde::Deserialize;
+use sluice_plugin_sdk::{Edit, Filter, Message, Outcome, Stage, export_filter, host};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+#[derive(Deserialize)]
+struct Config {
+    mode: String,
+    #[serde(default)]
+    target: String,
+    #[serde(default)]
+    score: f64,
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+static CALLS: AtomicU32 = AtomicU32::new(0);
+
+struct Hostile;
+
+fn config() -> &'static Config {
+    CONFIG.get().expect("configured")
+}
+
+impl Filter for Hostile {
+    const STAGES: &'static [Stage] = &[Stage::Data];
+
+    fn configure(c: &str) -> Result<(), String> {
+        let c: Config = serde_json::from_str(c).map_err(|e| format!("bad config: {e}"))?;
+        const MODES: &[&str] = &[
+            "loop", "memory", "trap", "giant", "kv", "tcp", "state", "score", "edit", "reject",
+        ];
+        if !MODES.contains(&c.mode.as_str()) {
+            return Err(format!("unknown mode `{}`", c.mode));
+        }
+        let _ = CONFIG.set(c);
+        Ok(())
+    }
+
+    fn on_data(message: &Message) -> Outcome {
+        // Each call is a fresh instance: `configure` ran on another one.
+        if CONFIG.get().is_none() {
+            let c = serde_json::from_str(&sluice_plugin_sdk::config_json()).expect("configured");
+            let _ = CONFIG.set(c);
+        }
+        match config().mode.as_str() {
+            "loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "memory" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "trap" => panic!("deliberate trap"),
+            "giant" => Outcome::cont().add_header("X-Giant", &"x".repeat(8 << 20)),
+            "kv" => match host::kv_set("k", b"v") {
+                Ok(()) => Outcome::cont().add_header("X-Kv", "granted"),
+                Err(e) => Outcome::cont().add_header("X-Kv", &format!("{e:?}")),
+            },
+            "tcp" => match std::net::TcpStream::connect(&config().target) {
+                Ok(_) => Outcome::cont().add_header("X-Tcp", "connected"),
+                Err(e) => Outcome::cont().add_header("X-Tcp", &format!("refused: {e}")),
+            },
+            "state" => {
+                let n = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+                Outcome::cont().add_header("X-Calls", &n.to_string())
+            }
+            "score" => Outcome::cont().symbol("TEST_SCORE", config().score),
+            "edit" => Outcome::cont()
+                .edit(Edit::ReplaceText(format!(
+                    "rewritten ✓ ({} bytes before)",
+                    message.size()
+                )))
+                .set_header("X-Edited", "yes"),
+            _ => Outcome::reject(550, "5.7.1", "refused by the hostile plugin"),
+        }
+    }
+}
+
+export_filter!(Hostile);

@@ -1,0 +1,15 @@
+//! Does nothing at the data stage: the cost of a step, for benchmarks.
+
+use sluice_plugin_sdk::{Filter, Message, Outcome, Stage, export_filter};
+
+struct Noop;
+
+impl Filter for Noop {
+    const STAGES: &'static [Stage] = &[Stage::Data];
+
+    fn on_data(_message: &Message) -> Outcome {
+        Outcome::cont()
+    }
+}
+
+export_filter!(Noop);
