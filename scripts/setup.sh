@@ -12,3 +12,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add wasm32-wasip2 >/dev/null
+# Builds the Python test plugin (plugins/python) into a component.
+if ! componentize-py --version 2>/dev/null | grep -q "0.25.1"; then
+    python3 -m pip install --quiet componentize-py==0.25.1
+fi

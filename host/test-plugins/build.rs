@@ -47,13 +47,44 @@ fn main() {
             "building plugins/ for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)"
         );
     }
+    // A plugin in a second language: Python, with componentize-py (scripts/setup.sh
+    // installs it).
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("plugins/python").display()
+    );
+    let py_out = target_dir.join("python");
+    std::fs::create_dir_all(&py_out).unwrap();
+    let py = py_out.join("spam_words.wasm");
+    let status = Command::new("componentize-py")
+        .arg("-d")
+        .arg(root.join("wit"))
+        .args(["-w", "plugin", "componentize", "-p"])
+        .arg(root.join("plugins/python/spam_words"))
+        .arg("app")
+        .arg("-o")
+        .arg(&py)
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        other => panic!(
+            "building plugins/python/spam_words with componentize-py failed ({other:?}); run scripts/setup.sh"
+        ),
+    }
+    let mut built: Vec<(String, PathBuf)> = PLUGINS
+        .iter()
+        .map(|n| {
+            let p = target_dir
+                .join("wasm32-wasip2")
+                .join("release")
+                .join(format!("{n}.wasm"));
+            (n.to_string(), p)
+        })
+        .collect();
+    built.push(("py_spam_words".into(), py));
     let mut out = String::new();
-    for name in PLUGINS {
-        let path = target_dir
-            .join("wasm32-wasip2")
-            .join("release")
-            .join(format!("{name}.wasm"));
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for (name, path) in &built {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let sha = hex::encode(Sha256::digest(&bytes));
         out.push_str(&format!(
             "/// The `{name}` plugin.\npub const {}: Plugin = Plugin {{ path: {:?}, sha256: {:?} }};\n",

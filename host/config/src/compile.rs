@@ -14,7 +14,11 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         file: file.clone(),
         source,
     })?;
-    load_str(&source, &file)
+    let mut settings = load_str(&source, &file)?;
+    if let (Some(p), Some(dir)) = (&settings.policies, path.parent()) {
+        settings.policies = Some(dir.join(p));
+    }
+    Ok(settings)
 }
 
 /// Compiles configuration source; `file` names it in problems.
@@ -249,6 +253,7 @@ impl Compiler<'_> {
             listeners,
             delivery,
             routes,
+            policies: f.policies.clone(),
         }
     }
 

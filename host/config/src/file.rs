@@ -30,6 +30,10 @@ pub struct ConfigFile {
     /// Routes by recipient domain, tried in order; the first match wins. Without a match
     /// mail goes to the domain's MX hosts.
     pub route: Vec<RouteFile>,
+    /// Policy files (a folder of `*.toml`, or one file) declaring the plugin chains. A
+    /// relative path is taken from the configuration file's folder. Without it no plugin
+    /// runs.
+    pub policies: Option<PathBuf>,
 }
 
 impl Default for ConfigFile {
@@ -44,6 +48,7 @@ impl Default for ConfigFile {
             listener: Vec::new(),
             delivery: DeliveryFile::default(),
             route: Vec::new(),
+            policies: None,
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct Settings {
     pub listeners: Vec<ListenerSettings>,
     pub delivery: DeliverySettings,
     pub routes: Vec<Route>,
+    /// Policy files, resolved against the configuration file's folder.
+    pub policies: Option<PathBuf>,
 }
 
 impl Settings {

@@ -87,11 +87,11 @@ impl Fields {
     fn parse(head: &[u8]) -> Fields {
         let mut fields: Vec<(String, Vec<u8>)> = Vec::new();
         for line in head.split_inclusive(|&b| b == b'\n') {
-            if matches!(line.first(), Some(b' ' | b'\t')) {
-                if let Some(last) = fields.last_mut() {
-                    last.1.extend_from_slice(line);
-                    continue;
-                }
+            if matches!(line.first(), Some(b' ' | b'\t'))
+                && let Some(last) = fields.last_mut()
+            {
+                last.1.extend_from_slice(line);
+                continue;
             }
             let name = line
                 .iter()

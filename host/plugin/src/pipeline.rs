@@ -87,6 +87,24 @@ impl Snapshot {
         Some(chain?.run(&input).await)
     }
 
+    /// Runs one SMTP-phase stage (connect, ehlo, mail or rcpt) and returns the chain's
+    /// name with the full result, for `sluice trace`.
+    pub async fn trace_stage(
+        &self,
+        session: &SessionInfo,
+        envelope: &Envelope,
+        input: StageInput,
+    ) -> Option<(String, StageResult)> {
+        let rcpts = addresses(&envelope.recipients);
+        let (sender, rcpts) = match input.stage() {
+            sluice_core::Stage::Connect | sluice_core::Stage::Ehlo => (None, None),
+            sluice_core::Stage::Mail => (Some(envelope.sender.as_str()), None),
+            _ => (Some(envelope.sender.as_str()), Some(rcpts.as_slice())),
+        };
+        let chain = self.chain(Some(session), sender, rcpts)?;
+        Some((chain.name.clone(), chain.run(&input).await))
+    }
+
     /// The `data` stage with edits applied: used by the SMTP session and `sluice trace`.
     pub async fn data_stage(
         &self,

@@ -72,7 +72,7 @@ async fn load(body: &str) -> (tempfile::TempDir, Arc<WasmPipeline>) {
     (dir, p)
 }
 
-fn header<'a>(msg: &'a [u8], name: &str) -> Option<String> {
+fn header(msg: &[u8], name: &str) -> Option<String> {
     let m = mail_parser::MessageParser::default().parse(msg)?;
     m.header_raw(name).map(|v| v.trim().to_string())
 }
@@ -125,7 +125,13 @@ async fn edits_produce_valid_mime_and_envelope_changes() {
 
 #[tokio::test]
 async fn hostile_plugins_are_contained_as_their_policy_says() {
-    let cases: &[(&str, &str, &str, fn(&Verdict) -> bool)] = &[
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&Verdict) -> bool,
+    );
+    let cases: &[Case] = &[
         (
             "loop",
             "on_error = \"tempfail\"\ntimeout_ms = 100",
@@ -311,4 +317,34 @@ async fn reload_swaps_atomically_and_refuses_a_broken_policy() {
         before.data(&session(), &mut env, &mut msg).await,
         Verdict::Reject(_)
     ));
+}
+
+#[tokio::test]
+async fn a_plugin_written_in_python_runs_in_the_chain() {
+    let body = step(
+        "py",
+        sluice_test_plugins::PY_SPAM_WORDS,
+        "memory_mb = 200\n[pipeline.step.config]\ntag = \"X-Checked-By\"\nwords = { money = 2.5, winner = 1.5, absent = 9.0 }\n",
+    );
+    let (_d, p) = load(&format!("[pipeline.thresholds]\nadd_header = 1.0\n{body}")).await;
+    let (v, msg, _) = data(&p).await;
+    assert_eq!(v, Verdict::Continue);
+    assert_eq!(header(&msg, "X-Checked-By").as_deref(), Some("python"));
+    assert_eq!(
+        header(&msg, "X-Sluice-Symbols").as_deref(),
+        Some("PY_WORD_MONEY=2.50, PY_WORD_WINNER=1.50")
+    );
+    // Its configure check reaches the operator too.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = step(
+        "py",
+        sluice_test_plugins::PY_SPAM_WORDS,
+        "[pipeline.step.config]\nwords = { x = 1 }\n",
+    );
+    let path = write_policy(dir.path(), &bad);
+    let problems = match WasmPipeline::load(runtime(), &path, None).await {
+        Ok(_) => panic!("accepted a config without `tag`"),
+        Err(p) => p,
+    };
+    assert!(problems[0].message.contains("`tag`"), "{}", problems[0]);
 }

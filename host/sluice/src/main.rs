@@ -3,13 +3,16 @@
 //! # Layout
 //! - `main.rs`: the command line (clap) and `serve`.
 //! - `queue_cmd.rs`: `sluice queue list|show|retry|delete`.
+//! - `trace.rs`: `sluice trace`, one message through a policy offline.
 
 mod queue_cmd;
+mod trace;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use sluice_config::{EMBEDDED_DEFAULT, EMBEDDED_NAME, Settings};
 use sluice_core::{Fixed, PassThrough};
+use sluice_plugin::WasmPipeline;
 use sluice_queue::{Queue, SledQueue};
 use sluice_smtp::{ServerContext, Users};
 use std::io::{BufRead, IsTerminal};
@@ -45,6 +48,10 @@ enum Command {
     },
     /// Prints the embedded default configuration.
     DefaultConfig,
+    /// Runs one message through a policy offline and shows what each step did.
+    Trace(trace::TraceArgs),
+    /// Tells the running server to reload its policies (same as SIGHUP).
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -73,6 +80,12 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Command::Trace(args) = cli.command {
+        return tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(trace::run(args));
+    }
     let settings = load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve => tokio::runtime::Builder::new_multi_thread()
@@ -80,13 +93,27 @@ fn main() -> Result<()> {
             .build()?
             .block_on(serve(settings)),
         Command::CheckConfig => {
+            let chains = match &settings.policies {
+                Some(path) => tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(load_policies(&settings, path))?
+                    .snapshot()
+                    .set
+                    .chains
+                    .len(),
+                None => 0,
+            };
             println!(
-                "configuration OK: {} listener(s), {} route(s)",
+                "configuration OK: {} listener(s), {} route(s), {} policy chain(s)",
                 settings.listeners.len(),
-                settings.routes.len()
+                settings.routes.len(),
+                chains
             );
             Ok(())
         }
+        Command::Reload => reload(&settings),
+        Command::Trace(_) => unreachable!("handled above"),
         Command::Queue { command } => queue_cmd::run(&settings, command),
         Command::User { command } => user(&settings, command),
         Command::DefaultConfig => {
@@ -141,7 +168,17 @@ async fn serve(settings: Settings) -> Result<()> {
         &settings.hostname,
     )
     .context("TLS certificate")?;
-    let pipelines: Arc<dyn sluice_core::Pipelines> = Arc::new(Fixed(Arc::new(PassThrough)));
+    let wasm = match &settings.policies {
+        Some(path) => Some(load_policies(&settings, path).await?),
+        None => None,
+    };
+    let pipelines: Arc<dyn sluice_core::Pipelines> = match &wasm {
+        Some(w) => w.clone(),
+        None => Arc::new(Fixed(Arc::new(PassThrough))),
+    };
+    let pid_file = settings.data_dir.join("sluice.pid");
+    std::fs::write(&pid_file, std::process::id().to_string())
+        .with_context(|| format!("cannot write {}", pid_file.display()))?;
     let (queued_tx, queued_rx) = tokio::sync::mpsc::unbounded_channel();
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(ServerContext {
@@ -170,8 +207,9 @@ async fn serve(settings: Settings) -> Result<()> {
     tasks.spawn(engine.run(queued_rx, shutdown_rx.clone()));
     drop(ctx);
 
-    wait_for_signal().await?;
+    wait_for_signal(wasm).await?;
     tracing::info!("shutting down");
+    let _ = std::fs::remove_file(&pid_file);
     let _ = shutdown_tx.send(true);
     while tasks.join_next().await.is_some() {}
     queue.sync().await?;
@@ -179,13 +217,57 @@ async fn serve(settings: Settings) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<()> {
+/// Waits for SIGTERM or SIGINT; reloads the policies on SIGHUP meanwhile.
+async fn wait_for_signal(wasm: Option<Arc<WasmPipeline>>) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => match &wasm {
+                None => tracing::info!("SIGHUP: no policies configured, nothing to reload"),
+                Some(w) => match w.reload().await {
+                    Ok(chains) => tracing::info!(chains, "policies reloaded"),
+                    Err(problems) => {
+                        for p in &problems {
+                            tracing::error!(problem = %p, "policy reload refused; the running policies stay");
+                        }
+                    }
+                },
+            },
+        }
     }
+}
+
+async fn load_policies(settings: &Settings, path: &Path) -> Result<Arc<WasmPipeline>> {
+    let runtime = sluice_plugin::Runtime::new(Some(&settings.data_dir.join("plugin-cache")))?;
+    match WasmPipeline::load(runtime, path, None).await {
+        Ok(p) => Ok(p),
+        Err(problems) => {
+            let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+            bail!(
+                "{} problem(s) in the policies\n{}",
+                problems.len(),
+                list.join("\n")
+            )
+        }
+    }
+}
+
+fn reload(settings: &Settings) -> Result<()> {
+    let pid_file = settings.data_dir.join("sluice.pid");
+    let pid = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("no running server ({} is missing)", pid_file.display()))?;
+    let pid = pid.trim();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", pid])
+        .status()?;
+    if !status.success() {
+        bail!("cannot signal process {pid}");
+    }
+    println!("asked process {pid} to reload its policies; its log says how it went");
     Ok(())
 }
