@@ -5,6 +5,7 @@
 
 pub mod sink;
 
+#[allow(unused_imports)]
 pub use sink::Sink;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds the plugins in plugins/ into target/plugins (Rust for wasm32-wasip2, Python with
+# componentize-py) and writes each plugin's sha256 into the example policies in policies/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml \
+    --target-dir target/plugins
+mkdir -p target/plugins/python
+componentize-py -d wit -w plugin componentize -p plugins/python/spam_words app \
+    -o target/plugins/python/spam_words.wasm >/dev/null
+for policy in policies/*.toml; do
+    python3 - "$policy" <<'PY'
+import hashlib, os, re, sys
+path = sys.argv[1]
+text = open(path).read()
+def fix(block):
+    m = re.search(r'^plugin = "([^"]+)"', block, re.M)
+    if not m:
+        return block
+    wasm = os.path.join(os.path.dirname(path), m.group(1))
+    digest = hashlib.sha256(open(wasm, "rb").read()).hexdigest()
+    return re.sub(r'^sha256 = "[0-9a-f]*"', f'sha256 = "{digest}"', block, flags=re.M)
+parts = re.split(r'(?=^\[\[pipeline\.step\]\])', text, flags=re.M)
+open(path, "w").write("".join(fix(p) for p in parts))
+print(f"{path}: sha256 updated")
+PY
+done
