@@ -95,17 +95,35 @@ class Sink:
         self.proc.wait()
 
 
+NOOP = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "noop.wasm")
+
+
+def noop_policy(path, steps):
+    """A policy with `steps` no-op plugin steps at the data stage."""
+    import hashlib
+    digest = hashlib.sha256(open(NOOP, "rb").read()).hexdigest()
+    with open(path, "w") as f:
+        f.write('[[pipeline]]\nname = "bench"\n')
+        for i in range(steps):
+            f.write(f'[[pipeline.step]]\nname = "noop{i}"\nplugin = "{NOOP}"\nsha256 = "{digest}"\n')
+
+
 class Sluice:
     name = "sluice"
 
-    def __init__(self, workdir, sink_port, binary):
+    def __init__(self, workdir, sink_port, binary, steps=0):
         self.dir = os.path.join(workdir, "sluice")
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
         sub = free_port()
         conf = os.path.join(self.dir, "sluice.toml")
+        policies = ""
+        if steps:
+            noop_policy(os.path.join(self.dir, "policy.toml"), steps)
+            policies = 'policies = "policy.toml"'
         with open(conf, "w") as f:
             f.write(f'''hostname = "sluice.bench.test"
+{policies}
 data_dir = "{self.dir}/data"
 relay_domains = ["bench.test"]
 
@@ -282,6 +300,8 @@ def run_one(kind, workdir, size, n, sessions, binary):
     sink = Sink(workdir)
     if kind == "sluice":
         server = Sluice(workdir, sink.port, binary)
+    elif kind.startswith("sluice+"):
+        server = Sluice(workdir, sink.port, binary, steps=int(kind.split("+")[1]))
     elif kind == "postfix":
         server = Postfix(workdir, sink.port)
     else:
@@ -324,7 +344,8 @@ def main():
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--sizes", default="5000,50000")
-    ap.add_argument("--relays", default="direct,sluice,postfix")
+    ap.add_argument("--relays", default="direct,sluice,sluice+6,postfix",
+                    help="comma-separated: direct, sluice, sluice+N (N no-op plugin steps), postfix")
     ap.add_argument("--no-build", action="store_true")
     a = ap.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix"):
@@ -332,6 +353,8 @@ def main():
             sys.exit(f"{tool} not found: apt-get install postfix")
     if not a.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "sluice"], cwd=ROOT, check=True)
+        if "sluice+" in a.relays:
+            subprocess.run(["scripts/build-plugins.sh"], cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target", "release", "sluice")
     rows = []
     for size in (int(s) for s in a.sizes.split(",")):
