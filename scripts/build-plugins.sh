@@ -4,8 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml \
-    --target-dir target/plugins
+(cd plugins && cargo build --release --target wasm32-wasip2 --target-dir ../target/plugins)
 mkdir -p target/plugins/python
 componentize-py -d wit -w plugin componentize -p plugins/python/spam_words app \
     -o target/plugins/python/spam_words.wasm >/dev/null

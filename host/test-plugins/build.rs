@@ -22,6 +22,8 @@ fn main() {
     let target_dir = root.join("target").join("plugins");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
+    // From plugins/, so that plugins/.cargo/config.toml applies.
+    cmd.current_dir(root.join("plugins"));
     cmd.args([
         "build",
         "--release",

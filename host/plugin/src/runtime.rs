@@ -167,6 +167,13 @@ fn config(pooling: bool) -> Config {
         p.max_memory_size(MAX_MEMORY);
         p.max_memories_per_module(2);
         p.total_stacks(1000);
+        // Reset the first pages of a slot with memset instead of returning them to the
+        // kernel (madvise, with TLB shootdowns on every core): compiled plugins with a
+        // small stack touch little memory at the bottom of theirs.
+        p.linear_memory_keep_resident(256 << 10);
+        p.table_keep_resident(64 << 10);
+        p.async_stack_keep_resident(128 << 10);
+        p.decommit_batch_size(16);
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
     }
     c
