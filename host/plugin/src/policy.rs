@@ -113,6 +113,10 @@ pub struct CapabilitiesFile {
     /// May emit events.
     #[serde(default)]
     pub events: bool,
+    /// Addresses (`ip:port`) the step may connect to over TCP, such as a clamd. Loopback
+    /// and private addresses are reachable only when listed here.
+    #[serde(default)]
+    pub tcp: Vec<String>,
 }
 
 /// Every chain of every policy file, compiled and loaded.
@@ -267,9 +271,22 @@ async fn load_file(
             let plugin_name: Arc<str> = plugin_path
                 .file_stem()
                 .map_or("plugin".into(), |n| n.to_string_lossy().into());
+            let mut tcp = Vec::new();
+            for (i, a) in s.capabilities.tcp.iter().enumerate() {
+                match a.parse::<std::net::SocketAddr>() {
+                    Ok(addr) => tcp.push(addr),
+                    Err(_) => report(
+                        "capabilities",
+                        format!(
+                            "tcp[{i}]: `{a}` is not an ip:port address (names are not resolved)"
+                        ),
+                    ),
+                }
+            }
             let grants = Arc::new(Grants {
                 kv: s.capabilities.kv.clone(),
                 events: s.capabilities.events,
+                tcp,
             });
             let mut step = Step {
                 name: s.name.clone().into(),

@@ -14,6 +14,9 @@ pub struct Grants {
     /// Key-value namespace, when granted.
     pub kv: Option<String>,
     pub events: bool,
+    /// Addresses the step may open TCP connections to (wasi:sockets). Nothing else, no
+    /// name lookups, no listening, no UDP.
+    pub tcp: Vec<std::net::SocketAddr>,
 }
 
 /// Shared services the host functions reach.
@@ -22,6 +25,56 @@ pub trait Services: Send + Sync {
     fn kv_set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), String>;
     fn kv_delete(&self, namespace: &str, key: &str) -> Result<(), String>;
     fn emit(&self, plugin: &str, name: &str, payload: &str) -> Result<(), String>;
+}
+
+/// The server's services: key-value in a sled database of its own (not the queue's),
+/// events logged until the event pipeline exists.
+pub struct SledServices {
+    db: sled::Db,
+}
+
+impl SledServices {
+    pub fn open(dir: &std::path::Path) -> Result<SledServices, sled::Error> {
+        Ok(SledServices {
+            db: sled::open(dir)?,
+        })
+    }
+
+    fn key(ns: &str, key: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(ns.len() + key.len() + 1);
+        k.extend_from_slice(ns.as_bytes());
+        k.push(0);
+        k.extend_from_slice(key.as_bytes());
+        k
+    }
+}
+
+impl Services for SledServices {
+    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.db
+            .get(Self::key(ns, key))
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| e.to_string())
+    }
+
+    fn kv_set(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), String> {
+        self.db
+            .insert(Self::key(ns, key), value)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn kv_delete(&self, ns: &str, key: &str) -> Result<(), String> {
+        self.db
+            .remove(Self::key(ns, key))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn emit(&self, plugin: &str, name: &str, payload: &str) -> Result<(), String> {
+        tracing::info!(plugin, event = name, payload, "plugin event");
+        Ok(())
+    }
 }
 
 /// Services for runs without a server (trace, check-config): key-value in memory, events
@@ -80,9 +133,28 @@ impl StepState {
     ) -> StepState {
         // No preopened folders, no environment, no arguments, no network, no inherited
         // stdio: a plugin computes, and reaches out only through granted host calls.
-        let wasi = WasiCtx::builder()
-            .allow_blocking_current_thread(false)
-            .build();
+        let mut wasi = WasiCtx::builder();
+        wasi.allow_blocking_current_thread(false);
+        if !grants.tcp.is_empty() {
+            let allowed = grants.tcp.clone();
+            wasi.allow_tcp(true).socket_addr_check(move |addr, usage| {
+                use wasmtime_wasi::sockets::SocketAddrUse;
+                let ok = match usage {
+                    SocketAddrUse::TcpConnect => allowed.contains(&addr),
+                    // Connecting binds implicitly to an ephemeral local port; nothing else
+                    // may be bound.
+                    SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                    _ => false,
+                };
+                Box::pin(async move { ok })
+            });
+        }
+        // A debugging aid for plugin authors: the plugin's stderr (panics, Python
+        // tracebacks) in the server's.
+        if std::env::var_os("SLUICE_PLUGIN_STDERR").is_some() {
+            wasi.inherit_stderr();
+        }
+        let wasi = wasi.build();
         StepState {
             wasi,
             table: ResourceTable::new(),

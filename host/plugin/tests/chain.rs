@@ -228,6 +228,30 @@ async fn capabilities_are_denied_unless_granted_and_no_state_survives() {
     assert!(tcp.starts_with("refused"), "{tcp}");
     assert!(listener.accept().is_err(), "the plugin reached the network");
 
+    // Granted: exactly that address, nothing else.
+    let body = step(
+        "tcp",
+        HOSTILE,
+        &format!(
+            "[pipeline.step.capabilities]\ntcp = [\"{target}\"]\n[pipeline.step.config]\nmode = \"tcp\"\ntarget = \"{target}\"\n"
+        ),
+    );
+    let (_d, p) = load(&body).await;
+    let (_, msg, _) = data(&p).await;
+    assert_eq!(header(&msg, "X-Tcp").as_deref(), Some("connected"));
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let body = step(
+        "tcp",
+        HOSTILE,
+        &format!(
+            "[pipeline.step.capabilities]\ntcp = [\"{target}\"]\n[pipeline.step.config]\nmode = \"tcp\"\ntarget = \"{}\"\n",
+            other.local_addr().unwrap()
+        ),
+    );
+    let (_d, p) = load(&body).await;
+    let (_, msg, _) = data(&p).await;
+    assert!(header(&msg, "X-Tcp").unwrap().starts_with("refused"));
+
     let (_d, p) = load(&hostile("state", "state", "")).await;
     for _ in 0..3 {
         let (_, msg, _) = data(&p).await;

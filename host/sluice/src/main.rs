@@ -97,7 +97,7 @@ fn main() -> Result<()> {
                 Some(path) => tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .build()?
-                    .block_on(load_policies(&settings, path))?
+                    .block_on(load_policies(&settings, path, None))?
                     .snapshot()
                     .set
                     .chains
@@ -169,7 +169,13 @@ async fn serve(settings: Settings) -> Result<()> {
     )
     .context("TLS certificate")?;
     let wasm = match &settings.policies {
-        Some(path) => Some(load_policies(&settings, path).await?),
+        Some(path) => {
+            let kv = settings.data_dir.join("kv");
+            let services = sluice_plugin::step::SledServices::open(&kv).with_context(|| {
+                format!("cannot open the plugin key-value store {}", kv.display())
+            })?;
+            Some(load_policies(&settings, path, Some(Arc::new(services))).await?)
+        }
         None => None,
     };
     let pipelines: Arc<dyn sluice_core::Pipelines> = match &wasm {
@@ -242,9 +248,13 @@ async fn wait_for_signal(wasm: Option<Arc<WasmPipeline>>) -> Result<()> {
     }
 }
 
-async fn load_policies(settings: &Settings, path: &Path) -> Result<Arc<WasmPipeline>> {
+async fn load_policies(
+    settings: &Settings,
+    path: &Path,
+    services: Option<Arc<dyn sluice_plugin::step::Services>>,
+) -> Result<Arc<WasmPipeline>> {
     let runtime = sluice_plugin::Runtime::new(Some(&settings.data_dir.join("plugin-cache")))?;
-    match WasmPipeline::load(runtime, path, None).await {
+    match WasmPipeline::load(runtime, path, services).await {
         Ok(p) => Ok(p),
         Err(problems) => {
             let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
