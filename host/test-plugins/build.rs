@@ -55,7 +55,9 @@ fn main() {
         "cargo:rerun-if-changed={}",
         root.join("plugins/python").display()
     );
-    let py_out = target_dir.join("python");
+    // Not target/plugins/python: componentize-py's output differs from build to build, and
+    // scripts/build-plugins.sh writes there.
+    let py_out = target_dir.join("test-python");
     std::fs::create_dir_all(&py_out).unwrap();
     let py = py_out.join("spam_words.wasm");
     let status = Command::new("componentize-py")
