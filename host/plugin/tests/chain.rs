@@ -372,3 +372,81 @@ async fn a_plugin_written_in_python_runs_in_the_chain() {
     };
     assert!(problems[0].message.contains("`tag`"), "{}", problems[0]);
 }
+
+#[tokio::test]
+async fn chains_are_chosen_by_conditions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    let text = format!(
+        "[[pipeline]]\nname = \"to-a\"\nrecipient_domains = [\"a.test\"]\n{}\n\
+         [[pipeline]]\nname = \"submitted\"\nauthenticated = true\nlisteners = [\"submission\"]\n{}\n\
+         [[pipeline]]\nname = \"rest\"\n{}",
+        hostile("r", "reject", ""),
+        step(
+            "tag",
+            TAG,
+            "[pipeline.step.config]\nheader = \"X-Chain\"\nvalue = \"submitted\"\n"
+        ),
+        step(
+            "tag",
+            TAG,
+            "[pipeline.step.config]\nheader = \"X-Chain\"\nvalue = \"rest\"\n"
+        ),
+    );
+    std::fs::write(&path, text).unwrap();
+    let p = WasmPipeline::load(runtime(), &path, None).await.unwrap();
+    let run = |rcpt: &str, auth: bool| {
+        let p = p.clone();
+        let rcpt = rcpt.to_string();
+        async move {
+            let mut s = session();
+            if auth {
+                s.listener = "submission".into();
+                s.auth_user = Some("app".into());
+            }
+            let mut env = Envelope {
+                sender: "a@example.com".into(),
+                recipients: vec![Recipient::new(rcpt)],
+                ..Envelope::default()
+            };
+            let mut msg = MESSAGE.as_bytes().to_vec();
+            let v = p.current().data(&s, &mut env, &mut msg).await;
+            (v, header(&msg, "X-Chain"))
+        }
+    };
+    assert!(matches!(run("x@a.test", false).await.0, Verdict::Reject(_)));
+    assert_eq!(run("x@b.test", true).await.1.as_deref(), Some("submitted"));
+    assert_eq!(run("x@b.test", false).await.1.as_deref(), Some("rest"));
+}
+
+#[tokio::test]
+async fn compiled_components_are_cached_on_disk() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_policy(dir.path(), &step("noop", NOOP, ""));
+    let count = || std::fs::read_dir(cache.path()).unwrap().count();
+    WasmPipeline::load(Runtime::new(Some(cache.path())).unwrap(), &path, None)
+        .await
+        .unwrap();
+    assert_eq!(count(), 1, "one compiled component in the cache");
+    // A new engine (a restart) loads it from there; a damaged file is compiled again.
+    WasmPipeline::load(Runtime::new(Some(cache.path())).unwrap(), &path, None)
+        .await
+        .unwrap();
+    assert_eq!(count(), 1);
+    let file = std::fs::read_dir(cache.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(&file, b"garbage").unwrap();
+    let p = WasmPipeline::load(Runtime::new(Some(cache.path())).unwrap(), &path, None)
+        .await
+        .unwrap();
+    assert_eq!(data(&p).await.0, Verdict::Continue);
+    assert!(
+        std::fs::metadata(&file).unwrap().len() > 1000,
+        "recompiled into the cache"
+    );
+}
