@@ -117,6 +117,10 @@ pub struct CapabilitiesFile {
     /// and private addresses are reachable only when listed here.
     #[serde(default)]
     pub tcp: Vec<String>,
+    /// Origins (`https://api.example.com`, `http://127.0.0.1:8080`) the step may send HTTP
+    /// requests to. Loopback and private addresses are reachable only when listed here.
+    #[serde(default)]
+    pub http: Vec<String>,
 }
 
 /// Every chain of every policy file, compiled and loaded.
@@ -283,10 +287,35 @@ async fn load_file(
                     ),
                 }
             }
+            let mut http = Vec::new();
+            for (i, o) in s.capabilities.http.iter().enumerate() {
+                match o.parse::<http::Uri>() {
+                    Ok(u)
+                        if matches!(u.scheme_str(), Some("http" | "https"))
+                            && u.authority().is_some()
+                            && u.path_and_query().is_none_or(|p| p.as_str() == "/") =>
+                    {
+                        http.push(format!(
+                            "{}://{}",
+                            u.scheme_str().unwrap_or_default(),
+                            u.authority()
+                                .map(|a| a.as_str().to_ascii_lowercase())
+                                .unwrap_or_default()
+                        ));
+                    }
+                    _ => report(
+                        "capabilities",
+                        format!(
+                            "http[{i}]: `{o}` is not an origin such as https://api.example.com"
+                        ),
+                    ),
+                }
+            }
             let grants = Arc::new(Grants {
                 kv: s.capabilities.kv.clone(),
                 events: s.capabilities.events,
                 tcp,
+                http,
             });
             let mut step = Step {
                 name: s.name.clone().into(),

@@ -64,6 +64,7 @@ impl Runtime {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(e)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(e)?;
         crate::bindings::Plugin::add_to_linker::<StepState, wasmtime::component::HasSelf<StepState>>(
             &mut linker,
             |s| s,

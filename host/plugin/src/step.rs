@@ -17,7 +17,56 @@ pub struct Grants {
     /// Addresses the step may open TCP connections to (wasi:sockets). Nothing else, no
     /// name lookups, no listening, no UDP.
     pub tcp: Vec<std::net::SocketAddr>,
+    /// Origins (`scheme://host[:port]`, lowercase) the step may send HTTP requests to
+    /// (wasi:http).
+    pub http: Vec<String>,
 }
+
+type IoFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
+type SendFuture = Box<
+    dyn Future<
+            Output = Result<
+                (http::Response<wasmtime_wasi_http::WasiBody>, IoFuture),
+                wasmtime_wasi_http::Error,
+            >,
+        > + Send,
+>;
+
+/// wasi:http hooks that let requests through only to granted origins.
+pub struct HttpGrant {
+    origins: Vec<String>,
+    plugin: Arc<str>,
+    step: Arc<str>,
+}
+
+impl wasmtime_wasi_http::WasiHttpHooks for HttpGrant {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: IoFuture,
+    ) -> SendFuture {
+        let uri = request.uri();
+        let origin = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or("").to_ascii_lowercase(),
+            uri.authority()
+                .map(|a| a.as_str().to_ascii_lowercase())
+                .unwrap_or_default()
+        );
+        if !self.origins.contains(&origin) {
+            tracing::warn!(plugin = %self.plugin, step = %self.step, %origin, "HTTP request to an origin not granted");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        let mut default = DefaultHooks;
+        wasmtime_wasi_http::WasiHttpHooks::send_request(&mut default, request, options, fut)
+    }
+}
+
+/// The library's own hooks (its default request sending).
+struct DefaultHooks;
+
+impl wasmtime_wasi_http::WasiHttpHooks for DefaultHooks {}
 
 /// Shared services the host functions reach.
 pub trait Services: Send + Sync {
@@ -110,6 +159,8 @@ impl Services for MemoryServices {
 
 pub struct StepState {
     pub wasi: WasiCtx,
+    pub http: wasmtime_wasi_http::WasiHttpCtx,
+    pub http_hooks: HttpGrant,
     pub table: ResourceTable,
     pub limits: StoreLimits,
     pub plugin: Arc<str>,
@@ -157,6 +208,12 @@ impl StepState {
         let wasi = wasi.build();
         StepState {
             wasi,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_hooks: HttpGrant {
+                origins: grants.http.clone(),
+                plugin: plugin.clone(),
+                step: step.clone(),
+            },
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(memory_bytes)
@@ -191,6 +248,16 @@ impl WasiView for StepState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for StepState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            hooks: &mut self.http_hooks,
+            table: &mut self.table,
+            ctx: &mut self.http,
         }
     }
 }

@@ -450,3 +450,60 @@ async fn compiled_components_are_cached_on_disk() {
         "recompiled into the cache"
     );
 }
+
+/// A minimal HTTP server on loopback: answers 204 and counts requests.
+fn http_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s.write_all(
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    (origin, hits)
+}
+
+#[tokio::test]
+async fn http_only_to_granted_origins() {
+    let (origin, hits) = http_server();
+    let target = format!("{origin}/check");
+    let policy = |grant: &str| {
+        step(
+            "http",
+            HOSTILE,
+            &format!(
+                "[pipeline.step.capabilities]\nhttp = [{grant}]\n[pipeline.step.config]\nmode = \"http\"\ntarget = \"{target}\"\n"
+            ),
+        )
+    };
+    let (_d, p) = load(&policy("")).await;
+    let (_, msg, _) = data(&p).await;
+    let h = header(&msg, "X-Http").unwrap();
+    assert!(
+        h.starts_with("refused") && h.contains("HttpRequestDenied"),
+        "{h}"
+    );
+
+    let (_d, p) = load(&policy("\"http://127.0.0.1:1\"")).await;
+    let (_, msg, _) = data(&p).await;
+    assert!(header(&msg, "X-Http").unwrap().starts_with("refused"));
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a denied request went out"
+    );
+
+    let (_d, p) = load(&policy(&format!("\"{origin}\""))).await;
+    let (_, msg, _) = data(&p).await;
+    assert_eq!(header(&msg, "X-Http").as_deref(), Some("status 204"));
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

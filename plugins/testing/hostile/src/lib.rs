@@ -1,6 +1,6 @@
 //! A plugin that misbehaves on purpose, for containment tests. `config.mode` picks how:
 //! `loop`, `memory`, `trap`, `giant`, `kv` (ungranted key-value), `tcp` (ungranted network
-//! to `config.target`), `state` (counts calls in a static), `score` (a symbol worth
+//! to `config.target`), `http` (a GET of `config.target`, `http://host:port/path`), `state` (counts calls in a static), `score` (a symbol worth
 //! `config.score`), `edit` (replaces the text part and tags the message), `reject`.
 
 use serde::Deserialize;
@@ -32,7 +32,8 @@ impl Filter for Hostile {
     fn configure(c: &str) -> Result<(), String> {
         let c: Config = serde_json::from_str(c).map_err(|e| format!("bad config: {e}"))?;
         const MODES: &[&str] = &[
-            "loop", "memory", "trap", "giant", "kv", "tcp", "state", "score", "edit", "reject",
+            "loop", "memory", "trap", "giant", "kv", "tcp", "http", "state", "score", "edit",
+            "reject",
         ];
         if !MODES.contains(&c.mode.as_str()) {
             return Err(format!("unknown mode `{}`", c.mode));
@@ -71,6 +72,10 @@ impl Filter for Hostile {
                 Ok(_) => Outcome::cont().add_header("X-Tcp", "connected"),
                 Err(e) => Outcome::cont().add_header("X-Tcp", &format!("refused: {e}")),
             },
+            "http" => match http_get(&config().target) {
+                Ok(status) => Outcome::cont().add_header("X-Http", &format!("status {status}")),
+                Err(e) => Outcome::cont().add_header("X-Http", &format!("refused: {e}")),
+            },
             "state" => {
                 let n = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
                 Outcome::cont().add_header("X-Calls", &n.to_string())
@@ -88,3 +93,25 @@ impl Filter for Hostile {
 }
 
 export_filter!(Hostile);
+
+/// A GET through wasi:http; the status code, or the error the host gave.
+fn http_get(url: &str) -> Result<u16, String> {
+    use wasi::http::outgoing_handler;
+    use wasi::http::types::{Fields, OutgoingRequest, Scheme};
+    let rest = url.strip_prefix("http://").ok_or("only http:// here")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    request.set_scheme(Some(&Scheme::Http)).map_err(|_| "scheme")?;
+    request.set_authority(Some(authority)).map_err(|_| "authority")?;
+    request.set_path_with_query(Some(path)).map_err(|_| "path")?;
+    let response = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    response.subscribe().block();
+    match response.get() {
+        Some(Ok(Ok(r))) => Ok(r.status()),
+        Some(Ok(Err(e))) => Err(format!("{e:?}")),
+        Some(Err(())) | None => Err("no response".into()),
+    }
+}
