@@ -6,7 +6,7 @@
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sluice_core::{Envelope, Recipient, SessionInfo};
 use sluice_plugin::{Runtime, WasmPipeline};
-use sluice_test_plugins::NOOP;
+use sluice_test_plugins::{NOOP, PY_SPAM_WORDS};
 use std::sync::Arc;
 
 fn policy(steps: usize) -> String {
@@ -71,6 +71,38 @@ fn bench(c: &mut Criterion) {
                 },
             );
         }
+    }
+    group.finish();
+
+    // A Python plugin (componentize-py): a fresh instance per message against warm ones.
+    let mut group = c.benchmark_group("python_step");
+    for mode in ["fresh", "warm"] {
+        let path = dir.path().join(format!("py-{mode}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[[pipeline]]\nname = \"py\"\n[[pipeline.step]]\nname = \"py\"\nplugin = \"{}\"\nsha256 = \"{}\"\nmemory_mb = 200\ntimeout_ms = 2000\ninstances = \"{mode}\"\n[pipeline.step.config]\ntag = \"X-Checked\"\nwords = {{ fox = 1.0 }}\n",
+                PY_SPAM_WORDS.path, PY_SPAM_WORDS.sha256
+            ),
+        )
+        .unwrap();
+        let pipeline: Arc<WasmPipeline> = rt
+            .block_on(WasmPipeline::load(runtime.clone(), &path, None))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let msg = message(5_000);
+        group.bench_with_input(BenchmarkId::new(mode, 5_000), &msg, |b, msg| {
+            b.to_async(&rt).iter(|| {
+                let snapshot = pipeline.snapshot();
+                let mut env = Envelope {
+                    sender: "a@example.com".into(),
+                    recipients: vec![Recipient::new("b@example.net")],
+                    ..Envelope::default()
+                };
+                let mut m = msg.clone();
+                let session = &session;
+                async move { snapshot.data_stage(session, &mut env, &mut m).await }
+            })
+        });
     }
     group.finish();
 }

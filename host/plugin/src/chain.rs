@@ -6,7 +6,7 @@
 //! chain's thresholds turn the sum into an action at the `data` stage. Edits are collected
 //! and applied once, by the caller, after the stage.
 
-use crate::bindings::{PluginPre, types as wit};
+use crate::bindings::{Plugin, PluginPre, types as wit};
 use crate::message::{MessageData, MessageHandle};
 use crate::runtime::Runtime;
 use crate::step::{Grants, Services, StepState};
@@ -39,6 +39,8 @@ pub struct Step {
     pub grants: Arc<Grants>,
     /// The step's `config` table as JSON.
     pub config: Arc<str>,
+    /// Warm instances, when the policy asks for them; otherwise a fresh one per call.
+    pub warm: Option<WarmPool>,
 }
 
 impl Step {
@@ -283,36 +285,102 @@ impl Chain {
     }
 
     async fn call(&self, step: &Step, input: &StageInput) -> Result<wit::Outcome, StepError> {
-        let mut store = step.store(&self.runtime, &self.services);
         let trap = |e: wasmtime::Error| classify(e);
-        let plugin = step.pre.instantiate_async(&mut store).await.map_err(trap)?;
-        let f = plugin.sluice_plugin_filter();
-        let outcome = match input {
-            StageInput::Connect(s) => f.call_on_connect(&mut store, s).await,
-            StageInput::Ehlo(s) => f.call_on_ehlo(&mut store, s).await,
-            StageInput::Mail(s, e) => f.call_on_mail(&mut store, s, e).await,
-            StageInput::Rcpt(s, e, r) => f.call_on_rcpt(&mut store, s, e, r).await,
-            StageInput::Data(m) | StageInput::Queued(m) | StageInput::Delivery(m, _) => {
-                let handle = store
-                    .data_mut()
-                    .table
-                    .push(MessageHandle(m.clone()))
-                    .map_err(|e| StepError::Trap(e.to_string()))?;
-                match input {
-                    StageInput::Data(_) => f.call_on_data(&mut store, handle).await,
-                    StageInput::Queued(_) => f.call_on_queued(&mut store, handle).await,
-                    StageInput::Delivery(_, r) => f.call_on_delivery(&mut store, handle, r).await,
-                    _ => unreachable!("matched above"),
-                }
+        let reused = step.warm.as_ref().and_then(WarmPool::take);
+        let (mut store, plugin, uses) = match reused {
+            Some(w) => (w.store, w.plugin, w.uses),
+            None => {
+                let mut store = step.store(&self.runtime, &self.services);
+                let plugin = step.pre.instantiate_async(&mut store).await.map_err(trap)?;
+                (store, plugin, 0)
             }
-            StageInput::Event(e) => f.call_on_event(&mut store, e).await,
-        }
-        .map_err(trap)?;
+        };
+        store.set_epoch_deadline(step.deadline_ticks);
+        let outcome = invoke(&mut store, &plugin, input).await.map_err(trap)?;
         let size = outcome_size(&outcome);
         if size > step.max_output {
             return Err(StepError::Oversized(size, step.max_output));
         }
+        if let Some(pool) = &step.warm {
+            pool.put(Warm {
+                store,
+                plugin,
+                uses: uses + 1,
+            });
+        }
         Ok(outcome)
+    }
+}
+
+/// Calls the handler for the input's stage.
+async fn invoke(
+    store: &mut Store<StepState>,
+    plugin: &Plugin,
+    input: &StageInput,
+) -> wasmtime::Result<wit::Outcome> {
+    let f = plugin.sluice_plugin_filter();
+    match input {
+        StageInput::Connect(s) => f.call_on_connect(&mut *store, s).await,
+        StageInput::Ehlo(s) => f.call_on_ehlo(&mut *store, s).await,
+        StageInput::Mail(s, e) => f.call_on_mail(&mut *store, s, e).await,
+        StageInput::Rcpt(s, e, r) => f.call_on_rcpt(&mut *store, s, e, r).await,
+        StageInput::Data(m) | StageInput::Queued(m) | StageInput::Delivery(m, _) => {
+            let handle = store.data_mut().table.push(MessageHandle(m.clone()))?;
+            let rep = handle.rep();
+            let result = match input {
+                StageInput::Data(_) => f.call_on_data(&mut *store, handle).await,
+                StageInput::Queued(_) => f.call_on_queued(&mut *store, handle).await,
+                StageInput::Delivery(_, r) => f.call_on_delivery(&mut *store, handle, r).await,
+                _ => unreachable!("matched above"),
+            };
+            // The message was lent for the call only; a warm instance must not keep it.
+            let _ = store
+                .data_mut()
+                .table
+                .delete(wasmtime::component::Resource::<MessageHandle>::new_own(rep));
+            result
+        }
+        StageInput::Event(e) => f.call_on_event(&mut *store, e).await,
+    }
+}
+
+/// A live instance kept for the next message.
+pub struct Warm {
+    store: Store<StepState>,
+    plugin: Plugin,
+    uses: usize,
+}
+
+/// Warm instances of one step, for heavy runtimes (Python, JavaScript) whose fresh
+/// instance costs milliseconds. Opt-in per step: an instance sees up to `recycle_after`
+/// messages, so state can carry between them. An instance that failed is never reused.
+pub struct WarmPool {
+    pub size: usize,
+    pub recycle_after: usize,
+    idle: std::sync::Mutex<Vec<Warm>>,
+}
+
+impl WarmPool {
+    pub fn new(size: usize, recycle_after: usize) -> WarmPool {
+        WarmPool {
+            size,
+            recycle_after,
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take(&self) -> Option<Warm> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    fn put(&self, w: Warm) {
+        if w.uses >= self.recycle_after {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.size {
+            idle.push(w);
+        }
     }
 }
 

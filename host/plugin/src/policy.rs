@@ -4,7 +4,7 @@
 //! are checked here; its `config` table goes untouched (as JSON) to the plugin's
 //! `configure`, whose error is reported with the policy file, line and step.
 
-use crate::chain::{Chain, Conditions, OnError, Step, Thresholds};
+use crate::chain::{Chain, Conditions, OnError, Step, Thresholds, WarmPool};
 use crate::runtime::{LoadError, MAX_MEMORY, Runtime, TICK};
 use crate::step::{Grants, MemoryServices, Services};
 use serde::Deserialize;
@@ -84,6 +84,17 @@ pub struct StepFile {
     /// Largest result (edits, symbols) in KiB.
     #[serde(default = "default_max_output_kb")]
     pub max_output_kb: usize,
+    /// `fresh` (default): a new instance for every call, nothing carried between messages.
+    /// `warm`: reuse up to `warm_pool` live instances, each for at most `recycle_after`
+    /// messages (for heavy runtimes such as Python or JavaScript).
+    #[serde(default = "default_instances")]
+    pub instances: String,
+    /// Warm instances kept, with `instances = "warm"`.
+    #[serde(default = "default_warm_pool")]
+    pub warm_pool: usize,
+    /// Messages a warm instance handles before it is replaced.
+    #[serde(default = "default_recycle_after")]
+    pub recycle_after: usize,
     /// Capabilities; none by default.
     #[serde(default)]
     pub capabilities: CapabilitiesFile,
@@ -94,6 +105,15 @@ pub struct StepFile {
 
 fn default_on_error() -> String {
     "tempfail".into()
+}
+fn default_instances() -> String {
+    "fresh".into()
+}
+fn default_warm_pool() -> usize {
+    4
+}
+fn default_recycle_after() -> usize {
+    100
 }
 fn default_memory_mb() -> usize {
     64
@@ -328,6 +348,26 @@ async fn load_file(
                 max_output: s.max_output_kb * 1024,
                 grants,
                 config: config_json(&s.config).into(),
+                warm: match s.instances.as_str() {
+                    "fresh" => None,
+                    "warm" if s.warm_pool > 0 && s.recycle_after > 0 => {
+                        Some(WarmPool::new(s.warm_pool, s.recycle_after))
+                    }
+                    "warm" => {
+                        report(
+                            "warm_pool",
+                            "warm_pool and recycle_after must be greater than 0".into(),
+                        );
+                        None
+                    }
+                    other => {
+                        report(
+                            "instances",
+                            format!("unknown `{other}`: expected fresh or warm"),
+                        );
+                        None
+                    }
+                },
             };
             let config = step.config.clone();
             match configure(runtime, &step, services, &config).await {

@@ -507,3 +507,29 @@ async fn http_only_to_granted_origins() {
     assert_eq!(header(&msg, "X-Http").as_deref(), Some("status 204"));
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn warm_instances_are_reused_then_recycled() {
+    let (_d, p) = load(&hostile(
+        "state",
+        "state",
+        "instances = \"warm\"\nwarm_pool = 1\nrecycle_after = 3",
+    ))
+    .await;
+    let mut calls = Vec::new();
+    for _ in 0..5 {
+        let (_, msg, _) = data(&p).await;
+        calls.push(header(&msg, "X-Calls").unwrap());
+    }
+    assert_eq!(calls, ["1", "2", "3", "1", "2"]);
+    // A failed warm instance is not reused: a trapping step starts afresh each time.
+    let (_d, p) = load(&hostile(
+        "t",
+        "trap",
+        "instances = \"warm\"\non_error = \"skip\"",
+    ))
+    .await;
+    for _ in 0..2 {
+        assert_eq!(data(&p).await.0, Verdict::Continue);
+    }
+}
