@@ -55,9 +55,9 @@ fn main() {
         "cargo:rerun-if-changed={}",
         root.join("plugins/python").display()
     );
-    // Not target/plugins/python: componentize-py's output differs from build to build, and
-    // scripts/build-plugins.sh writes there.
-    let py_out = target_dir.join("test-python");
+    // In OUT_DIR: componentize-py's output differs from build to build, so each build of
+    // this crate (debug, release, scripts/build-plugins.sh) keeps its own copy.
+    let py_out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     std::fs::create_dir_all(&py_out).unwrap();
     let py = py_out.join("spam_words.wasm");
     let status = Command::new("componentize-py")
