@@ -352,3 +352,52 @@ fn queue_commands_on_a_stopped_server() {
     );
     assert!(sink.messages()[0].data.contains("Subject: first"));
 }
+
+/// MX routing against a real DNS server on loopback: MX records, the implicit MX, the null
+/// MX and a domain that does not exist.
+#[test]
+fn delivers_by_mx_and_bounces_what_dns_refuses() {
+    let sink = Sink::start();
+    let dns = support::dns::Dns::start();
+    let s = Sluice::start(&format!(
+        "[delivery]\nnameservers = [\"127.0.0.1:{}\"]\nmx_port = {}\ntls = \"none\"\nretry_initial = \"1s\"\nretry_max = \"1s\"\n",
+        dns.port, sink.port
+    ));
+    s.cli(&["user", "add", "u"], "pw\n");
+    let mut c = tls_auth_client(&s);
+    let r = c.send_mail(
+        "sender@localhost",
+        &[
+            "a@mx.test",
+            "b@implicit.test",
+            "c@nullmx.test",
+            "d@nowhere.test",
+        ],
+        &message("by mx", 800),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    assert!(
+        wait_until(Duration::from_secs(20), || sink.messages().len() == 2
+            && s.maildir("sender@localhost").len() == 1),
+        "sink got {:?}; log:\n{}",
+        sink.rcpt_attempts(),
+        s.log()
+    );
+    let mut got: Vec<String> = sink
+        .messages()
+        .iter()
+        .flat_map(|m| m.recipients.clone())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["a@mx.test", "b@implicit.test"]);
+    let dsn = &s.maildir("sender@localhost")[0];
+    for needle in [
+        "Final-Recipient: rfc822; c@nullmx.test",
+        "Status: 5.1.10",
+        "Final-Recipient: rfc822; d@nowhere.test",
+        "Status: 5.1.2",
+    ] {
+        assert!(dsn.contains(needle), "missing {needle:?} in:\n{dsn}");
+    }
+    assert!(!dsn.contains("a@mx.test"));
+}

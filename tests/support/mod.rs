@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod sink;
 
 #[allow(unused_imports)]

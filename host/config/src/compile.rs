@@ -216,6 +216,16 @@ impl Compiler<'_> {
                 "must not be shorter than `retry_initial`",
             );
         }
+        let mut nameservers = Vec::new();
+        for (i, n) in d.nameservers.iter().enumerate() {
+            match n.parse::<SocketAddr>() {
+                Ok(a) => nameservers.push(a),
+                Err(_) => self.problem(
+                    format!("delivery.nameservers[{i}]"),
+                    format!("`{n}` is not an ip:port address such as 127.0.0.1:53"),
+                ),
+            }
+        }
         let delivery = DeliverySettings {
             max_connections: d.max_connections,
             max_connections_per_destination: d.max_connections_per_destination,
@@ -229,6 +239,7 @@ impl Compiler<'_> {
             delay_notify_after: d.delay_notify_after,
             tls,
             mx_port: d.mx_port,
+            nameservers,
             dsn_max_original: d.dsn_max_original,
         };
 

@@ -158,6 +158,9 @@ pub struct DeliveryFile {
     pub tls: String,
     /// Port used for MX hosts.
     pub mx_port: u16,
+    /// DNS servers (`ip:port`) for MX and address lookups; empty: the system's
+    /// (`/etc/resolv.conf`).
+    pub nameservers: Vec<String>,
     /// DSNs carry the whole original message up to this size, headers only beyond.
     pub dsn_max_original: usize,
 }
@@ -177,6 +180,7 @@ impl Default for DeliveryFile {
             delay_notify_after: Duration::from_secs(4 * 3600),
             tls: "opportunistic".into(),
             mx_port: 25,
+            nameservers: Vec::new(),
             dsn_max_original: 256 * 1024,
         }
     }

@@ -129,6 +129,7 @@ pub struct DeliverySettings {
     pub delay_notify_after: Duration,
     pub tls: TlsPolicy,
     pub mx_port: u16,
+    pub nameservers: Vec<SocketAddr>,
     pub dsn_max_original: usize,
 }
 

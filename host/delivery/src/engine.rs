@@ -59,13 +59,7 @@ impl Engine {
         queue: Arc<dyn Queue>,
         pipelines: Arc<dyn Pipelines>,
     ) -> Arc<Engine> {
-        let resolver = match TokioResolver::builder_tokio() {
-            Ok(b) => Some(b.build()),
-            Err(e) => {
-                tracing::warn!(error = %e, "no DNS resolver: MX delivery will be deferred");
-                None
-            }
-        };
+        let resolver = resolver(&settings.delivery.nameservers);
         Arc::new(Engine {
             global: Arc::new(Semaphore::new(settings.delivery.max_connections)),
             settings,
@@ -620,4 +614,26 @@ impl Engine {
 /// Resolves once `shutdown` turns true (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// The DNS resolver: the configured servers, or the system's.
+fn resolver(nameservers: &[SocketAddr]) -> Option<TokioResolver> {
+    use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+    use hickory_resolver::name_server::TokioConnectionProvider;
+    use hickory_resolver::proto::xfer::Protocol;
+    if nameservers.is_empty() {
+        return match TokioResolver::builder_tokio() {
+            Ok(b) => Some(b.build()),
+            Err(e) => {
+                tracing::warn!(error = %e, "no DNS resolver: MX delivery will be deferred");
+                None
+            }
+        };
+    }
+    let mut config = ResolverConfig::new();
+    for addr in nameservers {
+        config.add_name_server(NameServerConfig::new(*addr, Protocol::Udp));
+        config.add_name_server(NameServerConfig::new(*addr, Protocol::Tcp));
+    }
+    Some(TokioResolver::builder_with_config(config, TokioConnectionProvider::default()).build())
 }
