@@ -130,17 +130,15 @@ fn hot_reload_under_load_fails_no_session() {
         .len()
         == 1));
     assert!(s.maildir("after@localhost")[0].contains("X-Processed-By: two\r\n"));
-    let delivered: usize = (0..4)
-        .map(|t| s.maildir(&format!("load{t}@localhost")).len())
-        .sum();
+    let delivered = || -> usize {
+        (0..4)
+            .map(|t| s.maildir(&format!("load{t}@localhost")).len())
+            .sum()
+    };
     assert!(
-        wait_until(Duration::from_secs(10), || {
-            (0..4)
-                .map(|t| s.maildir(&format!("load{t}@localhost")).len())
-                .sum::<usize>()
-                == 120
-        }),
-        "{delivered} of 120 delivered"
+        wait_until(Duration::from_secs(10), || delivered() == 120),
+        "{} of 120 delivered",
+        delivered()
     );
 }
 

@@ -258,11 +258,14 @@ impl Chain {
 
     fn apply_thresholds(&self, r: &mut StageResult) {
         let t = &self.thresholds;
-        let names: Vec<String> = r
-            .symbols
-            .iter()
-            .map(|s| format!("{}={:.2}", s.name, s.score))
-            .collect();
+        // Formatted only when a threshold needs it: most messages pass none.
+        let names = |r: &StageResult| {
+            r.symbols
+                .iter()
+                .map(|s| format!("{}={:.2}", s.name, s.score))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         if t.reject.is_some_and(|x| r.score >= x) {
             r.verdict = Verdict::Reject(Reply::new(
                 550,
@@ -270,16 +273,17 @@ impl Chain {
                 format!("Message rejected by policy (score {:.2})", r.score),
             ));
         } else if t.quarantine.is_some_and(|x| r.score >= x) {
-            r.verdict = Verdict::Quarantine(format!("score {:.2}: {}", r.score, names.join(", ")));
+            r.verdict = Verdict::Quarantine(format!("score {:.2}: {}", r.score, names(r)));
         }
         if t.add_header.is_some_and(|x| r.score >= x) {
+            let symbols = names(r);
             r.edits.push(wit::Edit::SetHeader(wit::Header {
                 name: "X-Sluice-Score".into(),
                 value: format!("{:.2}", r.score),
             }));
             r.edits.push(wit::Edit::SetHeader(wit::Header {
                 name: "X-Sluice-Symbols".into(),
-                value: names.join(", "),
+                value: symbols,
             }));
         }
     }

@@ -150,15 +150,6 @@ pub struct PolicySet {
     pub files: Vec<PathBuf>,
 }
 
-impl PolicySet {
-    pub fn empty() -> PolicySet {
-        PolicySet {
-            chains: Vec::new(),
-            files: Vec::new(),
-        }
-    }
-}
-
 pub fn parse_stage(s: &str) -> Option<Stage> {
     Some(match s {
         "connect" => Stage::Connect,

@@ -47,19 +47,17 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<StepState>,
     cache_dir: Option<PathBuf>,
-    /// Whether the pooling allocator is in use (false after the fallback).
-    pub pooling: bool,
 }
 
 impl Runtime {
     /// Builds the engine; `cache_dir` keeps compiled components between runs.
     pub fn new(cache_dir: Option<&Path>) -> Result<Arc<Runtime>, EngineError> {
         let e = |e: wasmtime::Error| EngineError(format!("{e:#}"));
-        let (engine, pooling) = match Engine::new(&config(true)) {
-            Ok(engine) => (engine, true),
+        let engine = match Engine::new(&config(true)) {
+            Ok(engine) => engine,
             Err(err) => {
                 tracing::warn!(error = %err, "pooling allocator unavailable; using on-demand allocation");
-                (Engine::new(&config(false)).map_err(e)?, false)
+                Engine::new(&config(false)).map_err(e)?
             }
         };
         let mut linker = Linker::new(&engine);
@@ -89,7 +87,6 @@ impl Runtime {
             engine,
             linker,
             cache_dir: cache_dir.map(Path::to_path_buf),
-            pooling,
         }))
     }
 

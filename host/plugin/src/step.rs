@@ -169,8 +169,6 @@ pub struct StepState {
     pub services: Arc<dyn Services>,
     /// The step's config as JSON.
     pub config: Arc<str>,
-    /// Ungranted calls the plugin made, reported with the step's result.
-    pub denied: Vec<String>,
 }
 
 impl StepState {
@@ -227,7 +225,6 @@ impl StepState {
             grants,
             services,
             config,
-            denied: Vec::new(),
         }
     }
 
@@ -238,7 +235,6 @@ impl StepState {
     fn deny(&mut self, what: &str) -> host::Error {
         let why = format!("capability `{what}` is not granted to step {}", self.step);
         tracing::warn!(plugin = %self.plugin, step = %self.step, "{why}");
-        self.denied.push(why.clone());
         host::Error::Denied(why)
     }
 }
