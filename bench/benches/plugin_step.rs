@@ -111,7 +111,7 @@ fn stage_bench(
                 ..Envelope::default()
             };
             let mut m = msg.to_vec();
-            async move { snapshot.data_stage(session, &mut env, &mut m).await }
+            async move { snapshot.data_stage("B1", session, &mut env, &mut m).await }
         })
     });
 }

@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::process::Command;
 
-const PLUGINS: &[&str] = &["noop", "hostile", "tag"];
+const PLUGINS: &[&str] = &["noop", "hostile", "tag", "probe", "old-contract"];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -15,6 +15,7 @@ fn main() {
         "plugins/sdk",
         "plugins/examples",
         "plugins/testing",
+        "plugins/testing/old-contract/wit",
         "wit",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
@@ -81,7 +82,7 @@ fn main() {
             let p = target_dir
                 .join("wasm32-wasip2")
                 .join("release")
-                .join(format!("{n}.wasm"));
+                .join(format!("{}.wasm", n.replace('-', "_")));
             (n.to_string(), p)
         })
         .collect();

@@ -210,6 +210,18 @@ impl Compiler<'_> {
         if d.retry_initial.is_zero() {
             self.problem("delivery.retry_initial".into(), "must be greater than 0");
         }
+        if d.event_retry_initial.is_zero() {
+            self.problem(
+                "delivery.event_retry_initial".into(),
+                "must be greater than 0",
+            );
+        }
+        if d.event_retry_max < d.event_retry_initial {
+            self.problem(
+                "delivery.event_retry_max".into(),
+                "must not be shorter than `event_retry_initial`",
+            );
+        }
         if d.retry_max < d.retry_initial {
             self.problem(
                 "delivery.retry_max".into(),
@@ -235,6 +247,9 @@ impl Compiler<'_> {
             command_timeout: d.command_timeout,
             retry_initial: d.retry_initial,
             retry_max: d.retry_max,
+            event_retry_initial: d.event_retry_initial,
+            event_retry_max: d.event_retry_max,
+            event_expire: d.event_expire,
             expire: d.expire,
             delay_notify_after: d.delay_notify_after,
             tls,

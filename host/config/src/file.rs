@@ -163,6 +163,15 @@ pub struct DeliveryFile {
     pub nameservers: Vec<String>,
     /// DSNs carry the whole original message up to this size, headers only beyond.
     pub dsn_max_original: usize,
+    /// First retry delay of an event an `event` step deferred; doubled after every try.
+    #[serde(with = "humantime_serde")]
+    pub event_retry_initial: Duration,
+    /// Longest retry delay of an event.
+    #[serde(with = "humantime_serde")]
+    pub event_retry_max: Duration,
+    /// Age after which an event no `event` step acknowledged is dropped (and logged).
+    #[serde(with = "humantime_serde")]
+    pub event_expire: Duration,
 }
 
 impl Default for DeliveryFile {
@@ -182,6 +191,9 @@ impl Default for DeliveryFile {
             mx_port: 25,
             nameservers: Vec::new(),
             dsn_max_original: 256 * 1024,
+            event_retry_initial: Duration::from_secs(5),
+            event_retry_max: Duration::from_secs(600),
+            event_expire: Duration::from_secs(3 * 86400),
         }
     }
 }

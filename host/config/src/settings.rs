@@ -131,6 +131,9 @@ pub struct DeliverySettings {
     pub mx_port: u16,
     pub nameservers: Vec<SocketAddr>,
     pub dsn_max_original: usize,
+    pub event_retry_initial: Duration,
+    pub event_retry_max: Duration,
+    pub event_expire: Duration,
 }
 
 /// How mail for a domain leaves.

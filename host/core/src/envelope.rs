@@ -90,9 +90,27 @@ pub struct Envelope {
     pub envid: Option<String>,
     pub eight_bit: bool,
     pub smtputf8: bool,
+    /// Metadata plugins set (`set-meta`): tenant, stream, campaign tags. Kept with the
+    /// queued message and copied into its events.
+    pub meta: Vec<(String, String)>,
 }
 
 impl Envelope {
+    /// Sets a metadata key (replacing its value).
+    pub fn set_meta(&mut self, key: &str, value: &str) {
+        match self.meta.iter_mut().find(|(k, _)| k == key) {
+            Some(e) => e.1 = value.to_string(),
+            None => self.meta.push((key.to_string(), value.to_string())),
+        }
+    }
+
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.meta
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn is_null_sender(&self) -> bool {
         self.sender.is_empty()
     }

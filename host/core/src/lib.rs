@@ -15,7 +15,8 @@ pub mod reply;
 
 pub use envelope::{Envelope, Notify, Recipient, Ret, SessionInfo};
 pub use pipeline::{
-    DeliveryEvent, EventKind, Fixed, PassThrough, Pipeline, Pipelines, Stage, Verdict,
+    Event, EventKind, EventOutcome, EventSink, Fixed, MessageRef, PassThrough, Pipeline, Pipelines,
+    Rendered, Stage, Variant, Verdict,
 };
 pub use reply::Reply;
 

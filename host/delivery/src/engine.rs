@@ -11,7 +11,7 @@ use crate::dsn::{self, Action};
 use crate::{Outcome, maildir, mx};
 use hickory_resolver::TokioResolver;
 use sluice_config::{Route, Settings, Via};
-use sluice_core::{DeliveryEvent, EventKind, Pipelines, Recipient, Reply, Verdict};
+use sluice_core::{Event, EventKind, MessageRef, Pipelines, Recipient, Reply, Verdict};
 use sluice_queue::{MessageMeta, Queue, Queued, RecipientState, Status, new_id, now_secs};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -32,6 +32,16 @@ enum Target {
     Maildir,
     Mx(String),
     Smarthost(String, u16),
+}
+
+/// What the `queued` stage lets through.
+enum Gate {
+    /// Go on to delivery.
+    Pass,
+    /// Not now (`Some`: run again then; `None`: held).
+    Wait(Option<(u64, String)>),
+    /// Every recipient is final with these outcomes.
+    Done(Vec<(usize, Outcome)>),
 }
 
 /// What one attempt leaves to the scheduler.
@@ -114,14 +124,7 @@ impl Engine {
             tokio::select! {
                 Some(Queued { meta, body }) = incoming.recv() => {
                     let engine = self.clone();
-                    attempts.spawn(async move {
-                        engine
-                            .pipelines
-                            .current()
-                            .queued(&meta.id, meta.session.as_ref(), &meta.envelope(), &body)
-                            .await;
-                        engine.attempt(meta, Some(body)).await
-                    });
+                    attempts.spawn(async move { engine.attempt(meta, Some(body)).await });
                 }
                 _ = sleep => {
                     let now = now_secs();
@@ -225,6 +228,22 @@ impl Engine {
                 };
             }
         };
+        if meta.queued_pending {
+            match self.queued_stage(&mut meta, &body, now).await {
+                Gate::Pass => {}
+                Gate::Wait(due) => {
+                    return AttemptResult {
+                        due,
+                        new: Vec::new(),
+                    };
+                }
+                Gate::Done(outcomes) => {
+                    let mut new = Vec::new();
+                    self.apply(&mut meta, outcomes, now, &body, &mut new).await;
+                    return self.finish(meta, now, new);
+                }
+            }
+        }
         let due: Vec<usize> = (0..meta.recipients.len())
             .filter(|&i| match meta.recipients[i].status {
                 Status::Pending => true,
@@ -239,10 +258,13 @@ impl Engine {
             .collect();
         let envelope = meta.envelope();
         let pipeline = self.pipelines.current();
-        let outcomes: Vec<(usize, Outcome)> = match pipeline
-            .delivery(&meta.id, meta.session.as_ref(), &envelope, &body, &rcpts)
-            .await
-        {
+        let message = MessageRef {
+            id: &meta.id,
+            session: meta.session.as_ref(),
+            envelope: &envelope,
+            body: &body,
+        };
+        let outcomes: Vec<(usize, Outcome)> = match pipeline.delivery(message, &rcpts).await {
             Verdict::Reject(reply) => due
                 .iter()
                 .map(|&i| {
@@ -282,36 +304,92 @@ impl Engine {
                     )
                 })
                 .collect(),
-            _ => {
-                let mut groups: HashMap<Target, (Route, Vec<usize>)> = HashMap::new();
-                for &i in &due {
-                    let route = self
-                        .settings
-                        .route_for(&meta.recipients[i].recipient.domain());
-                    let target = match &route.via {
-                        Via::Maildir => Target::Maildir,
-                        Via::Mx => Target::Mx(route.domain.clone()),
-                        Via::Smarthost { host, port } => Target::Smarthost(host.clone(), *port),
-                    };
-                    groups
-                        .entry(target)
-                        .or_insert_with(|| (route, Vec::new()))
-                        .1
-                        .push(i);
+            Verdict::Quarantine(reason) => {
+                tracing::info!(id = %meta.id, %reason, "message quarantined at delivery");
+                meta.quarantine = Some(reason);
+                if let Err(e) = self.queue.update(&meta) {
+                    tracing::error!(id = %meta.id, error = %e, "cannot update queued message");
                 }
-                let work = groups.into_iter().map(|(target, (route, idx))| {
-                    self.deliver_group(target, route, &meta, idx, &body)
-                });
-                futures::future::join_all(work)
-                    .await
-                    .into_iter()
-                    .flatten()
-                    .collect()
+                return AttemptResult {
+                    due: None,
+                    new: Vec::new(),
+                };
+            }
+            Verdict::Continue | Verdict::Accept => {
+                // Per-recipient rendering: one transaction per distinct variant.
+                let mut outcomes = Vec::new();
+                let variants: Vec<(Arc<Vec<u8>>, Vec<usize>)> =
+                    match pipeline.render(message, &rcpts).await {
+                        None => vec![(body.clone(), due.clone())],
+                        Some(rendered) => {
+                            for (k, verdict) in rendered.failed {
+                                let i = due[k];
+                                outcomes.push(match verdict {
+                                    Verdict::Reject(reply) => (
+                                        i,
+                                        Outcome::Failed {
+                                            reply,
+                                            remote: None,
+                                        },
+                                    ),
+                                    Verdict::Defer(reply) => (
+                                        i,
+                                        Outcome::Deferred {
+                                            reply,
+                                            remote: None,
+                                        },
+                                    ),
+                                    _ => (
+                                        i,
+                                        Outcome::Deferred {
+                                            reply: Reply::new(451, "4.3.0", "rendering failed"),
+                                            remote: None,
+                                        },
+                                    ),
+                                });
+                            }
+                            rendered
+                                .variants
+                                .into_iter()
+                                .map(|v| (v.body, v.recipients.iter().map(|&k| due[k]).collect()))
+                                .collect()
+                        }
+                    };
+                let mut work = Vec::new();
+                for (variant, idx) in &variants {
+                    let mut groups: HashMap<Target, (Route, Vec<usize>)> = HashMap::new();
+                    for &i in idx {
+                        let route = self
+                            .settings
+                            .route_for(&meta.recipients[i].recipient.domain());
+                        let target = match &route.via {
+                            Via::Maildir => Target::Maildir,
+                            Via::Mx => Target::Mx(route.domain.clone()),
+                            Via::Smarthost { host, port } => Target::Smarthost(host.clone(), *port),
+                        };
+                        groups
+                            .entry(target)
+                            .or_insert_with(|| (route, Vec::new()))
+                            .1
+                            .push(i);
+                    }
+                    for (target, (route, idx)) in groups {
+                        work.push(self.deliver_group(target, route, &meta, idx, variant));
+                    }
+                }
+                outcomes.extend(futures::future::join_all(work).await.into_iter().flatten());
+                outcomes
             }
         };
 
         let mut new = Vec::new();
         self.apply(&mut meta, outcomes, now, &body, &mut new).await;
+        self.finish(meta, now, new)
+    }
+
+    /// Writes an attempt's result back: removes a finished message, or keeps it with its
+    /// next due time.
+    fn finish(&self, meta: MessageMeta, now: u64, new: Vec<Queued>) -> AttemptResult {
         if meta.is_done() {
             if let Err(e) = self.queue.remove(&meta.id) {
                 tracing::error!(id = %meta.id, error = %e, "cannot remove delivered message");
@@ -327,6 +405,91 @@ impl Engine {
                 new,
             }
         }
+    }
+
+    /// The policy's `queued` stage, before the first delivery attempt: run until it stops
+    /// deferring (at least once across restarts: `queued_pending` is in the record).
+    async fn queued_stage(&self, meta: &mut MessageMeta, body: &Arc<Vec<u8>>, now: u64) -> Gate {
+        let envelope = meta.envelope();
+        let message = MessageRef {
+            id: &meta.id,
+            session: meta.session.as_ref(),
+            envelope: &envelope,
+            body,
+        };
+        let mut kv = meta.meta.clone();
+        let verdict = self.pipelines.current().queued(message, &mut kv).await;
+        meta.meta = kv;
+        meta.queued_attempts += 1;
+        let all = |o: &dyn Fn() -> Outcome| -> Vec<(usize, Outcome)> {
+            (0..meta.recipients.len())
+                .filter(|&i| !meta.recipients[i].status.is_final())
+                .map(|i| (i, o()))
+                .collect()
+        };
+        let gate = match verdict {
+            Verdict::Continue | Verdict::Accept => {
+                meta.queued_pending = false;
+                Gate::Pass
+            }
+            Verdict::Defer(reply) => {
+                let expire_at = meta.received_at + self.settings.delivery.expire.as_secs();
+                if now >= expire_at {
+                    let reply = Reply::new(
+                        550,
+                        "5.4.7",
+                        format!(
+                            "message expired before the policy's queued stage passed; last error: {reply}"
+                        ),
+                    );
+                    meta.queued_pending = false;
+                    Gate::Done(all(&|| Outcome::Failed {
+                        reply: reply.clone(),
+                        remote: None,
+                    }))
+                } else {
+                    let wait = self.backoff(meta.queued_attempts);
+                    meta.queued_next = now + wait.as_secs().max(1);
+                    tracing::info!(id = %meta.id, %reply, retry_in = ?wait, "queued stage deferred");
+                    if let Err(e) = self.queue.update(meta) {
+                        tracing::error!(id = %meta.id, error = %e, "cannot update queued message");
+                    }
+                    Gate::Wait(Some((meta.queued_next, meta.id.clone())))
+                }
+            }
+            Verdict::Reject(reply) => {
+                meta.queued_pending = false;
+                Gate::Done(all(&|| Outcome::Failed {
+                    reply: reply.clone(),
+                    remote: None,
+                }))
+            }
+            Verdict::Discard => {
+                meta.queued_pending = false;
+                tracing::info!(id = %meta.id, "message discarded by the queued stage");
+                Gate::Done(all(&|| Outcome::Delivered {
+                    reply: Reply::new(250, "2.0.0", "discarded by policy"),
+                    remote: None,
+                    dsn_passed_on: true,
+                    final_delivery: true,
+                }))
+            }
+            Verdict::Quarantine(reason) => {
+                meta.queued_pending = false;
+                tracing::info!(id = %meta.id, %reason, "message quarantined by the queued stage");
+                meta.quarantine = Some(reason);
+                if let Err(e) = self.queue.update(meta) {
+                    tracing::error!(id = %meta.id, error = %e, "cannot update queued message");
+                }
+                Gate::Wait(None)
+            }
+        };
+        if matches!(gate, Gate::Pass)
+            && let Err(e) = self.queue.update(meta)
+        {
+            tracing::error!(id = %meta.id, error = %e, "cannot update queued message");
+        }
+        gate
     }
 
     async fn deliver_group(
@@ -521,21 +684,26 @@ impl Engine {
             );
             events.push((kind, i));
         }
-        let pipeline = self.pipelines.current();
-        for (kind, i) in &events {
-            let r = &meta.recipients[*i];
-            pipeline
-                .event(&DeliveryEvent {
-                    kind: *kind,
-                    message_id: meta.id.clone(),
-                    sender: meta.sender.clone(),
-                    recipient: r.recipient.address.clone(),
-                    reply: r
-                        .last_reply
-                        .clone()
-                        .unwrap_or_else(|| Reply::new(250, "2.0.0", "")),
-                })
-                .await;
+        if self.pipelines.current().wants_events() {
+            let message_id = message_id(body);
+            for (kind, i) in &events {
+                let r = &meta.recipients[*i];
+                let mut e =
+                    Event::new(kind.clone(), &meta.sender).with_session(meta.session.as_ref());
+                e.queue_id = Some(meta.id.clone());
+                e.message_id = message_id.clone();
+                e.recipient = Some(r.recipient.address.clone());
+                e.reply = r.last_reply.clone();
+                e.attributes = meta.meta.clone();
+                if let Some(remote) = &r.remote_mta {
+                    e.attributes.push(("remote_mta".into(), remote.clone()));
+                }
+                // Published before the record changes: sled keeps the order, so the
+                // result is never on disk without its event.
+                if let Err(err) = self.queue.publish_event(e) {
+                    tracing::error!(id = %meta.id, error = %err, "cannot publish event");
+                }
+            }
         }
         if meta.sender.is_empty() {
             return; // never report about a report (RFC 3461 §6.1)
@@ -609,6 +777,33 @@ impl Engine {
             }
         }
     }
+}
+
+/// The `Message-ID` header of a message (without angle brackets), read from its header
+/// block only.
+fn message_id(body: &[u8]) -> Option<String> {
+    let end = memchr::memmem::find(body, b"\r\n\r\n").unwrap_or(body.len());
+    let head = &body[..end];
+    let mut lines = head.split(|&b| b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        if line.len() > 11 && line[..11].eq_ignore_ascii_case(b"message-id:") {
+            let mut value = String::from_utf8_lossy(&line[11..]).into_owned();
+            while let Some(next) = lines.peek() {
+                if !matches!(next.first(), Some(b' ' | b'\t')) {
+                    break;
+                }
+                value.push_str(&String::from_utf8_lossy(next));
+                lines.next();
+            }
+            let v = value
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .trim();
+            return (!v.is_empty()).then(|| v.to_string());
+        }
+    }
+    None
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).

@@ -8,6 +8,7 @@
 //! - [`mx`]: next-hop resolution (MX records, implicit MX, null MX).
 //! - [`maildir`]: local delivery.
 //! - [`dsn`]: building bounce, delay and success reports.
+//! - [`events`]: the event dispatcher over the outbox, with retries.
 //!
 //! *Invariant*: a message leaves the queue only when every recipient has a final status
 //! (delivered, or failed with its DSN queued). Delivery is at least once: a crash between a
@@ -16,6 +17,7 @@
 pub mod client;
 pub mod dsn;
 pub mod engine;
+pub mod events;
 pub mod maildir;
 pub mod mx;
 

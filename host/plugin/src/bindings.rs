@@ -6,6 +6,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
     with: {
         "sluice:plugin/types.message": crate::message::MessageHandle,
+        "sluice:plugin/host.data": crate::step::DataHandle,
     },
 });
 

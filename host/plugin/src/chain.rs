@@ -1,12 +1,14 @@
 //! Running one stage through a chain's steps.
 //!
 //! Each call gets a fresh instance from the step's `InstancePre` in a new store (no state
-//! carried between messages), with the step's memory limit and CPU deadline. Steps run in
-//! order; the first verdict other than `continue` ends the stage. Scores add up, and the
-//! chain's thresholds turn the sum into an action at the `data` stage. Edits are collected
-//! and applied once, by the caller, after the stage.
+//! carried between messages), with the step's memory limit, CPU deadline and wall-clock
+//! timeout. Steps run in order; the first verdict other than `continue` ends the stage.
+//! Scores add up, and the chain's thresholds turn the sum into an action at the `data`
+//! stage. A step's edits are checked (stage, capability, form) and applied right after it,
+//! so the next step sees the message as this one left it.
 
 use crate::bindings::{Plugin, PluginPre, types as wit};
+use crate::edits::{Allowed, EditError};
 use crate::message::{MessageData, MessageHandle};
 use crate::runtime::Runtime;
 use crate::step::{Grants, Services, StepState};
@@ -35,6 +37,8 @@ pub struct Step {
     pub on_error: OnError,
     pub memory: usize,
     pub deadline_ticks: u64,
+    /// Wall-clock limit of one call, host calls (sleeps, HTTP, TCP) included.
+    pub wall_timeout: Duration,
     pub max_output: usize,
     pub grants: Arc<Grants>,
     /// The step's `config` table as JSON.
@@ -44,7 +48,7 @@ pub struct Step {
 }
 
 impl Step {
-    pub fn store(&self, runtime: &Runtime, services: &Arc<dyn Services>) -> Store<StepState> {
+    pub fn store(&self, runtime: &Runtime, services: &Services) -> Store<StepState> {
         let state = StepState::new(
             self.plugin.clone(),
             self.name.clone(),
@@ -82,7 +86,7 @@ pub struct Chain {
     pub steps: Vec<Step>,
     pub thresholds: Thresholds,
     pub runtime: Arc<Runtime>,
-    pub services: Arc<dyn Services>,
+    pub services: Services,
 }
 
 /// The input of one stage.
@@ -94,7 +98,8 @@ pub enum StageInput {
     Data(Arc<MessageData>),
     Queued(Arc<MessageData>),
     Delivery(Arc<MessageData>, Vec<String>),
-    Event(wit::DeliveryEvent),
+    Render(Arc<MessageData>, String),
+    Event(wit::Event),
 }
 
 impl StageInput {
@@ -107,8 +112,54 @@ impl StageInput {
             StageInput::Data(_) => Stage::Data,
             StageInput::Queued(_) => Stage::Queued,
             StageInput::Delivery(..) => Stage::Delivery,
+            StageInput::Render(..) => Stage::Render,
             StageInput::Event(_) => Stage::Event,
         }
+    }
+
+    /// The message this stage is about, when it is about one.
+    pub fn message(&self) -> Option<&Arc<MessageData>> {
+        match self {
+            StageInput::Data(m)
+            | StageInput::Queued(m)
+            | StageInput::Delivery(m, _)
+            | StageInput::Render(m, _) => Some(m),
+            _ => None,
+        }
+    }
+
+    fn message_mut(&mut self) -> Option<&mut Arc<MessageData>> {
+        match self {
+            StageInput::Data(m)
+            | StageInput::Queued(m)
+            | StageInput::Delivery(m, _)
+            | StageInput::Render(m, _) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// The stage's name as in the WIT contract.
+pub fn stage_name(s: Stage) -> &'static str {
+    match s {
+        Stage::Connect => "connect",
+        Stage::Ehlo => "ehlo",
+        Stage::Mail => "mail",
+        Stage::Rcpt => "rcpt",
+        Stage::Data => "data",
+        Stage::Queued => "queued",
+        Stage::Delivery => "delivery",
+        Stage::Render => "render",
+        Stage::Event => "event",
+    }
+}
+
+fn allowed_edits(s: Stage) -> Allowed {
+    match s {
+        Stage::Data => Allowed::All,
+        Stage::Queued => Allowed::Meta,
+        Stage::Render => Allowed::Content,
+        _ => Allowed::Nothing,
     }
 }
 
@@ -139,6 +190,10 @@ pub struct StageResult {
 pub enum StepError {
     #[error("CPU deadline exceeded")]
     Timeout,
+    #[error("wall-clock timeout exceeded ({0:?})")]
+    WallTimeout(Duration),
+    #[error("edits refused: {0}")]
+    Edit(#[from] EditError),
     #[error("trapped: {0}")]
     Trap(String),
     #[error("result too large: {0} bytes, limit {1}")]
@@ -150,7 +205,7 @@ impl Chain {
     pub fn matches(
         &self,
         listener: &str,
-        authenticated: bool,
+        authenticated: Option<bool>,
         sender: Option<&str>,
         recipients: Option<&[String]>,
     ) -> bool {
@@ -158,7 +213,8 @@ impl Chain {
         if !c.listeners.is_empty() && !c.listeners.iter().any(|l| l == listener) {
             return false;
         }
-        if c.authenticated.is_some_and(|a| a != authenticated) {
+        // A chain for (un)authenticated sessions never matches what has no session.
+        if c.authenticated.is_some() && c.authenticated != authenticated {
             return false;
         }
         if !c.sender_domains.is_empty() {
@@ -181,8 +237,15 @@ impl Chain {
         true
     }
 
-    /// Runs every step subscribed to the input's stage.
-    pub async fn run(&self, input: &StageInput) -> StageResult {
+    /// Whether any step runs at this stage.
+    pub fn has_stage(&self, stage: Stage) -> bool {
+        self.steps.iter().any(|s| s.stages.contains(&stage))
+    }
+
+    /// Runs every step subscribed to the input's stage. For stages about a message, the
+    /// input's message is replaced by each step's edited version, so that it holds the
+    /// result when the stage ends.
+    pub async fn run(&self, input: &mut StageInput) -> StageResult {
         let stage = input.stage();
         let mut result = StageResult {
             verdict: Verdict::Continue,
@@ -193,7 +256,10 @@ impl Chain {
         };
         for step in self.steps.iter().filter(|s| s.stages.contains(&stage)) {
             let start = Instant::now();
-            let outcome = self.call(step, input).await;
+            let outcome = match self.call(step, input).await {
+                Ok(o) => self.apply_edits(step, input, &o.edits).map(|()| o),
+                Err(e) => Err(e),
+            };
             let elapsed = start.elapsed();
             let (verdict, trace) = match outcome {
                 Ok(o) => {
@@ -251,9 +317,44 @@ impl Chain {
             }
         }
         if stage == Stage::Data {
+            let before = result.edits.len();
             self.apply_thresholds(&mut result);
+            let added = result.edits[before..].to_vec();
+            if let Some(m) = input.message_mut() {
+                let mut envelope = m.envelope.clone();
+                if let Ok(Some(raw)) = crate::edits::apply(&m.raw, &mut envelope, &added) {
+                    *m = m.edited(Arc::new(raw), envelope);
+                }
+            }
         }
         result
+    }
+
+    /// Checks a step's edits and applies them to the input's message.
+    fn apply_edits(
+        &self,
+        step: &Step,
+        input: &mut StageInput,
+        edits: &[wit::Edit],
+    ) -> Result<(), StepError> {
+        if edits.is_empty() {
+            return Ok(());
+        }
+        let stage = input.stage();
+        crate::edits::check(
+            edits,
+            allowed_edits(stage),
+            stage_name(stage),
+            step.grants.envelope,
+        )?;
+        let Some(m) = input.message_mut() else {
+            return Ok(());
+        };
+        let mut envelope = m.envelope.clone();
+        let raw = crate::edits::apply(&m.raw, &mut envelope, edits)?;
+        let raw = raw.map_or_else(|| m.raw.clone(), Arc::new);
+        *m = m.edited(raw, envelope);
+        Ok(())
     }
 
     fn apply_thresholds(&self, r: &mut StageResult) {
@@ -289,6 +390,14 @@ impl Chain {
     }
 
     async fn call(&self, step: &Step, input: &StageInput) -> Result<wit::Outcome, StepError> {
+        // Dropping the future on timeout drops the store with whatever it was waiting on.
+        match tokio::time::timeout(step.wall_timeout, self.call_inner(step, input)).await {
+            Ok(r) => r,
+            Err(_) => Err(StepError::WallTimeout(step.wall_timeout)),
+        }
+    }
+
+    async fn call_inner(&self, step: &Step, input: &StageInput) -> Result<wit::Outcome, StepError> {
         let trap = |e: wasmtime::Error| classify(e);
         let reused = step.warm.as_ref().and_then(WarmPool::take);
         let (mut store, plugin, uses) = match reused {
@@ -300,7 +409,9 @@ impl Chain {
             }
         };
         store.set_epoch_deadline(step.deadline_ticks);
+        store.data_mut().begin_call(input.message().cloned());
         let outcome = invoke(&mut store, &plugin, input).await.map_err(trap)?;
+        store.data_mut().begin_call(None);
         let size = outcome_size(&outcome);
         if size > step.max_output {
             return Err(StepError::Oversized(size, step.max_output));
@@ -328,13 +439,25 @@ async fn invoke(
         StageInput::Ehlo(s) => f.call_on_ehlo(&mut *store, s).await,
         StageInput::Mail(s, e) => f.call_on_mail(&mut *store, s, e).await,
         StageInput::Rcpt(s, e, r) => f.call_on_rcpt(&mut *store, s, e, r).await,
-        StageInput::Data(m) | StageInput::Queued(m) | StageInput::Delivery(m, _) => {
+        StageInput::Data(m)
+        | StageInput::Queued(m)
+        | StageInput::Delivery(m, _)
+        | StageInput::Render(m, _) => {
             let handle = store.data_mut().table.push(MessageHandle(m.clone()))?;
             let rep = handle.rep();
             let result = match input {
                 StageInput::Data(_) => f.call_on_data(&mut *store, handle).await,
                 StageInput::Queued(_) => f.call_on_queued(&mut *store, handle).await,
                 StageInput::Delivery(_, r) => f.call_on_delivery(&mut *store, handle, r).await,
+                StageInput::Render(_, r) => {
+                    f.call_on_render(&mut *store, handle, r)
+                        .await
+                        .map(|edits| wit::Outcome {
+                            verdict: wit::Verdict::Continue,
+                            symbols: Vec::new(),
+                            edits,
+                        })
+                }
                 _ => unreachable!("matched above"),
             };
             // The message was lent for the call only; a warm instance must not keep it.
@@ -397,6 +520,10 @@ fn classify(e: wasmtime::Error) -> StepError {
     StepError::Trap(format!("{e:#}"))
 }
 
+/// What every symbol and edit counts for against `max_output`, whatever its content: a
+/// million empty edits are not free to apply.
+const ITEM_COST: usize = 64;
+
 fn outcome_size(o: &wit::Outcome) -> usize {
     let reply = |r: &wit::Reply| r.enhanced.len() + r.text.len() + 2;
     let verdict = match &o.verdict {
@@ -407,20 +534,22 @@ fn outcome_size(o: &wit::Outcome) -> usize {
     let symbols: usize = o
         .symbols
         .iter()
-        .map(|s| s.name.len() + s.description.as_ref().map_or(0, String::len) + 8)
+        .map(|s| s.name.len() + s.description.as_ref().map_or(0, String::len) + ITEM_COST)
         .sum();
     let edits: usize = o
         .edits
         .iter()
         .map(|e| match e {
             wit::Edit::AddHeader(h) | wit::Edit::SetHeader(h) => h.name.len() + h.value.len(),
+            wit::Edit::ReplacePart(p) => p.body.len() + 4,
+            wit::Edit::SetMeta(a) => a.key.len() + a.value.len(),
             wit::Edit::RemoveHeader(s)
             | wit::Edit::ReplaceText(s)
             | wit::Edit::ReplaceHtml(s)
             | wit::Edit::AddRecipient(s)
             | wit::Edit::RemoveRecipient(s)
             | wit::Edit::SetSender(s) => s.len(),
-        })
+        } + ITEM_COST)
         .sum();
     verdict + symbols + edits
 }
@@ -429,30 +558,49 @@ pub fn to_verdict(v: &wit::Verdict) -> Verdict {
     let reply = |r: &wit::Reply, class: u16| {
         // A plugin may only reject with 5xx and defer with 4xx; anything else is mended.
         let (code, enhanced) = if r.code / 100 == class && r.code < 600 {
-            let ok = r.enhanced.starts_with(char::from(b'0' + class as u8));
-            (
-                r.code,
-                if ok {
-                    r.enhanced.clone()
-                } else {
-                    format!("{class}.7.1")
-                },
-            )
+            let enhanced = if valid_enhanced(&r.enhanced, class) {
+                r.enhanced.clone()
+            } else {
+                format!("{class}.7.1")
+            };
+            (r.code, enhanced)
         } else if class == 5 {
             (550, "5.7.1".to_string())
         } else {
             (451, "4.7.1".to_string())
         };
-        Reply::new(code, &enhanced, r.text.replace(['\r', '\n'], " "))
+        Reply::new(code, &enhanced, wire_text(&r.text, 512))
     };
     match v {
         wit::Verdict::Continue => Verdict::Continue,
         wit::Verdict::Accept => Verdict::Accept,
         wit::Verdict::Reject(r) => Verdict::Reject(reply(r, 5)),
         wit::Verdict::Defer(r) => Verdict::Defer(reply(r, 4)),
-        wit::Verdict::Quarantine(s) => Verdict::Quarantine(s.clone()),
+        wit::Verdict::Quarantine(s) => Verdict::Quarantine(wire_text(s, 512)),
         wit::Verdict::Discard => Verdict::Discard,
     }
+}
+
+/// `class.subject.detail` (RFC 3463): the class matching the reply code's, then one to three
+/// digits, then one to three digits.
+fn valid_enhanced(e: &str, class: u16) -> bool {
+    let mut parts = e.split('.');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    parts.next() == Some(&class.to_string())
+        && ok(parts.next())
+        && ok(parts.next())
+        && parts.next().is_none()
+}
+
+/// Plugin text that reaches the wire (replies, DSNs, logs): control characters become
+/// spaces, at most `max` characters.
+pub fn wire_text(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 pub fn from_wit_stage(s: wit::Stage) -> Stage {
@@ -464,6 +612,7 @@ pub fn from_wit_stage(s: wit::Stage) -> Stage {
         wit::Stage::Data => Stage::Data,
         wit::Stage::Queued => Stage::Queued,
         wit::Stage::Delivery => Stage::Delivery,
+        wit::Stage::Render => Stage::Render,
         wit::Stage::Event => Stage::Event,
     }
 }

@@ -6,18 +6,146 @@
 
 use crate::bindings::types::{Edit, Header};
 use base64::Engine;
-use mail_parser::MessageParser;
+use mail_parser::{MessageParser, MimeHeaders};
 use sluice_core::{Envelope, Recipient};
 
-/// Applies `edits`; returns the new message when it changed.
-pub fn apply(raw: &[u8], envelope: &mut Envelope, edits: &[Edit]) -> Option<Vec<u8>> {
-    let mut text = None;
-    let mut html = None;
+/// Most edits one step may return.
+pub const MAX_EDITS: usize = 1000;
+
+/// Why a step's edits were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EditError {
+    #[error("edit `{0}` is not allowed at stage {1}")]
+    Stage(&'static str, &'static str),
+    #[error("capability `envelope` is not granted (edit `{0}`)")]
+    Envelope(&'static str),
+    #[error("invalid header name `{0}`")]
+    HeaderName(String),
+    #[error("invalid address `{0}`")]
+    Address(String),
+    #[error("{0} edits, limit {MAX_EDITS}")]
+    TooMany(usize),
+    #[error("part {0} is not a text part of this message")]
+    NoSuchPart(u32),
+    #[error("replacing parts changed the message structure")]
+    Structure,
+}
+
+/// The edit's name as in the WIT contract.
+pub fn edit_name(e: &Edit) -> &'static str {
+    match e {
+        Edit::AddHeader(_) => "add-header",
+        Edit::SetHeader(_) => "set-header",
+        Edit::RemoveHeader(_) => "remove-header",
+        Edit::ReplaceText(_) => "replace-text",
+        Edit::ReplaceHtml(_) => "replace-html",
+        Edit::ReplacePart(_) => "replace-part",
+        Edit::AddRecipient(_) => "add-recipient",
+        Edit::RemoveRecipient(_) => "remove-recipient",
+        Edit::SetSender(_) => "set-sender",
+        Edit::SetMeta(_) => "set-meta",
+    }
+}
+
+/// What kinds of edit a stage takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowed {
+    /// `data`: everything (envelope edits with the capability).
+    All,
+    /// `queued`: metadata only.
+    Meta,
+    /// `render`: headers and bodies.
+    Content,
+    /// Every other stage.
+    Nothing,
+}
+
+/// Checks a step's edits before anything is applied: the stage allows them, the step holds
+/// the capability, names and addresses are well-formed, and there are not too many.
+pub fn check(
+    edits: &[Edit],
+    allowed: Allowed,
+    stage: &'static str,
+    envelope_grant: bool,
+) -> Result<(), EditError> {
+    if edits.len() > MAX_EDITS {
+        return Err(EditError::TooMany(edits.len()));
+    }
+    for e in edits {
+        let name = edit_name(e);
+        let ok = matches!(
+            (allowed, e),
+            (Allowed::All, _)
+                | (Allowed::Meta, Edit::SetMeta(_))
+                | (
+                    Allowed::Content,
+                    Edit::AddHeader(_)
+                        | Edit::SetHeader(_)
+                        | Edit::RemoveHeader(_)
+                        | Edit::ReplaceText(_)
+                        | Edit::ReplaceHtml(_)
+                        | Edit::ReplacePart(_),
+                )
+        );
+        if !ok {
+            return Err(EditError::Stage(name, stage));
+        }
+        match e {
+            Edit::AddHeader(h) | Edit::SetHeader(h) if !valid_header_name(&h.name) => {
+                return Err(EditError::HeaderName(h.name.chars().take(80).collect()));
+            }
+            Edit::RemoveHeader(n) if !valid_header_name(n) => {
+                return Err(EditError::HeaderName(n.chars().take(80).collect()));
+            }
+            Edit::AddRecipient(a) | Edit::RemoveRecipient(a) | Edit::SetSender(a) => {
+                if !envelope_grant {
+                    return Err(EditError::Envelope(name));
+                }
+                let null_sender = matches!(e, Edit::SetSender(_)) && a.is_empty();
+                if !null_sender && !valid_address(a) {
+                    return Err(EditError::Address(a.chars().take(80).collect()));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// RFC 5322 field name: printable ASCII but `:`, at most 76 characters.
+fn valid_header_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 76 && n.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
+/// `local@domain` without spaces, controls, angle brackets or a second `@` in the domain.
+fn valid_address(a: &str) -> bool {
+    let Some((local, domain)) = a.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && !domain.is_empty()
+        && a.len() <= 254
+        && a.chars()
+            .all(|c| !c.is_control() && !matches!(c, ' ' | '<' | '>' | '\\'))
+        && domain
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
+}
+
+/// Applies checked `edits`; returns the new message when its bytes changed. Envelope and
+/// metadata edits change `envelope` in place.
+pub fn apply(
+    raw: &[u8],
+    envelope: &mut Envelope,
+    edits: &[Edit],
+) -> Result<Option<Vec<u8>>, EditError> {
+    let mut replacements: Vec<Replacement<'_>> = Vec::new();
     let mut header_edits = Vec::new();
     for e in edits {
         match e {
-            Edit::ReplaceText(t) => text = Some(t.as_str()),
-            Edit::ReplaceHtml(h) => html = Some(h.as_str()),
+            Edit::ReplaceText(t) => replacements.push(Replacement::First(false, t)),
+            Edit::ReplaceHtml(h) => replacements.push(Replacement::First(true, h)),
+            Edit::ReplacePart(p) => replacements.push(Replacement::Id(p.id, &p.body)),
             Edit::AddRecipient(a) => {
                 if !envelope
                     .recipients
@@ -31,20 +159,21 @@ pub fn apply(raw: &[u8], envelope: &mut Envelope, edits: &[Edit]) -> Option<Vec<
                 .recipients
                 .retain(|r| !r.address.eq_ignore_ascii_case(a)),
             Edit::SetSender(s) => envelope.sender = clean(s),
+            Edit::SetMeta(m) => envelope.set_meta(&m.key, &m.value),
             other => header_edits.push(other),
         }
     }
-    if text.is_none() && html.is_none() && header_edits.is_empty() {
-        return None;
+    if replacements.is_empty() && header_edits.is_empty() {
+        return Ok(None);
     }
-    let mut out = raw.to_vec();
-    if let Some(t) = text {
-        out = replace_part(&out, t, false).unwrap_or(out);
-    }
-    if let Some(h) = html {
-        out = replace_part(&out, h, true).unwrap_or(out);
-    }
-    let (head, body) = split(&out);
+    let replaced;
+    let raw = if replacements.is_empty() {
+        raw
+    } else {
+        replaced = replace_parts(raw, &replacements)?;
+        &replaced[..]
+    };
+    let (head, body) = split(raw);
     let mut fields = Fields::parse(head);
     for e in header_edits {
         match e {
@@ -56,7 +185,13 @@ pub fn apply(raw: &[u8], envelope: &mut Envelope, edits: &[Edit]) -> Option<Vec<
     }
     let mut result = fields.render();
     result.extend_from_slice(body);
-    Some(result)
+    Ok(Some(result))
+}
+
+enum Replacement<'a> {
+    /// The first text/html (true) or text/plain part.
+    First(bool, &'a str),
+    Id(u32, &'a str),
 }
 
 /// Addresses come from plugins: no CR, LF, angle brackets or spaces.
@@ -80,6 +215,8 @@ fn memchr_find(h: &[u8], n: &[u8]) -> Option<usize> {
 
 /// Header fields, each with its raw text (continuation lines included).
 struct Fields {
+    /// Added at the top, in order of addition (the last added ends up first).
+    top: Vec<(String, Vec<u8>)>,
     fields: Vec<(String, Vec<u8>)>,
 }
 
@@ -104,7 +241,10 @@ impl Fields {
                 .unwrap_or_default();
             fields.push((name, line.to_vec()));
         }
-        Fields { fields }
+        Fields {
+            top: Vec::new(),
+            fields,
+        }
     }
 
     fn line(h: &Header) -> (String, Vec<u8>) {
@@ -121,28 +261,30 @@ impl Fields {
     }
 
     fn add(&mut self, h: &Header) {
-        self.fields.insert(0, Self::line(h));
+        self.top.push(Self::line(h));
     }
 
     fn set(&mut self, h: &Header) {
         let line = Self::line(h);
-        match self.fields.iter().position(|f| f.0 == line.0) {
-            Some(i) => {
-                self.fields.retain(|f| f.0 != line.0);
-                self.fields.insert(i.min(self.fields.len()), line);
-            }
-            None => self.fields.insert(0, line),
+        let in_top = self.top.iter().position(|f| f.0 == line.0);
+        let in_fields = self.fields.iter().position(|f| f.0 == line.0);
+        self.top.retain(|f| f.0 != line.0);
+        self.fields.retain(|f| f.0 != line.0);
+        match (in_top, in_fields) {
+            (None, Some(i)) => self.fields.insert(i.min(self.fields.len()), line),
+            _ => self.top.push(line),
         }
     }
 
     fn remove(&mut self, name: &str) {
         let name = name.to_ascii_lowercase();
+        self.top.retain(|f| f.0 != name);
         self.fields.retain(|f| f.0 != name);
     }
 
     fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        for (_, raw) in &self.fields {
+        for (_, raw) in self.top.iter().rev().chain(&self.fields) {
             out.extend_from_slice(raw);
         }
         out.extend_from_slice(b"\r\n");
@@ -156,7 +298,8 @@ fn encode_value(v: &str) -> String {
         .chars()
         .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
         .collect();
-    if v.is_ascii() {
+    // A word too long to fold would make a line over 998 octets: encode it.
+    if v.is_ascii() && v.split(' ').all(|w| w.len() <= 900) {
         return v;
     }
     let mut words = Vec::new();
@@ -203,49 +346,127 @@ fn fold(line: &str) -> String {
     out
 }
 
-/// Replaces the first text/plain (or text/html) part's content.
-fn replace_part(raw: &[u8], content: &str, html: bool) -> Option<Vec<u8>> {
-    let msg = MessageParser::default().parse(raw)?;
-    let part_id = if html {
-        *msg.html_body.first()?
-    } else {
-        *msg.text_body.first()?
+/// Replaces text parts; every other byte of the message stays. Each replaced part gets a
+/// UTF-8 charset and quoted-printable encoding in which no line can start with `--`, so
+/// replaced text cannot smuggle a MIME boundary; the part tree is checked to be unchanged.
+fn replace_parts(raw: &[u8], replacements: &[Replacement<'_>]) -> Result<Vec<u8>, EditError> {
+    let msg = MessageParser::default()
+        .parse(raw)
+        .ok_or(EditError::Structure)?;
+    let is_text = |id: u32| {
+        msg.parts.get(id as usize).and_then(|p| match p.body {
+            mail_parser::PartType::Text(_) => Some(false),
+            mail_parser::PartType::Html(_) => Some(true),
+            _ => None,
+        })
     };
-    let part = msg.parts.get(part_id as usize)?;
-    // A text/html body can be found as the conversion of a text part and vice versa: only
-    // replace a part of the wanted type.
-    let is_html = matches!(part.body, mail_parser::PartType::Html(_));
-    if is_html != html {
-        return None;
+    // Latest replacement of a part wins.
+    let mut by_part: std::collections::BTreeMap<u32, (bool, &str)> = Default::default();
+    for r in replacements {
+        let (id, content) = match r {
+            Replacement::Id(id, c) => (*id, *c),
+            Replacement::First(html, c) => {
+                let list = if *html {
+                    &msg.html_body
+                } else {
+                    &msg.text_body
+                };
+                // A text/html body can be found as the conversion of a text part and vice
+                // versa: only replace a part of the wanted type.
+                match list.first() {
+                    Some(&id) if is_text(id) == Some(*html) => (id, *c),
+                    _ => continue,
+                }
+            }
+        };
+        let html = is_text(id).ok_or(EditError::NoSuchPart(id))?;
+        by_part.insert(id, (html, content));
     }
-    let (hs, bs, be) = (
-        part.offset_header as usize,
-        part.offset_body as usize,
-        part.offset_end as usize,
-    );
-    let head = raw.get(hs..bs)?;
-    let head = head.strip_suffix(b"\r\n").unwrap_or(head);
-    let mut fields = Fields::parse(head);
-    let subtype = if html { "html" } else { "plain" };
-    fields.set(&Header {
-        name: "Content-Type".into(),
-        value: format!("text/{subtype}; charset=utf-8"),
-    });
-    fields.set(&Header {
-        name: "Content-Transfer-Encoding".into(),
-        value: "quoted-printable".into(),
-    });
-    let mut out = Vec::with_capacity(raw.len() + content.len());
-    out.extend_from_slice(&raw[..hs]);
-    out.extend_from_slice(&fields.render());
-    let normalized = content.replace("\r\n", "\n").replace('\n', "\r\n");
-    out.extend_from_slice(quoted_printable::encode(normalized.as_bytes()).as_slice());
-    let rest = &raw[be.min(raw.len())..];
-    if !rest.starts_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
+    let mut out = raw.to_vec();
+    // From the end, so earlier offsets stay valid.
+    for (&id, &(html, content)) in by_part.iter().rev() {
+        let part = &msg.parts[id as usize];
+        let (hs, bs, be) = (
+            part.offset_header as usize,
+            part.offset_body as usize,
+            (part.offset_end as usize).min(raw.len()),
+        );
+        let head = raw.get(hs..bs).ok_or(EditError::Structure)?;
+        let head = head.strip_suffix(b"\r\n").unwrap_or(head);
+        let mut fields = Fields::parse(head);
+        let subtype = if html { "html" } else { "plain" };
+        fields.set(&Header {
+            name: "Content-Type".into(),
+            value: format!("text/{subtype}; charset=utf-8"),
+        });
+        fields.set(&Header {
+            name: "Content-Transfer-Encoding".into(),
+            value: "quoted-printable".into(),
+        });
+        let mut new = fields.render();
+        new.extend_from_slice(&qp_encode(content));
+        let rest = &raw[be..];
+        if !rest.starts_with(b"\r\n") && !rest.is_empty() {
+            new.extend_from_slice(b"\r\n");
+        }
+        out.splice(hs..be, new);
     }
-    out.extend_from_slice(rest);
-    Some(out)
+    let after = MessageParser::default()
+        .parse(&out)
+        .ok_or(EditError::Structure)?;
+    let shape = |m: &mail_parser::Message<'_>| -> Vec<(Option<String>, bool)> {
+        m.parts
+            .iter()
+            .map(|p| {
+                (
+                    p.content_type().map(|c| c.c_type.to_ascii_lowercase()),
+                    matches!(p.body, mail_parser::PartType::Multipart(_)),
+                )
+            })
+            .collect()
+    };
+    if shape(&msg) != shape(&after) {
+        return Err(EditError::Structure);
+    }
+    Ok(out)
+}
+
+/// Quoted-printable (RFC 2045 §6.7) with lines of at most 76 characters, CRLF line ends,
+/// and `-` or `.` at the start of any line encoded: no line of the result can be read as
+/// a MIME boundary or an SMTP end of data.
+pub fn qp_encode(text: &str) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let normalized = text.replace("\r\n", "\n").replace('\r', "\n");
+    let mut out = Vec::with_capacity(normalized.len() + normalized.len() / 8);
+    for (li, line) in normalized.split('\n').enumerate() {
+        if li > 0 {
+            out.extend_from_slice(b"\r\n");
+        }
+        let bytes = line.as_bytes();
+        let mut col = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let last = i + 1 == bytes.len();
+            let plain = (b == b'\t' || (0x20..0x7f).contains(&b))
+                && b != b'='
+                && !(col == 0 && (b == b'-' || b == b'.'))
+                && !(last && (b == b' ' || b == b'\t'));
+            let width = if plain { 1 } else { 3 };
+            // Room for the token and, unless it ends the line, a soft break.
+            if col + width > if last { 76 } else { 75 } {
+                out.extend_from_slice(b"=\r\n");
+                col = 0;
+            }
+            let plain = plain && !(col == 0 && (b == b'-' || b == b'.'));
+            if plain {
+                out.push(b);
+                col += 1;
+            } else {
+                out.extend_from_slice(&[b'=', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+                col += 3;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -275,6 +496,7 @@ mod tests {
                 Edit::RemoveHeader("x-old".into()),
             ],
         )
+        .unwrap()
         .unwrap();
         let m = parse(&out);
         assert_eq!(m.subject(), Some("héllo wörld"));
@@ -305,6 +527,7 @@ mod tests {
                 Edit::ReplaceHtml("<p>new <a href=\"https://t.example/c?u=1\">link</a></p>".into()),
             ],
         )
+        .unwrap()
         .unwrap();
         let m = parse(&out);
         assert!(
@@ -345,6 +568,7 @@ mod tests {
                 Edit::SetSender("bounce+1@b".into()),
             ],
         )
+        .unwrap()
         .unwrap();
         let m = parse(&out);
         assert_eq!(m.body_text(0).unwrap().trim(), "nouveau été");
@@ -353,5 +577,90 @@ mod tests {
         assert_eq!(env.sender, "bounce+1@b");
         let rcpts: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
         assert_eq!(rcpts, vec!["archive@y"]);
+    }
+
+    #[test]
+    fn replaced_text_cannot_smuggle_a_boundary() {
+        let raw = concat!(
+            "Subject: m\r\nMIME-Version: 1.0\r\n",
+            "Content-Type: multipart/alternative; boundary=\"b\"\r\n\r\n",
+            "--b\r\nContent-Type: text/plain\r\n\r\nplain\r\n",
+            "--b\r\nContent-Type: text/html\r\n\r\n<p>old</p>\r\n",
+            "--b--\r\n"
+        );
+        let evil = "<p>hi</p>\n--b\nContent-Type: application/x-evil\n\nEVIL\n--b--\n.\n";
+        let mut env = Envelope::default();
+        let edits = [Edit::ReplacePart(crate::bindings::types::PartBody {
+            id: 2,
+            body: evil.into(),
+        })];
+        check(&edits, Allowed::All, "data", false).unwrap();
+        let out = apply(raw.as_bytes(), &mut env, &edits).unwrap().unwrap();
+        let m = parse(&out);
+        assert_eq!(m.parts.len(), 3, "no part was smuggled in");
+        assert_eq!(m.body_html(0).unwrap().replace("\r\n", "\n"), evil);
+        assert_eq!(m.body_text(0).unwrap().trim(), "plain");
+        for line in out.split(|&b| b == b'\n') {
+            assert!(line.len() <= 78);
+        }
+        // Only the real boundaries start a line with `--b`.
+        let boundary_lines = out.split(|&b| b == b'\n').filter(|l| l.starts_with(b"--b"));
+        assert_eq!(boundary_lines.count(), 3);
+    }
+
+    #[test]
+    fn qp_lines_are_short_and_never_start_with_a_dash_or_dot() {
+        let text = format!("{}\n-- sig\n.\n{}", "x".repeat(200), "é".repeat(100));
+        let enc = qp_encode(&text);
+        for line in enc.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            assert!(line.len() <= 76, "{}", String::from_utf8_lossy(line));
+            assert!(!line.starts_with(b"-") && !line.starts_with(b"."));
+        }
+        let decoded = quoted_printable::decode(&enc, quoted_printable::ParseMode::Strict).unwrap();
+        assert_eq!(
+            String::from_utf8(decoded).unwrap(),
+            text.replace('\n', "\r\n")
+        );
+    }
+
+    #[test]
+    fn edits_are_checked_per_stage_and_capability() {
+        let add = Edit::AddRecipient("x@example.com".into());
+        assert_eq!(
+            check(std::slice::from_ref(&add), Allowed::All, "data", false),
+            Err(EditError::Envelope("add-recipient"))
+        );
+        assert!(check(std::slice::from_ref(&add), Allowed::All, "data", true).is_ok());
+        assert!(matches!(
+            check(
+                &[Edit::AddRecipient("bad address".into())],
+                Allowed::All,
+                "data",
+                true
+            ),
+            Err(EditError::Address(_))
+        ));
+        assert!(matches!(
+            check(&[Edit::RemoveHeader("".into())], Allowed::All, "data", true),
+            Err(EditError::HeaderName(_))
+        ));
+        assert_eq!(
+            check(std::slice::from_ref(&add), Allowed::Content, "render", true),
+            Err(EditError::Stage("add-recipient", "render"))
+        );
+        let many = vec![Edit::RemoveHeader("x".into()); MAX_EDITS + 1];
+        assert!(matches!(
+            check(&many, Allowed::All, "data", true),
+            Err(EditError::TooMany(_))
+        ));
+        let meta = Edit::SetMeta(crate::bindings::types::Attribute {
+            key: "stream".into(),
+            value: "broadcast".into(),
+        });
+        assert!(check(std::slice::from_ref(&meta), Allowed::Meta, "queued", false).is_ok());
+        let mut env = Envelope::default();
+        assert_eq!(apply(b"S: x\r\n\r\nb", &mut env, &[meta]).unwrap(), None);
+        assert_eq!(env.meta("stream"), Some("broadcast"));
     }
 }

@@ -1,15 +1,19 @@
-//! The message a plugin reads: raw bytes, envelope and session facts, parsed by mail-parser
-//! at most once per message version and only when a plugin asks for parsed content.
+//! The message a plugin reads: raw bytes, queue id, envelope (with metadata) and session
+//! facts, parsed by mail-parser at most once per message version and only when a plugin
+//! asks for parsed content.
 
-use crate::bindings::types::{self, Attachment, AuthResults, Envelope, Header, SessionInfo};
+use crate::bindings::types::{self, Attachment, AuthResults, Header, Part};
 use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
+use sluice_core::{Envelope, SessionInfo};
 use std::sync::{Arc, OnceLock};
 
 /// Shared between every step that sees this version of the message.
 pub struct MessageData {
     pub raw: Arc<Vec<u8>>,
+    pub queue_id: String,
     pub envelope: Envelope,
-    pub session: SessionInfo,
+    /// `None` for mail the host made itself (DSNs).
+    pub session: Option<SessionInfo>,
     pub auth: AuthResults,
     parsed: OnceLock<Message<'static>>,
 }
@@ -17,17 +21,30 @@ pub struct MessageData {
 impl MessageData {
     pub fn new(
         raw: Arc<Vec<u8>>,
+        queue_id: &str,
         envelope: Envelope,
-        session: SessionInfo,
+        session: Option<SessionInfo>,
         auth: AuthResults,
     ) -> Arc<MessageData> {
         Arc::new(MessageData {
             raw,
+            queue_id: queue_id.to_string(),
             envelope,
             session,
             auth,
             parsed: OnceLock::new(),
         })
+    }
+
+    /// The same message facts with new bytes and envelope (after a step's edits).
+    pub fn edited(&self, raw: Arc<Vec<u8>>, envelope: Envelope) -> Arc<MessageData> {
+        MessageData::new(
+            raw,
+            &self.queue_id,
+            envelope,
+            self.session.clone(),
+            self.auth.clone(),
+        )
     }
 
     /// The parsed message (parsed on first use).
@@ -40,12 +57,17 @@ impl MessageData {
         })
     }
 
+    /// The `Message-ID` header without angle brackets.
+    pub fn message_id(&self) -> Option<String> {
+        self.parsed().message_id().map(str::to_string)
+    }
+
     pub fn headers(&self) -> Vec<Header> {
         self.parsed()
             .headers_raw()
             .map(|(name, value)| Header {
                 name: name.to_string(),
-                value: unfold(value),
+                value: decode_value(value),
             })
             .collect()
     }
@@ -54,7 +76,7 @@ impl MessageData {
         self.parsed()
             .headers_raw()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| unfold(v))
+            .map(|(_, v)| decode_value(v))
             .collect()
     }
 
@@ -77,26 +99,113 @@ impl MessageData {
             .attachments()
             .map(|p| Attachment {
                 filename: p.attachment_name().map(str::to_string),
-                content_type: p
+                content_type: content_type(p),
+                size: part_size(p),
+            })
+            .collect()
+    }
+
+    /// Every MIME part of the top-level message, in order, with its parent.
+    pub fn parts(&self) -> Vec<Part> {
+        let m = self.parsed();
+        let mut parent = vec![None; m.parts.len()];
+        for (i, p) in m.parts.iter().enumerate() {
+            if let PartType::Multipart(children) = &p.body {
+                for &c in children {
+                    if let Some(slot) = parent.get_mut(c as usize) {
+                        *slot = Some(i as u32);
+                    }
+                }
+            }
+        }
+        m.parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Part {
+                id: i as u32,
+                parent: parent[i],
+                content_type: content_type(p),
+                disposition: p
+                    .content_disposition()
+                    .map(|d| d.c_type.to_ascii_lowercase()),
+                filename: p.attachment_name().map(str::to_string),
+                charset: p
                     .content_type()
-                    .map(|ct| match &ct.c_subtype {
-                        Some(sub) => format!("{}/{}", ct.c_type, sub),
-                        None => ct.c_type.to_string(),
-                    })
-                    .unwrap_or_else(|| "application/octet-stream".into()),
+                    .and_then(|ct| ct.attribute("charset"))
+                    .map(|c| c.to_ascii_lowercase()),
                 size: match &p.body {
-                    PartType::Binary(b) | PartType::InlineBinary(b) => b.len() as u64,
-                    PartType::Text(t) | PartType::Html(t) => t.len() as u64,
-                    _ => u64::from(p.offset_end.saturating_sub(p.offset_body)),
+                    PartType::Multipart(_) => 0,
+                    _ => part_size(p),
                 },
             })
             .collect()
+    }
+
+    pub fn part_text(&self, id: u32) -> Option<String> {
+        match &self.parsed().parts.get(id as usize)?.body {
+            PartType::Text(t) | PartType::Html(t) => Some(t.to_string()),
+            _ => None,
+        }
+    }
+
+    pub fn part_bytes(&self, id: u32, offset: u64, len: u32) -> Vec<u8> {
+        let Some(p) = self.parsed().parts.get(id as usize) else {
+            return Vec::new();
+        };
+        let slice = |b: &[u8]| {
+            let start = (offset as usize).min(b.len());
+            let end = start.saturating_add(len as usize).min(b.len());
+            b[start..end].to_vec()
+        };
+        match &p.body {
+            PartType::Text(t) | PartType::Html(t) => slice(t.as_bytes()),
+            PartType::Binary(b) | PartType::InlineBinary(b) => slice(b),
+            PartType::Message(_) => {
+                let (s, e) = (p.offset_body as usize, p.offset_end as usize);
+                slice(self.raw.get(s..e.min(self.raw.len())).unwrap_or_default())
+            }
+            PartType::Multipart(_) => Vec::new(),
+        }
     }
 
     pub fn bytes(&self, offset: u64, len: u32) -> Vec<u8> {
         let start = (offset as usize).min(self.raw.len());
         let end = start.saturating_add(len as usize).min(self.raw.len());
         self.raw[start..end].to_vec()
+    }
+}
+
+fn content_type(p: &mail_parser::MessagePart<'_>) -> String {
+    match p.content_type() {
+        Some(ct) => match &ct.c_subtype {
+            Some(sub) => format!("{}/{}", ct.c_type, sub),
+            None => ct.c_type.to_string(),
+        }
+        .to_ascii_lowercase(),
+        None => match &p.body {
+            PartType::Message(_) => "message/rfc822".into(),
+            _ => "text/plain".into(),
+        },
+    }
+}
+
+fn part_size(p: &mail_parser::MessagePart<'_>) -> u64 {
+    match &p.body {
+        PartType::Binary(b) | PartType::InlineBinary(b) => b.len() as u64,
+        PartType::Text(t) | PartType::Html(t) => t.len() as u64,
+        _ => u64::from(p.offset_end.saturating_sub(p.offset_body)),
+    }
+}
+
+/// A raw header value unfolded, RFC 2047 encoded words decoded, and trimmed.
+pub fn decode_value(value: &str) -> String {
+    if !value.contains("=?") {
+        return unfold(value);
+    }
+    let line = format!("{}\n", unfold(value));
+    match mail_parser::parsers::MessageStream::new(line.as_bytes()).parse_unstructured() {
+        mail_parser::HeaderValue::Text(t) => t.trim().to_string(),
+        _ => unfold(value),
     }
 }
 
@@ -116,83 +225,102 @@ pub struct MessageHandle(pub Arc<MessageData>);
 /// Nothing but the message data is reachable through the resource.
 impl types::Host for crate::step::StepState {}
 
+type Res = wasmtime::component::Resource<MessageHandle>;
+
 impl types::HostMessage for crate::step::StepState {
-    fn envelope(&mut self, m: wasmtime::component::Resource<MessageHandle>) -> Envelope {
+    fn queue_id(&mut self, m: Res) -> String {
         self.message(&m)
-            .map(|d| d.envelope.clone())
+            .map(|d| d.queue_id.clone())
+            .unwrap_or_default()
+    }
+
+    fn envelope(&mut self, m: Res) -> types::Envelope {
+        self.message(&m)
+            .map(|d| crate::pipeline::wit_envelope(&d.envelope))
             .unwrap_or_else(empty_envelope)
     }
 
-    fn session(&mut self, m: wasmtime::component::Resource<MessageHandle>) -> SessionInfo {
+    fn session(&mut self, m: Res) -> types::SessionInfo {
         self.message(&m)
-            .map(|d| d.session.clone())
+            .and_then(|d| d.session.as_ref().map(crate::pipeline::wit_session))
             .unwrap_or_else(empty_session)
     }
 
-    fn auth_results(&mut self, m: wasmtime::component::Resource<MessageHandle>) -> AuthResults {
+    fn auth_results(&mut self, m: Res) -> AuthResults {
         self.message(&m)
             .map(|d| d.auth.clone())
             .unwrap_or_else(no_auth_results)
     }
 
-    fn headers(&mut self, m: wasmtime::component::Resource<MessageHandle>) -> Vec<Header> {
+    fn meta(&mut self, m: Res) -> Vec<types::Attribute> {
+        self.message(&m)
+            .map(|d| crate::pipeline::wit_attributes(&d.envelope.meta))
+            .unwrap_or_default()
+    }
+
+    fn headers(&mut self, m: Res) -> Vec<Header> {
         self.message(&m).map(|d| d.headers()).unwrap_or_default()
     }
 
-    fn header(
-        &mut self,
-        m: wasmtime::component::Resource<MessageHandle>,
-        name: String,
-    ) -> Vec<String> {
+    fn header(&mut self, m: Res, name: String) -> Vec<String> {
         self.message(&m)
             .map(|d| d.header(&name))
             .unwrap_or_default()
     }
 
-    fn text_parts(&mut self, m: wasmtime::component::Resource<MessageHandle>) -> Vec<String> {
+    fn text_parts(&mut self, m: Res) -> Vec<String> {
         self.message(&m).map(|d| d.text_parts()).unwrap_or_default()
     }
 
-    fn html_parts(&mut self, m: wasmtime::component::Resource<MessageHandle>) -> Vec<String> {
+    fn html_parts(&mut self, m: Res) -> Vec<String> {
         self.message(&m).map(|d| d.html_parts()).unwrap_or_default()
     }
 
-    fn attachments(&mut self, m: wasmtime::component::Resource<MessageHandle>) -> Vec<Attachment> {
+    fn attachments(&mut self, m: Res) -> Vec<Attachment> {
         self.message(&m)
             .map(|d| d.attachments())
             .unwrap_or_default()
     }
 
-    fn size(&mut self, m: wasmtime::component::Resource<MessageHandle>) -> u64 {
+    fn parts(&mut self, m: Res) -> Vec<Part> {
+        self.message(&m).map(|d| d.parts()).unwrap_or_default()
+    }
+
+    fn part_text(&mut self, m: Res, id: u32) -> Option<String> {
+        self.message(&m).and_then(|d| d.part_text(id))
+    }
+
+    fn part_bytes(&mut self, m: Res, id: u32, offset: u64, len: u32) -> Vec<u8> {
+        self.message(&m)
+            .map(|d| d.part_bytes(id, offset, len))
+            .unwrap_or_default()
+    }
+
+    fn size(&mut self, m: Res) -> u64 {
         self.message(&m).map_or(0, |d| d.raw.len() as u64)
     }
 
-    fn bytes(
-        &mut self,
-        m: wasmtime::component::Resource<MessageHandle>,
-        offset: u64,
-        len: u32,
-    ) -> Vec<u8> {
+    fn bytes(&mut self, m: Res, offset: u64, len: u32) -> Vec<u8> {
         self.message(&m)
             .map(|d| d.bytes(offset, len))
             .unwrap_or_default()
     }
 
-    fn drop(&mut self, m: wasmtime::component::Resource<MessageHandle>) -> wasmtime::Result<()> {
+    fn drop(&mut self, m: Res) -> wasmtime::Result<()> {
         self.table.delete(m)?;
         Ok(())
     }
 }
 
-pub fn empty_envelope() -> Envelope {
-    Envelope {
+pub fn empty_envelope() -> types::Envelope {
+    types::Envelope {
         sender: String::new(),
         recipients: Vec::new(),
     }
 }
 
-pub fn empty_session() -> SessionInfo {
-    SessionInfo {
+pub fn empty_session() -> types::SessionInfo {
+    types::SessionInfo {
         listener: String::new(),
         role: String::new(),
         client_ip: String::new(),
@@ -202,12 +330,76 @@ pub fn empty_session() -> SessionInfo {
     }
 }
 
-/// Until the host verifies SPF/DKIM/DMARC/ARC (a later issue), every result is "none".
+/// Until the host verifies SPF/DKIM/DMARC/ARC (the receiving issue), every result is
+/// "none".
 pub fn no_auth_results() -> AuthResults {
     AuthResults {
         spf: "none".into(),
         dkim: "none".into(),
         dmarc: "none".into(),
         arc: "none".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_are_decoded() {
+        assert_eq!(
+            decode_value(" =?utf-8?B?aMOpbGxv?= world\r\n"),
+            "héllo world"
+        );
+        assert_eq!(
+            decode_value(" =?iso-8859-1?Q?caf=E9?=\r\n =?utf-8?Q?_cr=C3=A8me?="),
+            "café crème"
+        );
+        assert_eq!(decode_value(" plain\r\n value"), "plain value");
+    }
+
+    #[test]
+    fn the_part_tree_has_parents_and_types() {
+        let raw = concat!(
+            "Subject: t\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"o\"\r\n\r\n",
+            "--o\r\nContent-Type: multipart/alternative; boundary=\"i\"\r\n\r\n",
+            "--i\r\nContent-Type: text/plain; charset=ISO-8859-1\r\n",
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\ncaf=E9\r\n",
+            "--i\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>hi</p>\r\n",
+            "--i--\r\n",
+            "--o\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"a.pdf\"\r\n",
+            "Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n",
+            "--o--\r\n"
+        );
+        let d = MessageData::new(
+            Arc::new(raw.as_bytes().to_vec()),
+            "Q1",
+            Envelope::default(),
+            None,
+            no_auth_results(),
+        );
+        let parts = d.parts();
+        let summary: Vec<(u32, Option<u32>, &str)> = parts
+            .iter()
+            .map(|p| (p.id, p.parent, p.content_type.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (0, None, "multipart/mixed"),
+                (1, Some(0), "multipart/alternative"),
+                (2, Some(1), "text/plain"),
+                (3, Some(1), "text/html"),
+                (4, Some(0), "application/pdf"),
+            ]
+        );
+        assert_eq!(parts[2].charset.as_deref(), Some("iso-8859-1"));
+        assert_eq!(parts[4].filename.as_deref(), Some("a.pdf"));
+        assert_eq!(parts[4].disposition.as_deref(), Some("attachment"));
+        assert_eq!(parts[4].size, 5);
+        assert_eq!(d.part_text(2).as_deref().map(str::trim), Some("café"));
+        assert_eq!(d.part_bytes(4, 0, 100), b"%PDF-");
+        assert_eq!(d.part_bytes(4, 1, 2), b"PD");
+        assert!(d.part_text(4).is_none());
     }
 }

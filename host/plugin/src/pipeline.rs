@@ -2,6 +2,7 @@
 //! reload. A session takes a [`Snapshot`] when it starts and keeps it, so a reload never
 //! changes the chain under a session in flight.
 
+use crate::bindings::host::NewEvent;
 use crate::bindings::types as wit;
 use crate::chain::{Chain, StageInput, StageResult};
 use crate::message::{MessageData, no_auth_results};
@@ -11,7 +12,8 @@ use crate::step::Services;
 use async_trait::async_trait;
 use sluice_config::error::Problem;
 use sluice_core::{
-    DeliveryEvent, Envelope, EventKind, Pipeline, Pipelines, Recipient, SessionInfo, Verdict,
+    Envelope, Event, EventKind, EventOutcome, MessageRef, Pipeline, Pipelines, Recipient, Rendered,
+    SessionInfo, Stage, Variant, Verdict,
 };
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -19,7 +21,7 @@ use std::sync::{Arc, RwLock};
 pub struct WasmPipeline {
     runtime: Arc<Runtime>,
     path: PathBuf,
-    services: Option<Arc<dyn Services>>,
+    services: Option<Services>,
     current: RwLock<Arc<Snapshot>>,
 }
 
@@ -28,7 +30,7 @@ impl WasmPipeline {
     pub async fn load(
         runtime: Arc<Runtime>,
         path: &Path,
-        services: Option<Arc<dyn Services>>,
+        services: Option<Services>,
     ) -> Result<Arc<WasmPipeline>, Vec<Problem>> {
         let set = load_policies(&runtime, path, services.clone()).await?;
         Ok(Arc::new(WasmPipeline {
@@ -76,15 +78,34 @@ impl Snapshot {
         recipients: Option<&[String]>,
     ) -> Option<&Arc<Chain>> {
         let listener = session.map_or("", |s| s.listener.as_str());
-        let auth = session.is_some_and(|s| s.auth_user.is_some());
+        let auth = session.map(|s| s.auth_user.is_some());
         self.set
             .chains
             .iter()
             .find(|c| c.matches(listener, auth, sender, recipients))
     }
 
-    async fn run(&self, chain: Option<&Arc<Chain>>, input: StageInput) -> Option<StageResult> {
-        Some(chain?.run(&input).await)
+    /// The chain for an event: the message's session facts (listener, authenticated) as
+    /// recorded in the event, its sender and its recipient.
+    pub fn event_chain(&self, event: &Event) -> Option<&Arc<Chain>> {
+        let rcpts: Vec<String> = event.recipient.iter().cloned().collect();
+        self.set.chains.iter().find(|c| {
+            c.matches(
+                event.listener.as_deref().unwrap_or(""),
+                event.authenticated,
+                Some(&event.sender),
+                Some(&rcpts),
+            )
+        })
+    }
+
+    fn message_chain(&self, m: &MessageRef<'_>) -> Option<&Arc<Chain>> {
+        let rcpts = addresses(&m.envelope.recipients);
+        self.chain(m.session, Some(&m.envelope.sender), Some(&rcpts))
+    }
+
+    async fn run(&self, chain: Option<&Arc<Chain>>, mut input: StageInput) -> Option<StageResult> {
+        Some(chain?.run(&mut input).await)
     }
 
     /// Runs one SMTP-phase stage (connect, ehlo, mail or rcpt) and returns the chain's
@@ -93,21 +114,22 @@ impl Snapshot {
         &self,
         session: &SessionInfo,
         envelope: &Envelope,
-        input: StageInput,
+        mut input: StageInput,
     ) -> Option<(String, StageResult)> {
         let rcpts = addresses(&envelope.recipients);
         let (sender, rcpts) = match input.stage() {
-            sluice_core::Stage::Connect | sluice_core::Stage::Ehlo => (None, None),
-            sluice_core::Stage::Mail => (Some(envelope.sender.as_str()), None),
+            Stage::Connect | Stage::Ehlo => (None, None),
+            Stage::Mail => (Some(envelope.sender.as_str()), None),
             _ => (Some(envelope.sender.as_str()), Some(rcpts.as_slice())),
         };
         let chain = self.chain(Some(session), sender, rcpts)?;
-        Some((chain.name.clone(), chain.run(&input).await))
+        Some((chain.name.clone(), chain.run(&mut input).await))
     }
 
     /// The `data` stage with edits applied: used by the SMTP session and `sluice trace`.
     pub async fn data_stage(
         &self,
+        id: &str,
         session: &SessionInfo,
         envelope: &mut Envelope,
         message: &mut Vec<u8>,
@@ -117,22 +139,43 @@ impl Snapshot {
         let raw = Arc::new(std::mem::take(message));
         let data = MessageData::new(
             raw.clone(),
-            wit_envelope(envelope),
-            wit_session(session),
+            id,
+            envelope.clone(),
+            Some(session.clone()),
             no_auth_results(),
         );
-        let result = chain.run(&StageInput::Data(data)).await;
-        *message = Arc::try_unwrap(raw).unwrap_or_else(|a| (*a).clone());
-        if !result.edits.is_empty()
-            && matches!(
-                result.verdict,
-                Verdict::Continue | Verdict::Accept | Verdict::Quarantine(_)
-            )
-            && let Some(edited) = crate::edits::apply(message, envelope, &result.edits)
-        {
-            *message = edited;
+        let mut input = StageInput::Data(data);
+        let result = chain.run(&mut input).await;
+        let kept = matches!(
+            result.verdict,
+            Verdict::Continue | Verdict::Accept | Verdict::Quarantine(_)
+        );
+        match input.message() {
+            Some(m) if kept => {
+                *envelope = m.envelope.clone();
+                drop(raw);
+                *message = Arc::try_unwrap(m.raw.clone()).unwrap_or_else(|a| (*a).clone());
+            }
+            _ => *message = Arc::try_unwrap(raw).unwrap_or_else(|a| (*a).clone()),
         }
         Some(result)
+    }
+
+    /// The `render` stage for one recipient, with the message it produced: for `sluice
+    /// trace`.
+    pub async fn render_one(
+        &self,
+        message: MessageRef<'_>,
+        recipient: &str,
+    ) -> Option<(StageResult, Arc<Vec<u8>>)> {
+        let chain = self.message_chain(&message)?;
+        if !chain.has_stage(Stage::Render) {
+            return None;
+        }
+        let mut input = StageInput::Render(message_data(message), recipient.to_string());
+        let result = chain.run(&mut input).await;
+        let raw = input.message().map(|m| m.raw.clone())?;
+        Some((result, raw))
     }
 }
 
@@ -158,8 +201,120 @@ pub fn wit_session(s: &SessionInfo) -> wit::SessionInfo {
     }
 }
 
+pub fn wit_attributes(a: &[(String, String)]) -> Vec<wit::Attribute> {
+    a.iter()
+        .map(|(k, v)| wit::Attribute {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect()
+}
+
+fn wit_reply(r: &sluice_core::Reply) -> wit::Reply {
+    wit::Reply {
+        code: r.code,
+        enhanced: r.enhanced.clone(),
+        text: r.text.clone(),
+    }
+}
+
+pub fn wit_event_kind(k: &EventKind) -> wit::EventKind {
+    match k {
+        EventKind::Queued => wit::EventKind::Queued,
+        EventKind::Delivered => wit::EventKind::Delivered,
+        EventKind::Deferred => wit::EventKind::Deferred,
+        EventKind::Bounced => wit::EventKind::Bounced,
+        EventKind::Rejected => wit::EventKind::Rejected,
+        EventKind::Quarantined => wit::EventKind::Quarantined,
+        EventKind::Opened => wit::EventKind::Opened,
+        EventKind::Clicked => wit::EventKind::Clicked,
+        EventKind::Unsubscribed => wit::EventKind::Unsubscribed,
+        EventKind::Complained => wit::EventKind::Complained,
+        EventKind::Other(s) => wit::EventKind::Other(s.clone()),
+    }
+}
+
+fn event_kind(k: wit::EventKind) -> EventKind {
+    match k {
+        wit::EventKind::Queued => EventKind::Queued,
+        wit::EventKind::Delivered => EventKind::Delivered,
+        wit::EventKind::Deferred => EventKind::Deferred,
+        wit::EventKind::Bounced => EventKind::Bounced,
+        wit::EventKind::Rejected => EventKind::Rejected,
+        wit::EventKind::Quarantined => EventKind::Quarantined,
+        wit::EventKind::Opened => EventKind::Opened,
+        wit::EventKind::Clicked => EventKind::Clicked,
+        wit::EventKind::Unsubscribed => EventKind::Unsubscribed,
+        wit::EventKind::Complained => EventKind::Complained,
+        wit::EventKind::Other(s) => EventKind::Other(crate::chain::wire_text(&s, 64)),
+    }
+}
+
+pub fn wit_event(e: &Event) -> wit::Event {
+    wit::Event {
+        id: e.id.clone(),
+        time: e.time_ms,
+        kind: wit_event_kind(&e.kind),
+        queue_id: e.queue_id.clone(),
+        message_id: e.message_id.clone(),
+        sender: e.sender.clone(),
+        recipient: e.recipient.clone(),
+        reply: e.reply.as_ref().map(wit_reply),
+        attributes: wit_attributes(&e.attributes),
+    }
+}
+
+/// An event a plugin emitted, completed from the message it was handling.
+pub fn event_from_wit(e: NewEvent, current: Option<&MessageData>) -> Event {
+    let text = |s: String| crate::chain::wire_text(&s, 1024);
+    let mut event = Event::new(
+        event_kind(e.kind),
+        e.sender
+            .map(text)
+            .or_else(|| current.map(|m| m.envelope.sender.clone()))
+            .unwrap_or_default(),
+    );
+    event.queue_id = e
+        .queue_id
+        .map(text)
+        .or_else(|| current.map(|m| m.queue_id.clone()));
+    event.message_id = e
+        .message_id
+        .map(text)
+        .or_else(|| current.and_then(MessageData::message_id));
+    event.recipient = e.recipient.map(text);
+    event.reply = e.reply.map(|r| {
+        sluice_core::Reply::new(
+            r.code,
+            &crate::chain::wire_text(&r.enhanced, 16),
+            text(r.text),
+        )
+    });
+    if let Some(m) = current {
+        event.attributes = m.envelope.meta.clone();
+        event = event.with_session(m.session.as_ref());
+    }
+    for a in e.attributes {
+        match event.attributes.iter_mut().find(|(k, _)| *k == a.key) {
+            Some(slot) => slot.1 = a.value,
+            None => event.attributes.push((a.key, a.value)),
+        }
+    }
+    event
+}
+
 fn verdict(r: Option<StageResult>) -> Verdict {
     r.map_or(Verdict::Continue, |r| r.verdict)
+}
+
+fn message_data(m: MessageRef<'_>) -> Arc<MessageData> {
+    MessageData::new(
+        m.body.clone(),
+        m.id,
+        m.envelope.clone(),
+        m.session.cloned(),
+        no_auth_results(),
+    )
 }
 
 #[async_trait]
@@ -200,81 +355,84 @@ impl Pipeline for Snapshot {
 
     async fn data(
         &self,
+        id: &str,
         session: &SessionInfo,
         envelope: &mut Envelope,
         message: &mut Vec<u8>,
     ) -> Verdict {
-        verdict(self.data_stage(session, envelope, message).await)
+        verdict(self.data_stage(id, session, envelope, message).await)
     }
 
-    async fn queued(
-        &self,
-        _id: &str,
-        session: Option<&SessionInfo>,
-        envelope: &Envelope,
-        message: &[u8],
-    ) {
-        let rcpts = addresses(&envelope.recipients);
-        let Some(chain) = self.chain(session, Some(&envelope.sender), Some(&rcpts)) else {
-            return;
-        };
-        let data = message_data(session, envelope, message);
-        chain.run(&StageInput::Queued(data)).await;
+    fn wants_events(&self) -> bool {
+        self.set.chains.iter().any(|c| c.has_stage(Stage::Event))
     }
 
-    async fn delivery(
-        &self,
-        _id: &str,
-        session: Option<&SessionInfo>,
-        envelope: &Envelope,
-        message: &[u8],
-        recipients: &[Recipient],
-    ) -> Verdict {
+    fn wants_queued(&self, session: Option<&SessionInfo>, envelope: &Envelope) -> bool {
         let rcpts = addresses(&envelope.recipients);
-        let chain = self.chain(session, Some(&envelope.sender), Some(&rcpts));
-        let Some(chain) = chain else {
+        self.chain(session, Some(&envelope.sender), Some(&rcpts))
+            .is_some_and(|c| c.has_stage(Stage::Queued))
+    }
+
+    async fn queued(&self, message: MessageRef<'_>, meta: &mut Vec<(String, String)>) -> Verdict {
+        let Some(chain) = self.message_chain(&message) else {
             return Verdict::Continue;
         };
-        let data = message_data(session, envelope, message);
-        chain
-            .run(&StageInput::Delivery(data, addresses(recipients)))
-            .await
-            .verdict
+        let mut input = StageInput::Queued(message_data(message));
+        let result = chain.run(&mut input).await;
+        if let Some(m) = input.message() {
+            *meta = m.envelope.meta.clone();
+        }
+        result.verdict
     }
 
-    async fn event(&self, event: &DeliveryEvent) {
-        let rcpts = [event.recipient.clone()];
-        let Some(chain) = self.chain(None, Some(&event.sender), Some(&rcpts)) else {
-            return;
+    async fn delivery(&self, message: MessageRef<'_>, recipients: &[Recipient]) -> Verdict {
+        let Some(chain) = self.message_chain(&message) else {
+            return Verdict::Continue;
         };
-        let input = StageInput::Event(wit::DeliveryEvent {
-            kind: match event.kind {
-                EventKind::Delivered => wit::EventKind::Delivered,
-                EventKind::Deferred => wit::EventKind::Deferred,
-                EventKind::Bounced => wit::EventKind::Bounced,
-            },
-            message_id: event.message_id.clone(),
-            sender: event.sender.clone(),
-            recipient: event.recipient.clone(),
-            reply: wit::Reply {
-                code: event.reply.code,
-                enhanced: event.reply.enhanced.clone(),
-                text: event.reply.text.clone(),
-            },
-        });
-        chain.run(&input).await;
+        let input = StageInput::Delivery(message_data(message), addresses(recipients));
+        verdict(self.run(Some(chain), input).await)
     }
-}
 
-fn message_data(
-    session: Option<&SessionInfo>,
-    envelope: &Envelope,
-    message: &[u8],
-) -> Arc<MessageData> {
-    MessageData::new(
-        Arc::new(message.to_vec()),
-        wit_envelope(envelope),
-        session.map_or_else(crate::message::empty_session, wit_session),
-        no_auth_results(),
-    )
+    async fn render(&self, message: MessageRef<'_>, recipients: &[Recipient]) -> Option<Rendered> {
+        let chain = self.message_chain(&message)?;
+        if !chain.has_stage(Stage::Render) {
+            return None;
+        }
+        let data = message_data(message);
+        let mut rendered = Rendered::default();
+        for (i, r) in recipients.iter().enumerate() {
+            let mut input = StageInput::Render(data.clone(), r.address.clone());
+            let result = chain.run(&mut input).await;
+            if !matches!(result.verdict, Verdict::Continue | Verdict::Accept) {
+                rendered.failed.push((i, result.verdict));
+                continue;
+            }
+            let Some(body) = input.message().map(|m| m.raw.clone()) else {
+                continue;
+            };
+            match rendered
+                .variants
+                .iter_mut()
+                .find(|v| Arc::ptr_eq(&v.body, &body) || v.body == body)
+            {
+                Some(v) => v.recipients.push(i),
+                None => rendered.variants.push(Variant {
+                    recipients: vec![i],
+                    body,
+                }),
+            }
+        }
+        Some(rendered)
+    }
+
+    async fn event(&self, event: &Event) -> EventOutcome {
+        let Some(chain) = self.event_chain(event) else {
+            return EventOutcome::Ack;
+        };
+        let mut input = StageInput::Event(wit_event(event));
+        match chain.run(&mut input).await.verdict {
+            Verdict::Defer(reply) => EventOutcome::Retry(reply),
+            _ => EventOutcome::Ack,
+        }
+    }
 }

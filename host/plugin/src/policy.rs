@@ -6,7 +6,7 @@
 
 use crate::chain::{Chain, Conditions, OnError, Step, Thresholds, WarmPool};
 use crate::runtime::{LoadError, MAX_MEMORY, Runtime, TICK};
-use crate::step::{Grants, MemoryServices, Services};
+use crate::step::{DataFile, Grants, Services};
 use serde::Deserialize;
 use sluice_config::error::{Problem, locate};
 use sluice_core::Stage;
@@ -78,9 +78,13 @@ pub struct StepFile {
     /// Linear memory limit in MiB.
     #[serde(default = "default_memory_mb")]
     pub memory_mb: usize,
-    /// CPU deadline per call in milliseconds.
+    /// Wall-clock limit of one call in milliseconds, time spent in host calls (HTTP, TCP,
+    /// sleeps) included.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// CPU time a call may spend running WebAssembly, in milliseconds; defaults to
+    /// `timeout_ms`.
+    pub cpu_ms: Option<u64>,
     /// Largest result (edits, symbols) in KiB.
     #[serde(default = "default_max_output_kb")]
     pub max_output_kb: usize,
@@ -98,6 +102,10 @@ pub struct StepFile {
     /// Capabilities; none by default.
     #[serde(default)]
     pub capabilities: CapabilitiesFile,
+    /// Read-only data files (`open-data`): name → path (relative to the policy file) and
+    /// sha256. Loaded once and shared; a file with another digest is refused.
+    #[serde(default)]
+    pub data: std::collections::BTreeMap<String, DataEntryFile>,
     /// The plugin's own settings, passed to its `configure` as JSON.
     #[serde(default)]
     pub config: toml::Table,
@@ -125,14 +133,29 @@ fn default_max_output_kb() -> usize {
     1024
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataEntryFile {
+    pub path: String,
+    pub sha256: String,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CapabilitiesFile {
     /// Key-value namespace the step may use.
     pub kv: Option<String>,
+    /// Quotas of that namespace.
+    #[serde(default)]
+    pub kv_limits: KvLimitsFile,
     /// May emit events.
     #[serde(default)]
     pub events: bool,
+    /// Blob store namespace the step may store messages in (`store-message`).
+    pub blobs: Option<String>,
+    /// May add or remove recipients and change the sender (`data` stage).
+    #[serde(default)]
+    pub envelope: bool,
     /// Addresses (`ip:port`) the step may connect to over TCP, such as a clamd. Loopback
     /// and private addresses are reachable only when listed here.
     #[serde(default)]
@@ -141,6 +164,28 @@ pub struct CapabilitiesFile {
     /// requests to. Loopback and private addresses are reachable only when listed here.
     #[serde(default)]
     pub http: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvLimitsFile {
+    /// Longest key in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value in bytes.
+    pub max_value_bytes: usize,
+    /// Keys plus values of the namespace, in MiB.
+    pub max_total_mb: u64,
+}
+
+impl Default for KvLimitsFile {
+    fn default() -> Self {
+        let d = sluice_store::KvLimits::default();
+        KvLimitsFile {
+            max_key_bytes: d.max_key,
+            max_value_bytes: d.max_value,
+            max_total_mb: d.max_total >> 20,
+        }
+    }
 }
 
 /// Every chain of every policy file, compiled and loaded.
@@ -159,6 +204,7 @@ pub fn parse_stage(s: &str) -> Option<Stage> {
         "data" => Stage::Data,
         "queued" => Stage::Queued,
         "delivery" => Stage::Delivery,
+        "render" => Stage::Render,
         "event" => Stage::Event,
         _ => return None,
     })
@@ -169,9 +215,9 @@ pub fn parse_stage(s: &str) -> Option<Stage> {
 pub async fn load_policies(
     runtime: &Arc<Runtime>,
     path: &Path,
-    services: Option<Arc<dyn Services>>,
+    services: Option<Services>,
 ) -> Result<PolicySet, Vec<Problem>> {
-    let services = services.unwrap_or_else(|| Arc::new(MemoryServices::default()));
+    let services = services.unwrap_or_else(|| Services::in_memory().0);
     let mut files: Vec<PathBuf> = if path.is_dir() {
         match std::fs::read_dir(path) {
             Ok(rd) => rd
@@ -213,7 +259,7 @@ fn problem(file: &Path, line: usize, key: &str, message: impl Into<String>) -> P
 async fn load_file(
     runtime: &Arc<Runtime>,
     file: &Path,
-    services: &Arc<dyn Services>,
+    services: &Services,
 ) -> Result<Vec<Arc<Chain>>, Vec<Problem>> {
     let source = std::fs::read_to_string(file)
         .map_err(|e| vec![problem(file, 0, "", format!("cannot read: {e}"))])?;
@@ -271,6 +317,24 @@ async fn load_file(
             if s.timeout_ms == 0 {
                 report("timeout_ms", "must be greater than 0".into());
             }
+            if s.cpu_ms == Some(0) {
+                report("cpu_ms", "must be greater than 0".into());
+            }
+            let mut data = std::collections::HashMap::new();
+            for (name, d) in &s.data {
+                match runtime.data_file(&dir.join(&d.path), &d.sha256) {
+                    Ok(bytes) => {
+                        data.insert(
+                            name.clone(),
+                            DataFile {
+                                sha256: d.sha256.to_ascii_lowercase(),
+                                bytes,
+                            },
+                        );
+                    }
+                    Err(e) => report("data", format!("{name}: {e}")),
+                }
+            }
             let plugin_path = dir.join(&s.plugin);
             let pre = match runtime.load(&plugin_path, &s.sha256) {
                 Ok(pre) => pre,
@@ -322,11 +386,20 @@ async fn load_file(
                     ),
                 }
             }
+            let c = &s.capabilities;
             let grants = Arc::new(Grants {
-                kv: s.capabilities.kv.clone(),
-                events: s.capabilities.events,
+                kv: c.kv.clone(),
+                kv_limits: sluice_store::KvLimits {
+                    max_key: c.kv_limits.max_key_bytes,
+                    max_value: c.kv_limits.max_value_bytes,
+                    max_total: c.kv_limits.max_total_mb.saturating_mul(1 << 20),
+                },
+                events: c.events,
+                blobs: c.blobs.clone(),
+                envelope: c.envelope,
                 tcp,
                 http,
+                data,
             });
             let mut step = Step {
                 name: s.name.clone().into(),
@@ -335,7 +408,13 @@ async fn load_file(
                 stages,
                 on_error,
                 memory: s.memory_mb * 1024 * 1024,
-                deadline_ticks: s.timeout_ms.div_ceil(TICK.as_millis() as u64).max(1) + 1,
+                deadline_ticks: s
+                    .cpu_ms
+                    .unwrap_or(s.timeout_ms)
+                    .div_ceil(TICK.as_millis() as u64)
+                    .max(1)
+                    + 1,
+                wall_timeout: std::time::Duration::from_millis(s.timeout_ms),
                 max_output: s.max_output_kb * 1024,
                 grants,
                 config: config_json(&s.config).into(),
@@ -413,7 +492,7 @@ async fn load_file(
 async fn configure(
     runtime: &Runtime,
     step: &Step,
-    services: &Arc<dyn Services>,
+    services: &Services,
     config: &str,
 ) -> Result<HashSet<Stage>, String> {
     let mut store = step.store(runtime, services);

@@ -36,6 +36,33 @@ pub enum LoadError {
     },
     #[error("plugin {path} is not a usable component: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error(
+        "plugin {path} was built for {found}, but this host speaks {expected}: rebuild it against wit/sluice-plugin.wit"
+    )]
+    Version {
+        path: PathBuf,
+        found: String,
+        expected: &'static str,
+    },
+}
+
+/// The contract version this host implements.
+pub const CONTRACT: &str = "sluice:plugin@0.2.0";
+
+/// A read-only data file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} has sha256 {actual}, but the policy requires {expected}")]
+    Digest {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
 }
 
 /// The engine could not be set up.
@@ -47,6 +74,9 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<StepState>,
     cache_dir: Option<PathBuf>,
+    /// Data files by sha256, so that a reload does not read a big model again and every
+    /// step naming the same file shares one copy.
+    data: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<[u8]>>>,
 }
 
 impl Runtime {
@@ -87,7 +117,39 @@ impl Runtime {
             engine,
             linker,
             cache_dir: cache_dir.map(Path::to_path_buf),
+            data: Default::default(),
         }))
+    }
+
+    /// A read-only data file, checked against its digest; shared while any step holds it.
+    pub fn data_file(&self, path: &Path, sha256: &str) -> Result<Arc<[u8]>, DataError> {
+        let want = sha256.to_ascii_lowercase();
+        if let Some(bytes) = self
+            .data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&want)
+            .and_then(std::sync::Weak::upgrade)
+        {
+            return Ok(bytes);
+        }
+        let bytes = std::fs::read(path).map_err(|source| DataError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if actual != want {
+            return Err(DataError::Digest {
+                path: path.to_path_buf(),
+                expected: sha256.to_string(),
+                actual,
+            });
+        }
+        let bytes: Arc<[u8]> = bytes.into();
+        let mut cache = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|_, w| w.strong_count() > 0);
+        cache.insert(want, Arc::downgrade(&bytes));
+        Ok(bytes)
     }
 
     pub fn engine(&self) -> &Engine {
@@ -114,8 +176,30 @@ impl Runtime {
             reason: format!("{e:#}"),
         };
         let component = self.component(&bytes, &actual).map_err(invalid)?;
+        self.check_version(path, &component)?;
         let pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
         PluginPre::new(pre).map_err(invalid)
+    }
+
+    /// Refuses a component that exports another version of the `filter` interface.
+    fn check_version(&self, path: &Path, component: &Component) -> Result<(), LoadError> {
+        let ty = component.component_type();
+        let mut found = None;
+        for (name, _) in ty.exports(&self.engine) {
+            if let Some(version) = name.strip_prefix("sluice:plugin/filter") {
+                let version = version.trim_start_matches('@');
+                let package = format!("sluice:plugin@{version}");
+                if package == CONTRACT {
+                    return Ok(());
+                }
+                found = Some(package);
+            }
+        }
+        Err(LoadError::Version {
+            path: path.to_path_buf(),
+            found: found.unwrap_or_else(|| "no sluice:plugin/filter export".into()),
+            expected: CONTRACT,
+        })
     }
 
     fn component(&self, bytes: &[u8], digest: &str) -> wasmtime::Result<Component> {

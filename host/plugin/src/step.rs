@@ -3,24 +3,44 @@
 
 use crate::bindings::host::{self, Level};
 use crate::message::{MessageData, MessageHandle};
+use sluice_core::{Event, EventSink};
+use sluice_store::{BlobStore, KvLimits, KvStore, StoreError};
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Capabilities granted to one step by its policy. Nothing is granted by default.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Grants {
-    /// Key-value namespace, when granted.
+    /// Key-value namespace, when granted, and its quotas.
     pub kv: Option<String>,
+    pub kv_limits: KvLimits,
     pub events: bool,
+    /// Blob store namespace (`store-message`), when granted.
+    pub blobs: Option<String>,
+    /// May add or remove recipients and change the sender.
+    pub envelope: bool,
     /// Addresses the step may open TCP connections to (wasi:sockets). Nothing else, no
     /// name lookups, no listening, no UDP.
     pub tcp: Vec<std::net::SocketAddr>,
     /// Origins (`scheme://host[:port]`, lowercase) the step may send HTTP requests to
     /// (wasi:http).
     pub http: Vec<String>,
+    /// Read-only data files by the name the policy gave them.
+    pub data: std::collections::HashMap<String, DataFile>,
 }
+
+/// A read-only data file, loaded once and shared by every instance of every step that
+/// names it.
+#[derive(Clone)]
+pub struct DataFile {
+    pub sha256: String,
+    pub bytes: Arc<[u8]>,
+}
+
+/// The `data` resource handed to plugins.
+pub struct DataHandle(pub Arc<[u8]>);
 
 type IoFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
 type SendFuture = Box<
@@ -68,94 +88,59 @@ struct DefaultHooks;
 
 impl wasmtime_wasi_http::WasiHttpHooks for DefaultHooks {}
 
-/// Shared services the host functions reach.
-pub trait Services: Send + Sync {
-    fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
-    fn kv_set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), String>;
-    fn kv_delete(&self, namespace: &str, key: &str) -> Result<(), String>;
-    fn emit(&self, plugin: &str, name: &str, payload: &str) -> Result<(), String>;
+/// Shared services the host functions reach: the stores behind traits (sled by default)
+/// and the event bus.
+#[derive(Clone)]
+pub struct Services {
+    pub kv: Arc<dyn KvStore>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub events: Arc<dyn EventSink>,
 }
 
-/// The server's services: key-value in a sled database of its own (not the queue's),
-/// events logged until the event pipeline exists.
-pub struct SledServices {
-    db: sled::Db,
-}
-
-impl SledServices {
-    pub fn open(dir: &std::path::Path) -> Result<SledServices, sled::Error> {
-        Ok(SledServices {
-            db: sled::open(dir)?,
-        })
-    }
-
-    fn key(ns: &str, key: &str) -> Vec<u8> {
-        let mut k = Vec::with_capacity(ns.len() + key.len() + 1);
-        k.extend_from_slice(ns.as_bytes());
-        k.push(0);
-        k.extend_from_slice(key.as_bytes());
-        k
+impl Services {
+    /// Services for runs without a server (`sluice trace`, `check-config`, tests): stores
+    /// in memory, events kept in memory.
+    pub fn in_memory() -> (Services, Arc<CollectedEvents>) {
+        let events = Arc::new(CollectedEvents::default());
+        let m = sluice_store::MemoryStores::default();
+        (
+            Services {
+                kv: m.kv,
+                blobs: m.blobs,
+                events: events.clone(),
+            },
+            events,
+        )
     }
 }
 
-impl Services for SledServices {
-    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        self.db
-            .get(Self::key(ns, key))
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| e.to_string())
-    }
-
-    fn kv_set(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), String> {
-        self.db
-            .insert(Self::key(ns, key), value)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-
-    fn kv_delete(&self, ns: &str, key: &str) -> Result<(), String> {
-        self.db
-            .remove(Self::key(ns, key))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-
-    fn emit(&self, plugin: &str, name: &str, payload: &str) -> Result<(), String> {
-        tracing::info!(plugin, event = name, payload, "plugin event");
-        Ok(())
-    }
-}
-
-/// Services for runs without a server (trace, check-config): key-value in memory, events
-/// logged.
+/// An event sink that keeps what it gets, for `sluice trace` and tests.
 #[derive(Default)]
-pub struct MemoryServices {
-    kv: std::sync::Mutex<std::collections::HashMap<(String, String), Vec<u8>>>,
+pub struct CollectedEvents {
+    events: std::sync::Mutex<Vec<Event>>,
 }
 
-impl Services for MemoryServices {
-    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        let kv = self.kv.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(kv.get(&(ns.to_string(), key.to_string())).cloned())
+impl CollectedEvents {
+    pub fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
     }
+}
 
-    fn kv_set(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), String> {
-        let mut kv = self.kv.lock().unwrap_or_else(|e| e.into_inner());
-        kv.insert((ns.to_string(), key.to_string()), value.to_vec());
-        Ok(())
-    }
-
-    fn kv_delete(&self, ns: &str, key: &str) -> Result<(), String> {
-        let mut kv = self.kv.lock().unwrap_or_else(|e| e.into_inner());
-        kv.remove(&(ns.to_string(), key.to_string()));
-        Ok(())
-    }
-
-    fn emit(&self, plugin: &str, name: &str, payload: &str) -> Result<(), String> {
-        tracing::info!(plugin, event = name, payload, "plugin event");
+impl EventSink for CollectedEvents {
+    fn publish(&self, event: Event) -> Result<(), String> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
         Ok(())
     }
 }
+
+/// Per-call limits on what a plugin may push through host calls besides its result.
+pub const MAX_LOG_LINES: u32 = 100;
+pub const MAX_LOG_LINE: usize = 4096;
+pub const MAX_EVENTS_PER_CALL: u32 = 1000;
+pub const MAX_EVENT_SIZE: usize = 64 * 1024;
 
 pub struct StepState {
     pub wasi: WasiCtx,
@@ -166,9 +151,13 @@ pub struct StepState {
     pub plugin: Arc<str>,
     pub step: Arc<str>,
     pub grants: Arc<Grants>,
-    pub services: Arc<dyn Services>,
+    pub services: Services,
     /// The step's config as JSON.
     pub config: Arc<str>,
+    /// The message of the current call, for `emit` defaults and `store-message`.
+    pub current: Option<Arc<MessageData>>,
+    logged: u32,
+    emitted: u32,
 }
 
 impl StepState {
@@ -176,7 +165,7 @@ impl StepState {
         plugin: Arc<str>,
         step: Arc<str>,
         grants: Arc<Grants>,
-        services: Arc<dyn Services>,
+        services: Services,
         config: Arc<str>,
         memory_bytes: usize,
     ) -> StepState {
@@ -225,7 +214,17 @@ impl StepState {
             grants,
             services,
             config,
+            current: None,
+            logged: 0,
+            emitted: 0,
         }
+    }
+
+    /// Resets the per-call counters (a warm instance starts a new call).
+    pub fn begin_call(&mut self, message: Option<Arc<MessageData>>) {
+        self.current = message;
+        self.logged = 0;
+        self.emitted = 0;
     }
 
     pub fn message(&self, m: &Resource<MessageHandle>) -> Option<Arc<MessageData>> {
@@ -258,10 +257,41 @@ impl wasmtime_wasi_http::WasiHttpView for StepState {
     }
 }
 
+fn store_error(e: StoreError) -> host::Error {
+    match e {
+        StoreError::Quota(q) => host::Error::Quota(q),
+        StoreError::Failed(f) => host::Error::Failed(f),
+    }
+}
+
+fn ttl(seconds: Option<u64>) -> Option<std::time::Duration> {
+    seconds.map(std::time::Duration::from_secs)
+}
+
+impl StepState {
+    fn kv_ns(&mut self) -> Result<String, host::Error> {
+        match self.grants.kv.clone() {
+            Some(ns) => Ok(ns),
+            None => Err(self.deny("kv")),
+        }
+    }
+}
+
 impl host::Host for StepState {
     fn log(&mut self, level: Level, message: String) {
+        self.logged += 1;
+        if self.logged > MAX_LOG_LINES {
+            if self.logged == MAX_LOG_LINES + 1 {
+                tracing::warn!(plugin = %self.plugin, step = %self.step, "plugin log limit reached for this call");
+            }
+            return;
+        }
         let (plugin, step) = (&*self.plugin, &*self.step);
-        let message: String = message.chars().take(4096).collect();
+        let message: String = message
+            .chars()
+            .take(MAX_LOG_LINE)
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
         match level {
             Level::Error => tracing::error!(plugin, step, "{message}"),
             Level::Warn => tracing::warn!(plugin, step, "{message}"),
@@ -275,36 +305,178 @@ impl host::Host for StepState {
     }
 
     fn kv_get(&mut self, key: String) -> Result<Option<Vec<u8>>, host::Error> {
-        let Some(ns) = self.grants.kv.clone() else {
-            return Err(self.deny("kv"));
-        };
-        self.services.kv_get(&ns, &key).map_err(host::Error::Failed)
+        let ns = self.kv_ns()?;
+        self.services.kv.get(&ns, &key).map_err(store_error)
     }
 
-    fn kv_set(&mut self, key: String, value: Vec<u8>) -> Result<(), host::Error> {
-        let Some(ns) = self.grants.kv.clone() else {
-            return Err(self.deny("kv"));
-        };
+    fn kv_get_many(&mut self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, host::Error> {
+        let ns = self.kv_ns()?;
+        if keys.len() > sluice_store::kv::MAX_SCAN {
+            return Err(host::Error::Quota(format!(
+                "at most {} keys per call",
+                sluice_store::kv::MAX_SCAN
+            )));
+        }
+        self.services.kv.get_many(&ns, &keys).map_err(store_error)
+    }
+
+    fn kv_set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_seconds: Option<u64>,
+    ) -> Result<(), host::Error> {
+        let ns = self.kv_ns()?;
         self.services
-            .kv_set(&ns, &key, &value)
-            .map_err(host::Error::Failed)
+            .kv
+            .set(&ns, &key, &value, ttl(ttl_seconds), &self.grants.kv_limits)
+            .map_err(store_error)
     }
 
-    fn kv_delete(&mut self, key: String) -> Result<(), host::Error> {
-        let Some(ns) = self.grants.kv.clone() else {
-            return Err(self.deny("kv"));
-        };
+    fn kv_delete(&mut self, key: String) -> Result<bool, host::Error> {
+        let ns = self.kv_ns()?;
+        self.services.kv.delete(&ns, &key).map_err(store_error)
+    }
+
+    fn kv_incr(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_seconds: Option<u64>,
+    ) -> Result<i64, host::Error> {
+        let ns = self.kv_ns()?;
         self.services
-            .kv_delete(&ns, &key)
-            .map_err(host::Error::Failed)
+            .kv
+            .incr(&ns, &key, delta, ttl(ttl_seconds), &self.grants.kv_limits)
+            .map_err(store_error)
     }
 
-    fn emit(&mut self, name: String, payload: String) -> Result<(), host::Error> {
+    fn kv_scan(
+        &mut self,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<host::KvPage, host::Error> {
+        let ns = self.kv_ns()?;
+        let page = self
+            .services
+            .kv
+            .scan(&ns, &prefix, after.as_deref(), limit as usize)
+            .map_err(store_error)?;
+        Ok(host::KvPage {
+            entries: page
+                .entries
+                .into_iter()
+                .map(|(key, value)| host::KvEntry { key, value })
+                .collect(),
+            next: page.next,
+        })
+    }
+
+    fn open_data(&mut self, name: String) -> Result<Resource<DataHandle>, host::Error> {
+        let Some(file) = self.grants.data.get(&name) else {
+            return Err(self.deny(&format!("data `{name}`")));
+        };
+        let handle = DataHandle(file.bytes.clone());
+        self.table
+            .push(handle)
+            .map_err(|e| host::Error::Failed(e.to_string()))
+    }
+
+    fn emit(&mut self, e: host::NewEvent) -> Result<String, host::Error> {
         if !self.grants.events {
             return Err(self.deny("events"));
         }
+        self.emitted += 1;
+        if self.emitted > MAX_EVENTS_PER_CALL {
+            return Err(host::Error::Quota(format!(
+                "at most {MAX_EVENTS_PER_CALL} events per call"
+            )));
+        }
+        let size: usize = e
+            .attributes
+            .iter()
+            .map(|a| a.key.len() + a.value.len())
+            .sum::<usize>()
+            + [&e.queue_id, &e.message_id, &e.sender, &e.recipient]
+                .iter()
+                .map(|s| s.as_ref().map_or(0, String::len))
+                .sum::<usize>();
+        if size > MAX_EVENT_SIZE {
+            return Err(host::Error::Quota(format!(
+                "event of {size} bytes, limit {MAX_EVENT_SIZE}"
+            )));
+        }
+        let event = crate::pipeline::event_from_wit(e, self.current.as_deref());
+        let id = event.id.clone();
         self.services
-            .emit(&self.plugin, &name, &payload)
-            .map_err(host::Error::Failed)
+            .events
+            .publish(event)
+            .map_err(host::Error::Failed)?;
+        Ok(id)
+    }
+
+    fn store_message(
+        &mut self,
+        m: Resource<MessageHandle>,
+        attributes: Vec<crate::bindings::types::Attribute>,
+        retention_days: u32,
+    ) -> Result<String, host::Error> {
+        let Some(ns) = self.grants.blobs.clone() else {
+            return Err(self.deny("blobs"));
+        };
+        let Some(message) = self.message(&m) else {
+            return Err(host::Error::Failed("no such message".into()));
+        };
+        let attributes: Vec<(String, String)> =
+            attributes.into_iter().map(|a| (a.key, a.value)).collect();
+        let size: usize = attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if size > MAX_EVENT_SIZE {
+            return Err(host::Error::Quota(format!(
+                "attributes of {size} bytes, limit {MAX_EVENT_SIZE}"
+            )));
+        }
+        let retention =
+            std::time::Duration::from_secs(u64::from(retention_days.clamp(1, 3650)) * 86400);
+        self.services
+            .blobs
+            .put(&ns, &message.raw, attributes, retention)
+            .map_err(store_error)
+    }
+}
+
+impl host::HostData for StepState {
+    fn size(&mut self, d: Resource<DataHandle>) -> u64 {
+        self.table.get(&d).map_or(0, |h| h.0.len() as u64)
+    }
+
+    fn read(&mut self, d: Resource<DataHandle>, offset: u64, len: u32) -> Vec<u8> {
+        let Ok(h) = self.table.get(&d) else {
+            return Vec::new();
+        };
+        let b = &h.0;
+        let start = (offset as usize).min(b.len());
+        let end = start.saturating_add(len as usize).min(b.len());
+        b[start..end].to_vec()
+    }
+
+    fn read_many(&mut self, d: Resource<DataHandle>, offsets: Vec<u64>, len: u32) -> Vec<u8> {
+        let Ok(h) = self.table.get(&d) else {
+            return Vec::new();
+        };
+        let b = &h.0;
+        let len = len as usize;
+        let mut out = vec![0u8; offsets.len().saturating_mul(len).min(16 << 20)];
+        for (slot, &off) in out.chunks_mut(len.max(1)).zip(&offsets) {
+            let start = (off as usize).min(b.len());
+            let end = start.saturating_add(len).min(b.len());
+            slot[..end - start].copy_from_slice(&b[start..end]);
+        }
+        out
+    }
+
+    fn drop(&mut self, d: Resource<DataHandle>) -> wasmtime::Result<()> {
+        self.table.delete(d)?;
+        Ok(())
     }
 }

@@ -57,7 +57,7 @@ const MESSAGE: &str = "From: a@example.com\r\nTo: b@example.net\r\nSubject: Winn
 async fn data(p: &WasmPipeline) -> (Verdict, Vec<u8>, Envelope) {
     let mut env = envelope();
     let mut msg = MESSAGE.as_bytes().to_vec();
-    let v = p.current().data(&session(), &mut env, &mut msg).await;
+    let v = p.current().data("T1", &session(), &mut env, &mut msg).await;
     (v, msg, env)
 }
 
@@ -338,7 +338,7 @@ async fn reload_swaps_atomically_and_refuses_a_broken_policy() {
     let mut env = envelope();
     let mut msg = MESSAGE.as_bytes().to_vec();
     assert!(matches!(
-        before.data(&session(), &mut env, &mut msg).await,
+        before.data("T1", &session(), &mut env, &mut msg).await,
         Verdict::Reject(_)
     ));
 }
@@ -410,7 +410,7 @@ async fn chains_are_chosen_by_conditions() {
                 ..Envelope::default()
             };
             let mut msg = MESSAGE.as_bytes().to_vec();
-            let v = p.current().data(&s, &mut env, &mut msg).await;
+            let v = p.current().data("T1", &s, &mut env, &mut msg).await;
             (v, header(&msg, "X-Chain"))
         }
     };

@@ -10,16 +10,19 @@
 //! - [`sled_queue`]: the sled implementation and its group-commit flusher.
 //! - [`body_log`]: bodies in segment files, with checksums and reference counts.
 //! - [`mem`]: the in-memory model.
+//! - [`outbox`]: the durable event outbox, in the queue's database.
 //!
 //! *Invariant*: when `enqueue` returns `Ok`, the message and its envelope are on disk.
 
 pub mod body_log;
 pub mod mem;
 pub mod meta;
+pub mod outbox;
 pub mod sled_queue;
 
 pub use mem::MemQueue;
 pub use meta::{MessageMeta, RecipientState, Status, new_id, now_secs};
+pub use outbox::{Outbox, OutboxEntry};
 pub use sled_queue::SledQueue;
 
 use async_trait::async_trait;
@@ -53,6 +56,24 @@ pub enum QueueError {
 pub trait Queue: Send + Sync {
     /// Stores a new message; returns once it is durable.
     async fn enqueue(&self, meta: &MessageMeta, body: &[u8]) -> Result<(), QueueError>;
+    /// Stores a new message and puts events on the bus; returns once both are durable.
+    async fn enqueue_with_events(
+        &self,
+        meta: &MessageMeta,
+        body: &[u8],
+        events: Vec<sluice_core::Event>,
+    ) -> Result<(), QueueError> {
+        for e in events {
+            self.publish_event(e)?;
+        }
+        self.enqueue(meta, body).await
+    }
+    /// Puts an event on the bus; durable at the next flush, ordered before any later
+    /// queue change. A queue without an outbox drops it.
+    fn publish_event(&self, event: sluice_core::Event) -> Result<(), QueueError> {
+        tracing::debug!(id = %event.id, kind = event.kind.name(), "event dropped: no outbox");
+        Ok(())
+    }
     /// Replaces a message's metadata. Durable at the next flush (at most ~1 s later).
     fn update(&self, meta: &MessageMeta) -> Result<(), QueueError>;
     /// Deletes a message and its body.

@@ -71,6 +71,52 @@ pub struct MessageMeta {
     pub quarantine: Option<String>,
     /// The session that submitted it; `None` for mail the host made (DSNs).
     pub session: Option<SessionInfo>,
+    /// Metadata set by plugins (`set-meta`).
+    pub meta: Vec<(String, String)>,
+    /// The policy's `queued` stage has yet to pass; delivery waits for it.
+    pub queued_pending: bool,
+    /// When the `queued` stage runs next (unix seconds) and how often it ran.
+    pub queued_next: u64,
+    pub queued_attempts: u32,
+}
+
+/// The record layout before metadata and the durable `queued` stage (format version 1,
+/// written without a version marker).
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct MessageMetaV1 {
+    pub id: String,
+    pub sender: String,
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+    pub received_at: u64,
+    pub size: usize,
+    pub recipients: Vec<RecipientState>,
+    pub quarantine: Option<String>,
+    pub session: Option<SessionInfo>,
+}
+
+impl From<MessageMetaV1> for MessageMeta {
+    fn from(v: MessageMetaV1) -> MessageMeta {
+        MessageMeta {
+            id: v.id,
+            sender: v.sender,
+            ret: v.ret,
+            envid: v.envid,
+            eight_bit: v.eight_bit,
+            smtputf8: v.smtputf8,
+            received_at: v.received_at,
+            size: v.size,
+            recipients: v.recipients,
+            quarantine: v.quarantine,
+            session: v.session,
+            meta: Vec::new(),
+            queued_pending: false,
+            queued_next: 0,
+            queued_attempts: 0,
+        }
+    }
 }
 
 impl MessageMeta {
@@ -92,6 +138,10 @@ impl MessageMeta {
                 .collect(),
             quarantine: None,
             session: None,
+            meta: envelope.meta.clone(),
+            queued_pending: false,
+            queued_next: 0,
+            queued_attempts: 0,
         }
     }
 
@@ -107,6 +157,7 @@ impl MessageMeta {
             envid: self.envid.clone(),
             eight_bit: self.eight_bit,
             smtputf8: self.smtputf8,
+            meta: self.meta.clone(),
         }
     }
 
@@ -117,6 +168,9 @@ impl MessageMeta {
 
     /// When the next non-final recipient is due (unix seconds); `None` when done.
     pub fn next_due(&self) -> Option<u64> {
+        if self.queued_pending {
+            return Some(self.queued_next);
+        }
         self.recipients
             .iter()
             .filter_map(|r| match r.status {

@@ -16,6 +16,10 @@ use tokio::sync::watch;
 
 const META: &[u8] = b"m/";
 
+/// The format version written before each record's metadata (after `[0]`, which no
+/// version-1 record starts with).
+const RECORD_VERSION: u8 = 2;
+
 fn key(prefix: &[u8], id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + id.len());
     k.extend_from_slice(prefix);
@@ -51,6 +55,7 @@ struct Inner {
     db: sled::Db,
     bodies: BodyLog,
     flusher: Arc<Flusher>,
+    outbox: crate::outbox::Outbox,
 }
 
 impl Drop for Inner {
@@ -64,11 +69,24 @@ impl Drop for Inner {
 impl SledQueue {
     /// Opens (or creates) the queue in `dir`.
     pub fn open(dir: &Path) -> Result<SledQueue, QueueError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir.join("db"))
             .flush_every_ms(Some(500))
-            .cache_capacity(64 * 1024 * 1024)
-            .open()?;
+            .cache_capacity(64 * 1024 * 1024);
+        // A queue closed a moment ago may still be finishing its last flush on the flusher
+        // thread, which holds the database lock until it ends: wait a little for it.
+        let mut tries = 0;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && tries < 40 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
         let (tx, _) = watch::channel(Flushed::default());
         let flusher = Arc::new(Flusher {
             requested: AtomicU64::new(0),
@@ -90,11 +108,13 @@ impl SledQueue {
             }
         }
         let bodies = BodyLog::open(&dir.join("bodies"), live.into_iter()).map_err(io)?;
+        let outbox = crate::outbox::Outbox::open(&db)?;
         let q = SledQueue {
             inner: Arc::new(Inner {
                 db,
                 bodies,
                 flusher,
+                outbox,
             }),
         };
         let (inner, f) = (Arc::downgrade(&q.inner), q.inner.flusher.clone());
@@ -135,15 +155,28 @@ impl SledQueue {
             reason,
         };
         let body = BodyRef::decode(bytes).ok_or_else(|| corrupt("short record".into()))?;
-        let meta = postcard::from_bytes(&bytes[BodyRef::ENCODED_LEN..])
-            .map_err(|e| corrupt(e.to_string()))?;
+        let rest = &bytes[BodyRef::ENCODED_LEN..];
+        let meta = match rest {
+            // Version 1 wrote the metadata alone; its first byte is the id's length, never 0.
+            [0, RECORD_VERSION, meta @ ..] => postcard::from_bytes(meta),
+            [0, v, ..] => return Err(corrupt(format!("unknown record format version {v}"))),
+            _ => postcard::from_bytes::<crate::meta::MessageMetaV1>(rest).map(Into::into),
+        }
+        .map_err(|e| corrupt(e.to_string()))?;
         Ok((body, meta))
     }
 
     fn encode(body: &BodyRef, meta: &MessageMeta) -> Vec<u8> {
-        let mut out = Vec::with_capacity(BodyRef::ENCODED_LEN + 128);
+        let mut out = Vec::with_capacity(BodyRef::ENCODED_LEN + 130);
         body.encode(&mut out);
+        out.extend_from_slice(&[0, RECORD_VERSION]);
         postcard::to_extend(meta, out).expect("message metadata always serializes")
+    }
+
+    /// The event outbox, in the same database so that an event published before a queue
+    /// change is on disk whenever that change is.
+    pub fn outbox(&self) -> crate::outbox::Outbox {
+        self.inner.outbox.clone()
     }
 }
 
@@ -199,6 +232,34 @@ impl Queue for SledQueue {
             return Err(e.into());
         }
         self.durable().await
+    }
+
+    async fn enqueue_with_events(
+        &self,
+        meta: &MessageMeta,
+        body: &[u8],
+        events: Vec<sluice_core::Event>,
+    ) -> Result<(), QueueError> {
+        // Events first: the flush that makes the record durable covers them too.
+        let mut published = Vec::with_capacity(events.len());
+        for e in events {
+            let id = e.id.clone();
+            if let Err(err) = self.inner.outbox.publish(e) {
+                self.inner.outbox.discard(&published);
+                return Err(err);
+            }
+            published.push(id);
+        }
+        let result = self.enqueue(meta, body).await;
+        if result.is_err() {
+            // The client gets a 4xx and sends again: these events never happened.
+            self.inner.outbox.discard(&published);
+        }
+        result
+    }
+
+    fn publish_event(&self, event: sluice_core::Event) -> Result<(), QueueError> {
+        self.inner.outbox.publish(event)
     }
 
     fn update(&self, meta: &MessageMeta) -> Result<(), QueueError> {

@@ -161,6 +161,7 @@ async fn serve(settings: Settings) -> Result<()> {
             settings.queue_dir().display()
         )
     })?;
+    let outbox = queue.outbox();
     let queue: Arc<dyn Queue> = Arc::new(queue);
     let tls = sluice_smtp::tls::server_config(
         settings.tls_cert.as_ref(),
@@ -170,11 +171,16 @@ async fn serve(settings: Settings) -> Result<()> {
     .context("TLS certificate")?;
     let wasm = match &settings.policies {
         Some(path) => {
-            let kv = settings.data_dir.join("kv");
-            let services = sluice_plugin::step::SledServices::open(&kv).with_context(|| {
-                format!("cannot open the plugin key-value store {}", kv.display())
-            })?;
-            Some(load_policies(&settings, path, Some(Arc::new(services))).await?)
+            let dir = settings.data_dir.join("stores");
+            let stores = sluice_store::SledStores::open(&dir)
+                .with_context(|| format!("cannot open the plugin stores in {}", dir.display()))?;
+            spawn_purger(stores.clone());
+            let services = sluice_plugin::step::Services {
+                kv: stores.kv.clone(),
+                blobs: stores.blobs.clone(),
+                events: Arc::new(outbox.clone()),
+            };
+            Some(load_policies(&settings, path, Some(services)).await?)
         }
         None => None,
     };
@@ -209,6 +215,12 @@ async fn serve(settings: Settings) -> Result<()> {
             shutdown_rx.clone(),
         ));
     }
+    tasks.spawn(sluice_delivery::events::dispatch(
+        outbox,
+        pipelines.clone(),
+        settings.clone(),
+        shutdown_rx.clone(),
+    ));
     let engine = sluice_delivery::Engine::new(settings.clone(), queue.clone(), pipelines);
     tasks.spawn(engine.run(queued_rx, shutdown_rx.clone()));
     drop(ctx);
@@ -251,7 +263,7 @@ async fn wait_for_signal(wasm: Option<Arc<WasmPipeline>>) -> Result<()> {
 async fn load_policies(
     settings: &Settings,
     path: &Path,
-    services: Option<Arc<dyn sluice_plugin::step::Services>>,
+    services: Option<sluice_plugin::step::Services>,
 ) -> Result<Arc<WasmPipeline>> {
     let runtime = sluice_plugin::Runtime::new(Some(&settings.data_dir.join("plugin-cache")))?;
     match WasmPipeline::load(runtime, path, services).await {
@@ -265,6 +277,32 @@ async fn load_policies(
             )
         }
     }
+}
+
+/// Removes expired key-value entries and blobs every few minutes, off the async workers.
+fn spawn_purger(stores: sluice_store::SledStores) {
+    use sluice_store::{BlobStore, KvStore};
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
+        loop {
+            tick.tick().await;
+            let s = stores.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                (s.kv.purge_expired(), s.blobs.purge_expired())
+            })
+            .await;
+            match done {
+                Ok((Ok(kv), Ok(blobs))) if kv + blobs > 0 => {
+                    tracing::info!(kv, blobs, "expired plugin data purged")
+                }
+                Ok((Ok(_), Ok(_))) => {}
+                Ok((kv, blobs)) => {
+                    tracing::error!(kv = ?kv.err(), blobs = ?blobs.err(), "purging expired plugin data failed")
+                }
+                Err(e) => tracing::error!(error = %e, "purge task failed"),
+            }
+        }
+    });
 }
 
 fn reload(settings: &Settings) -> Result<()> {

@@ -31,7 +31,8 @@ pub struct TraceArgs {
 
 pub async fn run(args: TraceArgs) -> Result<()> {
     let runtime = sluice_plugin::Runtime::new(None)?;
-    let pipeline = match WasmPipeline::load(runtime, &args.policy, None).await {
+    let (services, emitted) = sluice_plugin::step::Services::in_memory();
+    let pipeline = match WasmPipeline::load(runtime, &args.policy, Some(services)).await {
         Ok(p) => p,
         Err(problems) => {
             let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
@@ -87,8 +88,9 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         }
     }
     let mut message = original.clone();
+    let id = "TRACE";
     let result = snapshot
-        .data_stage(&session, &mut envelope, &mut message)
+        .data_stage(id, &session, &mut envelope, &mut message)
         .await;
     let final_verdict = match &result {
         Some(r) => {
@@ -113,8 +115,63 @@ pub async fn run(args: TraceArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     )?;
-    let before = String::from_utf8_lossy(&original).replace("\r\n", "\n");
-    let after = String::from_utf8_lossy(&message).replace("\r\n", "\n");
+    for (k, v) in &envelope.meta {
+        writeln!(out, "meta: {k} = {v}")?;
+    }
+    diff(&mut out, &original, &message, "message after the chain")?;
+    let kept = matches!(final_verdict, Verdict::Continue | Verdict::Accept);
+    if kept {
+        let body = std::sync::Arc::new(message.clone());
+        for r in &envelope.recipients {
+            let m = sluice_core::MessageRef {
+                id,
+                session: Some(&session),
+                envelope: &envelope,
+                body: &body,
+            };
+            if let Some((result, rendered)) = snapshot.render_one(m, &r.address).await {
+                print_stage(
+                    &mut out,
+                    &format!("render for <{}>", r.address),
+                    "",
+                    &result,
+                );
+                diff(
+                    &mut out,
+                    &message,
+                    &rendered,
+                    "message as sent to this recipient",
+                )?;
+            }
+        }
+    }
+    for e in emitted.take() {
+        writeln!(
+            out,
+            "event {} {}{}{}",
+            e.kind.name(),
+            e.recipient
+                .as_deref()
+                .map(|r| format!("to <{r}> "))
+                .unwrap_or_default(),
+            e.reply
+                .as_ref()
+                .map(|r| format!("reply {r} "))
+                .unwrap_or_default(),
+            e.attributes
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )?;
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn diff(out: &mut String, before: &[u8], after: &[u8], label: &str) -> Result<()> {
+    let before = String::from_utf8_lossy(before).replace("\r\n", "\n");
+    let after = String::from_utf8_lossy(after).replace("\r\n", "\n");
     if before == after {
         writeln!(out, "message unchanged")?;
     } else {
@@ -124,10 +181,9 @@ pub async fn run(args: TraceArgs) -> Result<()> {
             "{}",
             diff.unified_diff()
                 .context_radius(2)
-                .header("message", "message after the chain")
+                .header("message", label)
         )?;
     }
-    print!("{out}");
     Ok(())
 }
 

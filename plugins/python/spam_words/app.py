@@ -62,5 +62,8 @@ class Filter(exports.Filter):
     def on_delivery(self, message, recipients):
         return self._cont()
 
+    def on_render(self, message, recipient):
+        return []
+
     def on_event(self, event):
         return self._cont()

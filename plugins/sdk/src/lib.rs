@@ -27,9 +27,10 @@ wit_bindgen::generate!({
 
 pub use exports::sluice::plugin::filter::Guest;
 pub use sluice::plugin::host;
+pub use sluice::plugin::host::{Data, KvEntry, KvPage, NewEvent};
 pub use sluice::plugin::types::{
-    Attachment, AuthResults, DeliveryEvent, Edit, Envelope, EventKind, Header, Message, Outcome,
-    Reply, SessionInfo, Stage, Symbol, Verdict,
+    Attachment, Attribute, AuthResults, Edit, Envelope, Event, EventKind, Header, Message, Outcome,
+    Part, PartBody, Reply, SessionInfo, Stage, Symbol, Verdict,
 };
 
 /// A plugin. Implement the handlers for the stages listed in `STAGES`; the host never calls
@@ -63,7 +64,12 @@ pub trait Filter {
     fn on_delivery(_message: &Message, _recipients: Vec<String>) -> Outcome {
         Outcome::cont()
     }
-    fn on_event(_event: DeliveryEvent) -> Outcome {
+    /// Per-recipient edits at delivery (headers and bodies only).
+    fn on_render(_message: &Message, _recipient: String) -> Vec<Edit> {
+        Vec::new()
+    }
+    /// `defer` asks the host to run this again later.
+    fn on_event(_event: Event) -> Outcome {
         Outcome::cont()
     }
 }
@@ -78,7 +84,9 @@ macro_rules! export_filter {
                 fn stages() -> ::std::vec::Vec<$crate::Stage> {
                     <$t as _F>::STAGES.to_vec()
                 }
-                fn configure(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                fn configure(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<(), ::std::string::String> {
                     <$t as _F>::configure(&config)
                 }
                 fn on_connect(s: $crate::SessionInfo) -> $crate::Outcome {
@@ -90,7 +98,11 @@ macro_rules! export_filter {
                 fn on_mail(s: $crate::SessionInfo, e: $crate::Envelope) -> $crate::Outcome {
                     <$t as _F>::on_mail(s, e)
                 }
-                fn on_rcpt(s: $crate::SessionInfo, e: $crate::Envelope, r: ::std::string::String) -> $crate::Outcome {
+                fn on_rcpt(
+                    s: $crate::SessionInfo,
+                    e: $crate::Envelope,
+                    r: ::std::string::String,
+                ) -> $crate::Outcome {
                     <$t as _F>::on_rcpt(s, e, r)
                 }
                 fn on_data(m: &$crate::Message) -> $crate::Outcome {
@@ -99,10 +111,19 @@ macro_rules! export_filter {
                 fn on_queued(m: &$crate::Message) -> $crate::Outcome {
                     <$t as _F>::on_queued(m)
                 }
-                fn on_delivery(m: &$crate::Message, r: ::std::vec::Vec<::std::string::String>) -> $crate::Outcome {
-                    <$t as _F>::on_delivery(m, r)
+                fn on_delivery(
+                    m: &$crate::Message,
+                    r: ::std::vec::Vec<::std::string::String>,
+                ) -> $crate::Outcome {
+            <$t as _F>::on_delivery(m, r)
                 }
-                fn on_event(e: $crate::DeliveryEvent) -> $crate::Outcome {
+                fn on_render(
+                    m: &$crate::Message,
+                    r: ::std::string::String,
+                ) -> ::std::vec::Vec<$crate::Edit> {
+                    <$t as _F>::on_render(m, r)
+                }
+                fn on_event(e: $crate::Event) -> $crate::Outcome {
                     <$t as _F>::on_event(e)
                 }
             }
@@ -160,6 +181,50 @@ impl Outcome {
             name: name.into(),
             value: value.into(),
         }))
+    }
+
+    /// Sets a metadata key on the message (kept in the queue, copied into its events).
+    pub fn set_meta(self, key: &str, value: &str) -> Outcome {
+        self.edit(Edit::SetMeta(Attribute {
+            key: key.into(),
+            value: value.into(),
+        }))
+    }
+
+    /// Replaces the decoded content of a text part (an id from `Message::parts`).
+    pub fn replace_part(self, id: u32, body: &str) -> Outcome {
+        self.edit(Edit::ReplacePart(PartBody {
+            id,
+            body: body.into(),
+        }))
+    }
+}
+
+impl NewEvent {
+    /// An event of this kind; what is left empty comes from the message being handled.
+    pub fn new(kind: EventKind) -> NewEvent {
+        NewEvent {
+            kind,
+            queue_id: None,
+            message_id: None,
+            sender: None,
+            recipient: None,
+            reply: None,
+            attributes: Vec::new(),
+        }
+    }
+
+    pub fn recipient(mut self, r: &str) -> NewEvent {
+        self.recipient = Some(r.into());
+        self
+    }
+
+    pub fn attribute(mut self, key: &str, value: &str) -> NewEvent {
+        self.attributes.push(Attribute {
+            key: key.into(),
+            value: value.into(),
+        });
+        self
     }
 }
 

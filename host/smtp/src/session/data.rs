@@ -2,7 +2,7 @@
 //! `data` stage, and the durable enqueue before the 250.
 
 use super::{Receiving, Session, Transaction};
-use sluice_core::{Reply, Verdict};
+use sluice_core::{Event, EventKind, Reply, Verdict};
 use sluice_queue::{MessageMeta, Queued, new_id};
 use smtp_proto::request::receiver::{BdatReceiver, DataReceiver};
 use std::sync::Arc;
@@ -12,9 +12,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) fn data(&mut self) -> Reply {
         match &self.tx {
             None => Reply::new(503, "5.5.1", "Send MAIL first"),
-            Some(tx) if tx.envelope.recipients.is_empty() => {
-                Reply::new(554, "5.5.1", "No valid recipients")
-            }
+            Some(tx) if !tx.has_recipients() => Reply::new(554, "5.5.1", "No valid recipients"),
             Some(tx) if tx.bdat => Reply::new(503, "5.5.1", "DATA cannot follow BDAT"),
             Some(_) => {
                 self.receiving = Receiving::Data(DataReceiver::new());
@@ -27,7 +25,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) fn bdat(&mut self, size: usize, is_last: bool) {
         let discard = match &mut self.tx {
             None => Some(Reply::new(503, "5.5.1", "Send MAIL first")),
-            Some(tx) if tx.envelope.recipients.is_empty() => {
+            Some(tx) if !tx.has_recipients() => {
                 Some(Reply::new(554, "5.5.1", "No valid recipients"))
             }
             Some(tx) if tx.body.len() + size > self.cfg.max_message_size => {
@@ -85,32 +83,105 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     async fn accept(&mut self, tx: Transaction) -> Reply {
         let Transaction {
-            mut envelope, body, ..
+            mut envelope,
+            body,
+            held,
+            ..
         } = tx;
         let id = new_id();
         let mut message = self.received_header(&id, &envelope.recipients);
         message.reserve(body.len());
         message.extend_from_slice(&body);
         drop(body);
-        let verdict = self
-            .pipeline
-            .data(&self.info, &mut envelope, &mut message)
-            .await;
-        let quarantine = match verdict {
-            Verdict::Reject(r) | Verdict::Defer(r) => return r,
-            Verdict::Discard => {
-                tracing::info!(%id, sender = %envelope.sender, "message discarded by policy");
-                return Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
+        let mut reply = Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
+        if !envelope.recipients.is_empty() {
+            let verdict = self
+                .pipeline
+                .data(&id, &self.info, &mut envelope, &mut message)
+                .await;
+            let quarantine = match verdict {
+                Verdict::Reject(r) | Verdict::Defer(r) => return r,
+                Verdict::Discard => {
+                    tracing::info!(%id, sender = %envelope.sender, "message discarded by policy");
+                    None
+                }
+                Verdict::Quarantine(reason) => Some(Some(reason)),
+                Verdict::Continue | Verdict::Accept => Some(None),
+            };
+            if let Some(quarantine) = quarantine
+                && let Err(r) = self.enqueue(&id, &envelope, &message, quarantine).await
+            {
+                return r;
             }
-            Verdict::Quarantine(reason) => Some(reason),
-            Verdict::Continue | Verdict::Accept => None,
-        };
-        let mut meta = MessageMeta::new(id, &envelope, message.len());
+        }
+        if !held.is_empty() {
+            // Recipients the rcpt stage held go into a message of their own, quarantined
+            // with the first reason.
+            let held_id = new_id();
+            let reason = held[0].1.clone();
+            let mut held_envelope = envelope.clone();
+            held_envelope.recipients = held.into_iter().map(|(r, _)| r).collect();
+            match self
+                .enqueue(&held_id, &held_envelope, &message, Some(reason))
+                .await
+            {
+                Ok(()) if reply.is_positive() => {}
+                Ok(()) => reply = Reply::new(250, "2.0.0", format!("Ok: queued as {held_id}")),
+                Err(r) => return r,
+            }
+        }
+        reply
+    }
+
+    /// Queues one message durably; the `Err` is the reply for the client.
+    async fn enqueue(
+        &mut self,
+        id: &str,
+        envelope: &sluice_core::Envelope,
+        message: &[u8],
+        quarantine: Option<String>,
+    ) -> Result<(), Reply> {
+        let mut meta = MessageMeta::new(id.to_string(), envelope, message.len());
         meta.quarantine = quarantine;
         meta.session = Some(self.info.clone());
-        if let Err(e) = self.ctx.queue.enqueue(&meta, &message).await {
+        meta.queued_pending =
+            meta.quarantine.is_none() && self.pipeline.wants_queued(Some(&self.info), envelope);
+        let events = if self.pipeline.wants_events() {
+            let kind = if meta.quarantine.is_some() {
+                EventKind::Quarantined
+            } else {
+                EventKind::Queued
+            };
+            envelope
+                .recipients
+                .iter()
+                .map(|r| {
+                    let mut e =
+                        Event::new(kind.clone(), &envelope.sender).with_session(Some(&self.info));
+                    e.queue_id = Some(id.to_string());
+                    e.recipient = Some(r.address.clone());
+                    e.attributes = envelope.meta.clone();
+                    if let Some(reason) = &meta.quarantine {
+                        e.attributes.push(("reason".into(), reason.clone()));
+                    }
+                    e
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if let Err(e) = self
+            .ctx
+            .queue
+            .enqueue_with_events(&meta, message, events)
+            .await
+        {
             tracing::error!(error = %e, "cannot queue message");
-            return Reply::new(451, "4.3.0", "Temporary storage failure, try again later");
+            return Err(Reply::new(
+                451,
+                "4.3.0",
+                "Temporary storage failure, try again later",
+            ));
         }
         tracing::info!(
             id = %meta.id,
@@ -118,14 +189,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             recipients = meta.recipients.len(),
             size = meta.size,
             client = %self.info.client_ip,
+            quarantine = meta.quarantine.as_deref().unwrap_or(""),
             "queued"
         );
-        let reply = Reply::new(250, "2.0.0", format!("Ok: queued as {}", meta.id));
         if meta.quarantine.is_none() {
-            let body = Arc::new(message);
+            let body = Arc::new(message.to_vec());
             let _ = self.ctx.queued.send(Queued { meta, body });
         }
-        reply
+        Ok(())
     }
 
     fn received_header(&self, id: &str, recipients: &[sluice_core::Recipient]) -> Vec<u8> {

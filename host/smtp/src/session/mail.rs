@@ -46,6 +46,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             envid: from.env_id,
             eight_bit: from.flags & MAIL_BODY_8BITMIME != 0,
             smtputf8,
+            meta: Vec::new(),
         };
         match self.pipeline.mail(&self.info, &envelope).await {
             Verdict::Reject(r) | Verdict::Defer(r) => return r,
@@ -56,6 +57,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             body: Vec::new(),
             too_big: false,
             bdat: false,
+            held: Vec::new(),
+            discarded: 0,
         });
         Reply::new(250, "2.1.0", "Sender OK")
     }

@@ -43,6 +43,17 @@ struct Transaction {
     too_big: bool,
     /// BDAT was used; DATA may not follow.
     bdat: bool,
+    /// Recipients the `rcpt` stage quarantined, with the reason: queued apart, held.
+    held: Vec<(sluice_core::Recipient, String)>,
+    /// Recipients the `rcpt` stage discarded (accepted, never delivered).
+    discarded: usize,
+}
+
+impl Transaction {
+    /// Some RCPT got a 250.
+    fn has_recipients(&self) -> bool {
+        !self.envelope.recipients.is_empty() || !self.held.is_empty() || self.discarded > 0
+    }
 }
 
 /// What the loop does after processing input.

@@ -3,7 +3,7 @@
 
 use super::Session;
 use sluice_config::Role;
-use sluice_core::{Notify, Recipient, Reply, Verdict, domain_of};
+use sluice_core::{Event, EventKind, Notify, Recipient, Reply, Verdict, domain_of};
 use smtp_proto::{
     RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS, RcptTo,
 };
@@ -48,16 +48,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             orcpt: to.orcpt,
         };
         let tx = self.tx.as_ref().expect("checked above");
-        match self
+        let verdict = self
             .pipeline
             .rcpt(&self.info, &tx.envelope, &recipient)
-            .await
-        {
-            Verdict::Reject(r) | Verdict::Defer(r) => return r,
-            _ => {}
-        }
+            .await;
         let tx = self.tx.as_mut().expect("checked above");
-        tx.envelope.recipients.push(recipient);
+        match verdict {
+            Verdict::Reject(r) | Verdict::Defer(r) => return r,
+            Verdict::Quarantine(reason) => {
+                tracing::info!(to = %recipient.address, %reason, "recipient held by policy");
+                tx.held.push((recipient, reason));
+            }
+            Verdict::Discard => {
+                tracing::info!(to = %recipient.address, "recipient discarded by policy");
+                if self.pipeline.wants_events() {
+                    let mut e =
+                        Event::new(EventKind::Other("discarded".into()), &tx.envelope.sender)
+                            .with_session(Some(&self.info));
+                    e.recipient = Some(recipient.address.clone());
+                    if let Err(err) = self.ctx.queue.publish_event(e) {
+                        tracing::error!(error = %err, "cannot publish event");
+                    }
+                }
+                tx.discarded += 1;
+            }
+            Verdict::Continue | Verdict::Accept => tx.envelope.recipients.push(recipient),
+        }
         Reply::new(250, "2.1.5", "Recipient OK")
     }
 }

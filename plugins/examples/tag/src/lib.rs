@@ -34,7 +34,10 @@ impl Filter for Tag {
     fn configure(c: &str) -> Result<(), String> {
         let parsed: Config = serde_json::from_str(c).map_err(|e| e.to_string())?;
         if parsed.header.is_empty() || parsed.header.contains([':', ' ']) {
-            return Err(format!("`header` must be a header name, not `{}`", parsed.header));
+            return Err(format!(
+                "`header` must be a header name, not `{}`",
+                parsed.header
+            ));
         }
         Ok(())
     }

@@ -64,7 +64,7 @@ impl Filter for Hostile {
             }
             "trap" => panic!("deliberate trap"),
             "giant" => Outcome::cont().add_header("X-Giant", &"x".repeat(8 << 20)),
-            "kv" => match host::kv_set("k", b"v") {
+            "kv" => match host::kv_set("k", b"v", None) {
                 Ok(()) => Outcome::cont().add_header("X-Kv", "granted"),
                 Err(e) => Outcome::cont().add_header("X-Kv", &format!("{e:?}")),
             },
@@ -104,9 +104,15 @@ fn http_get(url: &str) -> Result<u16, String> {
         None => (rest, "/"),
     };
     let request = OutgoingRequest::new(Fields::new());
-    request.set_scheme(Some(&Scheme::Http)).map_err(|_| "scheme")?;
-    request.set_authority(Some(authority)).map_err(|_| "authority")?;
-    request.set_path_with_query(Some(path)).map_err(|_| "path")?;
+    request
+        .set_scheme(Some(&Scheme::Http))
+        .map_err(|_| "scheme")?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|_| "authority")?;
+    request
+        .set_path_with_query(Some(path))
+        .map_err(|_| "path")?;
     let response = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
     response.subscribe().block();
     match response.get() {

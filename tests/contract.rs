@@ -1,0 +1,201 @@
+//! Contract 0.2 through the running server: per-recipient rendering reaches a real SMTP
+//! sink as one transaction per variant, the durable `queued` stage and the event bus keep
+//! their promises across a kill -9, and RCPT verdicts hold or drop single recipients.
+
+mod support;
+
+use sluice_store::KvStore;
+use sluice_test_plugins::{PROBE, Plugin};
+use std::time::Duration;
+use support::sink::Sink;
+use support::{Client, Sluice, wait_until};
+
+fn step(name: &str, p: Plugin, extra: &str, config: &str) -> String {
+    format!(
+        "[[pipeline.step]]\nname = \"{name}\"\nplugin = \"{}\"\nsha256 = \"{}\"\n{extra}\n[pipeline.step.config]\n{config}\n",
+        p.path, p.sha256
+    )
+}
+
+fn start(policy: &str, sink: Option<&Sink>) -> Sluice {
+    let route = sink.map_or(String::new(), |k| {
+        format!(
+            "[[route]]\ndomain = \"example.net\"\nvia = \"smarthost\"\nhost = \"127.0.0.1:{}\"\ntls = \"none\"\n",
+            k.port
+        )
+    });
+    let s = Sluice::configure_with(
+        "policies = \"policy.toml\"\nrelay_domains = [\"example.net\"]",
+        "",
+        &format!(
+            "[delivery]\nretry_initial = \"1s\"\nretry_max = \"1s\"\nevent_retry_initial = \"1s\"\nevent_retry_max = \"1s\"\n{route}"
+        ),
+    );
+    std::fs::write(
+        s.dir.path().join("policy.toml"),
+        format!("[[pipeline]]\nname = \"all\"\n{policy}"),
+    )
+    .unwrap();
+    s.spawn()
+}
+
+const HTML: &str = concat!(
+    "From: app@example.com\r\nSubject: news\r\nMessage-ID: <n1@example.com>\r\n",
+    "MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"b\"\r\n\r\n",
+    "--b\r\nContent-Type: text/plain\r\n\r\nplain text\r\n",
+    "--b\r\nContent-Type: text/html\r\n\r\n<p><a href=\"https://x.example/{{rcpt}}\">link</a></p>\r\n",
+    "--b--\r\n"
+);
+
+fn stores(s: &Sluice) -> sluice_store::SledStores {
+    sluice_store::SledStores::open(&s.data().join("stores")).unwrap()
+}
+
+#[test]
+fn rendering_and_events_through_the_server_survive_a_kill() {
+    let sink = Sink::start();
+    let policy = format!(
+        "{}{}",
+        step("track", PROBE, "stages = [\"render\"]", "mode = \"render\""),
+        step(
+            "hooks",
+            PROBE,
+            "stages = [\"event\"]\n[pipeline.step.capabilities]\nkv = \"hooks\"",
+            "mode = \"events\"\ntimes = 2"
+        )
+    );
+    let mut s = start(&policy, Some(&sink));
+    let mut c = Client::connect(s.mx_port);
+    c.cmd("EHLO client.test");
+    let r = c.send_mail("app@example.com", &["x@example.net", "y@example.net"], HTML);
+    assert!(r.starts_with("250"), "{r}");
+    assert!(wait_until(Duration::from_secs(15), || sink
+        .messages()
+        .len()
+        == 2));
+    for m in sink.messages() {
+        assert_eq!(m.recipients.len(), 1, "one transaction per variant");
+        let rcpt = &m.recipients[0];
+        let parsed = mail_parser::MessageParser::default()
+            .parse(m.data.as_bytes())
+            .unwrap();
+        assert!(
+            parsed
+                .body_html(0)
+                .unwrap()
+                .contains(&format!("https://x.example/{rcpt}")),
+            "{}",
+            m.data
+        );
+        assert!(parsed.header_raw("X-Rcpt-Token").is_some());
+    }
+    // The event step defers the first two runs of every event: kill the server while the
+    // delivered events wait in the outbox, then let a new process finish them.
+    assert!(wait_until(Duration::from_secs(15), || s
+        .log()
+        .contains("event deferred")));
+    s.kill9();
+    s.restart();
+    assert!(wait_until(Duration::from_secs(30), || {
+        s.log().matches("event deferred").count() >= 4
+    }));
+    std::thread::sleep(Duration::from_secs(3));
+    s.stop();
+    let st = stores(&s);
+    for rcpt in ["x@example.net", "y@example.net"] {
+        let seen = st
+            .kv
+            .get("hooks", &format!("seen/queued/{rcpt}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("queued event for {rcpt} not acknowledged\n{}", s.log()));
+        assert!(String::from_utf8_lossy(&seen).starts_with('E'));
+        assert!(
+            st.kv
+                .get("hooks", &format!("seen/delivered/{rcpt}"))
+                .unwrap()
+                .is_some(),
+            "delivered event for {rcpt}\n{}",
+            s.log()
+        );
+    }
+    drop(st);
+    let q = sluice_queue::SledQueue::open(&s.data().join("queue")).unwrap();
+    assert!(q.outbox().is_empty(), "every event was acknowledged");
+}
+
+#[test]
+fn the_queued_stage_gates_delivery_and_survives_a_kill() {
+    let policy = step(
+        "forward",
+        PROBE,
+        "stages = [\"queued\"]\n[pipeline.step.capabilities]\nkv = \"fwd\"",
+        "mode = \"queued\"\ntimes = 3",
+    );
+    let mut s = start(&policy, None);
+    let mut c = Client::connect(s.mx_port);
+    c.cmd("EHLO client.test");
+    let r = c.send_mail("a@example.com", &["bob@localhost"], HTML);
+    assert!(r.starts_with("250"), "{r}");
+    assert!(wait_until(Duration::from_secs(10), || s
+        .log()
+        .contains("queued stage deferred")));
+    assert!(
+        s.maildir("bob@localhost").is_empty(),
+        "delivery waits for the queued stage"
+    );
+    // Let the deferral reach the disk (sled flushes every 500 ms), then crash.
+    std::thread::sleep(Duration::from_millis(1200));
+    s.kill9();
+    s.restart();
+    assert!(
+        wait_until(Duration::from_secs(30), || s.maildir("bob@localhost").len()
+            == 1),
+        "{}",
+        s.log()
+    );
+    s.stop();
+    let st = stores(&s);
+    let page = st.kv.scan("fwd", "queued/", None, 10).unwrap();
+    assert_eq!(page.entries.len(), 1);
+    let runs = i64::from_le_bytes(page.entries[0].1.clone().try_into().unwrap());
+    assert!(runs >= 3, "the stage ran until it passed: {runs}");
+}
+
+#[test]
+fn rcpt_verdicts_hold_or_drop_single_recipients() {
+    let policy = step("gate", PROBE, "stages = [\"rcpt\"]", "mode = \"rcpt\"");
+    let mut s = start(&policy, None);
+    let mut c = Client::connect(s.mx_port);
+    c.cmd("EHLO client.test");
+    let r = c.send_mail(
+        "a@example.com",
+        &["hold@localhost", "drop@localhost", "bob@localhost"],
+        "Subject: t\r\n\r\nhello\r\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    assert!(wait_until(Duration::from_secs(10), || s
+        .maildir("bob@localhost")
+        .len()
+        == 1));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(s.maildir("hold@localhost").is_empty());
+    assert!(s.maildir("drop@localhost").is_empty());
+    s.stop();
+    let list = s.cli(&["queue", "list"], "");
+    let out = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        out.contains("1 recipient(s), 1 pending, quarantined: held by probe"),
+        "the held recipient is kept apart, quarantined: {out}"
+    );
+    assert!(
+        out.contains("1 message(s)"),
+        "the dropped one was not queued: {out}"
+    );
+    let id = out.split_whitespace().next().unwrap();
+    let show = s.cli(&["queue", "show", id], "");
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        show.contains("recipient <hold@localhost>") && !show.contains("recipient <bob@localhost>"),
+        "{show}"
+    );
+}
