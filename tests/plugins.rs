@@ -184,7 +184,12 @@ fn trace_shows_each_step_the_verdict_and_a_diff() {
 fn example_policies_are_valid() {
     let dir = tempfile::tempdir().unwrap();
     let pdir = dir.path().join("policies");
-    std::fs::create_dir(&pdir).unwrap();
+    std::fs::create_dir_all(pdir.join("tests")).unwrap();
+    // The messages the policies' test cases name.
+    for f in std::fs::read_dir(support::repo_root().join("policies/tests")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, pdir.join("tests").join(f.file_name().unwrap())).unwrap();
+    }
     for name in ["outbound.toml", "inbound.toml"] {
         let text =
             std::fs::read_to_string(support::repo_root().join("policies").join(name)).unwrap();

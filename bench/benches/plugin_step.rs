@@ -1,12 +1,13 @@
 //! Cost of a plugin step per message: the `data` stage with no step, one no-op step and six
-//! no-op steps (a fresh instance each), for 5 KB and 50 KB messages, measured side by side.
+//! no-op steps (a fresh instance each), for 5 KB and 50 KB messages, measured side by side;
+//! a step reading a 50 MB read-only data file (contract 0.2 `data`) against a no-op step.
 //!
 //! `cargo bench -p sluice-bench --bench plugin_step`
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sluice_core::{Envelope, Recipient, SessionInfo};
 use sluice_plugin::{Runtime, WasmPipeline};
-use sluice_test_plugins::{NOOP, PY_SPAM_WORDS};
+use sluice_test_plugins::{NOOP, PROBE, PY_SPAM_WORDS};
 use std::sync::Arc;
 
 fn policy(steps: usize) -> String {
@@ -62,6 +63,55 @@ fn bench(c: &mut Criterion) {
                 &msg,
             );
         }
+    }
+    group.finish();
+
+    // Big read-only data: a 50 MB model read with 1 and with 500 lookups (one `read-many`
+    // call) per message, against a no-op step.
+    let model: Vec<u8> = (0..50u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let model_path = dir.path().join("model.bin");
+    std::fs::write(&model_path, &model).unwrap();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&model))
+    };
+    drop(model);
+    let mut group = c.benchmark_group("data_file_50mb");
+    let variants = [
+        ("noop", String::new()),
+        ("lookups_1", "1".into()),
+        ("lookups_500", "500".into()),
+    ];
+    for (name, times) in variants {
+        let step = if times.is_empty() {
+            format!(
+                "[[pipeline.step]]\nname = \"s\"\nplugin = \"{}\"\nsha256 = \"{}\"\n",
+                NOOP.path, NOOP.sha256
+            )
+        } else {
+            format!(
+                "[[pipeline.step]]\nname = \"s\"\nplugin = \"{}\"\nsha256 = \"{}\"\n[pipeline.step.data.model]\npath = \"{}\"\nsha256 = \"{sha}\"\n[pipeline.step.config]\nmode = \"data\"\nvalue = \"quiet\"\ntimes = {times}\n",
+                PROBE.path,
+                PROBE.sha256,
+                model_path.display()
+            )
+        };
+        let path = dir.path().join(format!("data-{name}.toml"));
+        std::fs::write(&path, format!("[[pipeline]]\nname = \"d\"\n{step}")).unwrap();
+        let pipeline: Arc<WasmPipeline> = rt
+            .block_on(WasmPipeline::load(runtime.clone(), &path, None))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let msg = message(5_000);
+        stage_bench(
+            &mut group,
+            BenchmarkId::new(name, 5_000),
+            &rt,
+            &pipeline,
+            &session,
+            &msg,
+        );
     }
     group.finish();
 

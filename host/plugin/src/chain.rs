@@ -246,6 +246,16 @@ impl Chain {
     /// input's message is replaced by each step's edited version, so that it holds the
     /// result when the stage ends.
     pub async fn run(&self, input: &mut StageInput) -> StageResult {
+        self.run_with(input, None).await
+    }
+
+    /// [`Chain::run`] with other services (stores and event bus) than the chain's, and no
+    /// warm instance: policy tests run this way, so they never touch live state.
+    pub async fn run_with(
+        &self,
+        input: &mut StageInput,
+        services: Option<&Services>,
+    ) -> StageResult {
         let stage = input.stage();
         let mut result = StageResult {
             verdict: Verdict::Continue,
@@ -256,7 +266,7 @@ impl Chain {
         };
         for step in self.steps.iter().filter(|s| s.stages.contains(&stage)) {
             let start = Instant::now();
-            let outcome = match self.call(step, input).await {
+            let outcome = match self.call(step, input, services).await {
                 Ok(o) => self.apply_edits(step, input, &o.edits).map(|()| o),
                 Err(e) => Err(e),
             };
@@ -389,21 +399,33 @@ impl Chain {
         }
     }
 
-    async fn call(&self, step: &Step, input: &StageInput) -> Result<wit::Outcome, StepError> {
+    async fn call(
+        &self,
+        step: &Step,
+        input: &StageInput,
+        services: Option<&Services>,
+    ) -> Result<wit::Outcome, StepError> {
         // Dropping the future on timeout drops the store with whatever it was waiting on.
-        match tokio::time::timeout(step.wall_timeout, self.call_inner(step, input)).await {
+        let call = self.call_inner(step, input, services);
+        match tokio::time::timeout(step.wall_timeout, call).await {
             Ok(r) => r,
             Err(_) => Err(StepError::WallTimeout(step.wall_timeout)),
         }
     }
 
-    async fn call_inner(&self, step: &Step, input: &StageInput) -> Result<wit::Outcome, StepError> {
+    async fn call_inner(
+        &self,
+        step: &Step,
+        input: &StageInput,
+        services: Option<&Services>,
+    ) -> Result<wit::Outcome, StepError> {
         let trap = |e: wasmtime::Error| classify(e);
-        let reused = step.warm.as_ref().and_then(WarmPool::take);
+        let warm = step.warm.as_ref().filter(|_| services.is_none());
+        let reused = warm.and_then(WarmPool::take);
         let (mut store, plugin, uses) = match reused {
             Some(w) => (w.store, w.plugin, w.uses),
             None => {
-                let mut store = step.store(&self.runtime, &self.services);
+                let mut store = step.store(&self.runtime, services.unwrap_or(&self.services));
                 let plugin = step.pre.instantiate_async(&mut store).await.map_err(trap)?;
                 (store, plugin, 0)
             }
@@ -416,7 +438,7 @@ impl Chain {
         if size > step.max_output {
             return Err(StepError::Oversized(size, step.max_output));
         }
-        if let Some(pool) = &step.warm {
+        if let Some(pool) = warm {
             pool.put(Warm {
                 store,
                 plugin,

@@ -7,6 +7,7 @@
 //!   cache of compiled components, and loading a plugin into an `InstancePre`.
 //! - [`policy`]: the policy files (`policies/*.toml`): schema and compilation, with every
 //!   problem reported with file, line and key.
+//! - [`policy_tests`]: the `[[test]]` cases of policy files, run before policies go live.
 //! - [`step`]: the per-call store state: limits, grants, and the host functions.
 //! - [`message`]: the message resource plugins read, parsed once and lazily.
 //! - [`chain`]: running one stage through a chain's steps, with containment (`on_error`)
@@ -25,6 +26,7 @@ pub mod edits;
 pub mod message;
 pub mod pipeline;
 pub mod policy;
+pub mod policy_tests;
 pub mod runtime;
 pub mod step;
 

@@ -77,12 +77,7 @@ impl Snapshot {
         sender: Option<&str>,
         recipients: Option<&[String]>,
     ) -> Option<&Arc<Chain>> {
-        let listener = session.map_or("", |s| s.listener.as_str());
-        let auth = session.map(|s| s.auth_user.is_some());
-        self.set
-            .chains
-            .iter()
-            .find(|c| c.matches(listener, auth, sender, recipients))
+        self.set.chain(session, sender, recipients)
     }
 
     /// The chain for an event: the message's session facts (listener, authenticated) as

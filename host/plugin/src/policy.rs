@@ -21,6 +21,55 @@ pub struct PolicyFile {
     /// Chains, tried in order (files in name order); the first whose conditions hold runs.
     #[serde(default)]
     pub pipeline: Vec<PipelineFile>,
+    /// Test cases run against the policies before they go live (`check-config`, start,
+    /// reload): a change that breaks one is refused.
+    #[serde(default)]
+    pub test: Vec<TestFile>,
+}
+
+/// One policy test case: a message through the SMTP stages and `data`, and what must come
+/// out of it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFile {
+    /// Shown when the case fails.
+    pub name: String,
+    /// The message file, relative to the policy file (LF or CRLF line ends).
+    pub message: String,
+    /// Envelope sender.
+    #[serde(default = "default_test_from")]
+    pub from: String,
+    /// Envelope recipients.
+    #[serde(default = "default_test_to")]
+    pub to: Vec<String>,
+    /// Listener the message arrives on.
+    #[serde(default = "default_test_listener")]
+    pub listener: String,
+    /// Authenticated user, if any.
+    pub auth: Option<String>,
+    /// The verdict: `accept` (continue or accept), `reject`, `defer`, `quarantine` or
+    /// `discard`.
+    pub expect: String,
+    /// The summed score must be at least this.
+    pub score_min: Option<f64>,
+    /// The summed score must be at most this.
+    pub score_max: Option<f64>,
+    /// Headers the chain must have added (or set).
+    #[serde(default)]
+    pub headers_added: Vec<String>,
+    /// Headers the chain must have removed.
+    #[serde(default)]
+    pub headers_removed: Vec<String>,
+}
+
+fn default_test_from() -> String {
+    "sender@example.com".into()
+}
+fn default_test_to() -> Vec<String> {
+    vec!["rcpt@example.net".into()]
+}
+fn default_test_listener() -> String {
+    "mx".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +242,34 @@ pub struct PolicySet {
     pub chains: Vec<Arc<Chain>>,
     /// Policy files this set was built from.
     pub files: Vec<PathBuf>,
+    /// Test cases with the file and the line they come from.
+    pub tests: Vec<PolicyTest>,
+}
+
+impl PolicySet {
+    /// The first chain whose conditions hold with what is known.
+    pub fn chain(
+        &self,
+        session: Option<&sluice_core::SessionInfo>,
+        sender: Option<&str>,
+        recipients: Option<&[String]>,
+    ) -> Option<&Arc<Chain>> {
+        let listener = session.map_or("", |s| s.listener.as_str());
+        let auth = session.map(|s| s.auth_user.is_some());
+        self.chains
+            .iter()
+            .find(|c| c.matches(listener, auth, sender, recipients))
+    }
+}
+
+/// A test case and where it was written.
+#[derive(Debug, Clone)]
+pub struct PolicyTest {
+    pub case: TestFile,
+    pub file: PathBuf,
+    /// Its index in the file's `[[test]]` list.
+    pub index: usize,
+    pub line: usize,
 }
 
 pub fn parse_stage(s: &str) -> Option<Stage> {
@@ -234,16 +311,29 @@ pub async fn load_policies(
     files.sort();
     let mut problems = Vec::new();
     let mut chains = Vec::new();
+    let mut tests = Vec::new();
     for file in &files {
         match load_file(runtime, file, &services).await {
-            Ok(mut c) => chains.append(&mut c),
+            Ok((mut c, mut t)) => {
+                chains.append(&mut c);
+                tests.append(&mut t);
+            }
             Err(mut p) => problems.append(&mut p),
         }
     }
-    if problems.is_empty() {
-        Ok(PolicySet { chains, files })
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let set = PolicySet {
+        chains,
+        files,
+        tests,
+    };
+    let failed = crate::policy_tests::run(&set).await;
+    if failed.is_empty() {
+        Ok(set)
     } else {
-        Err(problems)
+        Err(failed)
     }
 }
 
@@ -260,7 +350,7 @@ async fn load_file(
     runtime: &Arc<Runtime>,
     file: &Path,
     services: &Services,
-) -> Result<Vec<Arc<Chain>>, Vec<Problem>> {
+) -> Result<(Vec<Arc<Chain>>, Vec<PolicyTest>), Vec<Problem>> {
     let source = std::fs::read_to_string(file)
         .map_err(|e| vec![problem(file, 0, "", format!("cannot read: {e}"))])?;
     let parsed: PolicyFile = toml::from_str(&source).map_err(|e| {
@@ -481,8 +571,36 @@ async fn load_file(
             services: services.clone(),
         }));
     }
+    let mut tests = Vec::new();
+    for (i, t) in parsed.test.iter().enumerate() {
+        let key = format!("test[{i}]");
+        let line = locate(&source, &key);
+        if !matches!(
+            t.expect.as_str(),
+            "accept" | "reject" | "defer" | "quarantine" | "discard"
+        ) {
+            let k = format!("{key}.expect");
+            problems.push(problem(
+                file,
+                locate(&source, &k),
+                &k,
+                format!(
+                    "unknown verdict `{}`: expected accept, reject, defer, quarantine or discard",
+                    t.expect
+                ),
+            ));
+        }
+        let mut case = t.clone();
+        case.message = dir.join(&t.message).display().to_string();
+        tests.push(PolicyTest {
+            case,
+            file: file.to_path_buf(),
+            index: i,
+            line,
+        });
+    }
     if problems.is_empty() {
-        Ok(chains)
+        Ok((chains, tests))
     } else {
         Err(problems)
     }

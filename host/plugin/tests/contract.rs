@@ -533,3 +533,81 @@ async fn a_component_built_for_another_contract_version_is_refused() {
         "names the file and line: {err}"
     );
 }
+
+#[tokio::test]
+async fn policy_test_cases_run_before_a_policy_goes_live() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("winner.eml"),
+        "From: a@example.com\nSubject: you are a winner\nX-Old: 1\n\nhello\n",
+    )
+    .unwrap();
+    let policy = |score: f64| {
+        format!(
+            "[[pipeline]]\nname = \"p\"\n[pipeline.thresholds]\nquarantine = 5.0\n{}\n\n{}",
+            step(
+                "score",
+                HOSTILE,
+                "",
+                &format!("mode = \"score\"\nscore = {score}")
+            ),
+            "[[test]]\nname = \"a winner is quarantined\"\nmessage = \"winner.eml\"\nexpect = \"quarantine\"\nscore_min = 5.0\n\n\
+             [[test]]\nname = \"nothing is removed\"\nmessage = \"winner.eml\"\nfrom = \"x@example.org\"\nto = [\"y@example.net\"]\nexpect = \"quarantine\"\nheaders_added = [\"X-Nope\"]\n"
+        )
+    };
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, policy(6.0)).unwrap();
+    let err = WasmPipeline::load(Runtime::new(None).unwrap(), &path, None)
+        .await
+        .err()
+        .expect("the second case fails");
+    assert_eq!(err.len(), 1, "{err:?}");
+    let p = err[0].to_string();
+    assert!(
+        p.contains("policy.toml:")
+            && p.contains("test[1]")
+            && p.contains("test `nothing is removed` failed: header X-Nope was not added"),
+        "{p}"
+    );
+    // Without the failing case the policy loads; a change that breaks the first case is
+    // then refused at reload, and the running policy stays.
+    let good = policy(6.0);
+    let good = &good[..good.find("\n[[test]]\nname = \"nothing").unwrap()];
+    std::fs::write(&path, good).unwrap();
+    let pipeline = WasmPipeline::load(Runtime::new(None).unwrap(), &path, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let worse = policy(1.0);
+    std::fs::write(
+        &path,
+        &worse[..worse.find("\n[[test]]\nname = \"nothing").unwrap()],
+    )
+    .unwrap();
+    let refused = pipeline.reload().await.expect_err("refused");
+    assert!(
+        refused[0]
+            .to_string()
+            .contains("expected quarantine, got accept"),
+        "{:?}",
+        refused
+    );
+    assert!(
+        refused[0]
+            .to_string()
+            .contains("score 1.00 outside [5, +inf]"),
+        "{refused:?}"
+    );
+    let (v, _, _) = {
+        let mut env = envelope(&["b@example.net"]);
+        let mut m = b"Subject: s\r\n\r\nx\r\n".to_vec();
+        let v = pipeline
+            .current()
+            .data("Q1", &session(), &mut env, &mut m)
+            .await;
+        (v, m, env)
+    };
+    assert!(
+        matches!(v, Verdict::Quarantine(_)),
+        "the running policy stays: {v:?}"
+    );
+}

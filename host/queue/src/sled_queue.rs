@@ -15,6 +15,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::watch;
 
 const META: &[u8] = b"m/";
+/// Records that could not be read, kept for inspection.
+const BAD: &[u8] = b"bad/";
 
 /// The format version written before each record's metadata (after `[0]`, which no
 /// version-1 record starts with).
@@ -296,12 +298,21 @@ impl Queue for SledQueue {
         self.inner.bodies.read(&r).map_err(io)
     }
 
+    /// A record that cannot be read is moved aside (under `bad/`), logged, and skipped:
+    /// one damaged record never stops the queue.
     fn list(&self) -> Result<Vec<MessageMeta>, QueueError> {
         let mut out = Vec::new();
         for item in self.inner.db.scan_prefix(META) {
             let (k, v) = item?;
             let id = String::from_utf8_lossy(&k[META.len()..]).into_owned();
-            out.push(self.decode(&id, &v)?.1);
+            match self.decode(&id, &v) {
+                Ok((_, meta)) => out.push(meta),
+                Err(e) => {
+                    tracing::error!(%id, error = %e, "moving an unreadable queue record aside");
+                    self.inner.db.insert(key(BAD, &id), v)?;
+                    self.inner.db.remove(&k)?;
+                }
+            }
         }
         Ok(out)
     }
@@ -315,5 +326,86 @@ impl SledQueue {
     /// Body segment files on disk (for tests of segment clean-up).
     pub fn body_segments(&self) -> usize {
         self.inner.bodies.segments_on_disk()
+    }
+}
+
+impl SledQueue {
+    /// Ids of records moved aside because they could not be read.
+    pub fn unreadable(&self) -> Result<Vec<String>, QueueError> {
+        let mut out = Vec::new();
+        for item in self.inner.db.scan_prefix(BAD) {
+            let (k, _) = item?;
+            out.push(String::from_utf8_lossy(&k[BAD.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RecipientState;
+    use serde::Serialize;
+    use sluice_core::{Recipient, Ret, SessionInfo};
+
+    /// The version-1 layout, as the previous release wrote it.
+    #[derive(Serialize)]
+    struct V1 {
+        id: String,
+        sender: String,
+        ret: Option<Ret>,
+        envid: Option<String>,
+        eight_bit: bool,
+        smtputf8: bool,
+        received_at: u64,
+        size: usize,
+        recipients: Vec<RecipientState>,
+        quarantine: Option<String>,
+        session: Option<SessionInfo>,
+    }
+
+    #[tokio::test]
+    async fn records_of_the_older_layout_are_read_and_garbage_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SledQueue::open(dir.path()).unwrap();
+        let body = b"Subject: x\r\n\r\nold\r\n";
+        let r = q.inner.bodies.append(body).unwrap();
+        let v1 = V1 {
+            id: "00000000000100000001".into(),
+            sender: "a@b.c".into(),
+            ret: Some(Ret::Headers),
+            envid: None,
+            eight_bit: false,
+            smtputf8: false,
+            received_at: 1,
+            size: body.len(),
+            recipients: vec![RecipientState::new(Recipient::new("d@e.f"))],
+            quarantine: None,
+            session: None,
+        };
+        let mut rec = Vec::new();
+        r.encode(&mut rec);
+        let rec = postcard::to_extend(&v1, rec).unwrap();
+        q.inner.db.insert(key(META, &v1.id), rec).unwrap();
+        q.inner
+            .db
+            .insert(key(META, "00000000000200000002"), &b"garbage"[..])
+            .unwrap();
+        q.sync().await.unwrap();
+        let all = q.list().unwrap();
+        assert_eq!(all.len(), 1, "the garbage record does not stop the listing");
+        let m = &all[0];
+        assert_eq!(m.id, v1.id);
+        assert_eq!(m.ret, Some(Ret::Headers));
+        assert_eq!(m.recipients[0].recipient.address, "d@e.f");
+        assert!(m.meta.is_empty() && !m.queued_pending);
+        assert_eq!(q.body(&m.id).unwrap().as_deref(), Some(&body[..]));
+        assert_eq!(
+            q.unreadable().unwrap(),
+            vec!["00000000000200000002".to_string()]
+        );
+        // Written back, it takes the current layout and reads the same.
+        q.update(m).unwrap();
+        assert_eq!(q.get(&m.id).unwrap().as_ref(), Some(m));
     }
 }
