@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 const PLUGINS: &[&str] = &["noop", "hostile", "tag", "probe", "old-contract"];
+/// Python plugins, each a folder of `plugins/python` with an `app.py`.
+const PYTHON_PLUGINS: &[&str] = &["spam_words", "tag"];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -58,23 +60,27 @@ fn main() {
     );
     // In OUT_DIR: componentize-py's output differs from build to build, so each build of
     // this crate (debug, release, scripts/build-plugins.sh) keeps its own copy.
-    let py_out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    std::fs::create_dir_all(&py_out).unwrap();
-    let py = py_out.join("spam_words.wasm");
-    let status = Command::new("componentize-py")
-        .arg("-d")
-        .arg(root.join("wit"))
-        .args(["-w", "plugin", "componentize", "-p"])
-        .arg(root.join("plugins/python/spam_words"))
-        .arg("app")
-        .arg("-o")
-        .arg(&py)
-        .status();
-    match status {
-        Ok(s) if s.success() => {}
-        other => panic!(
-            "building plugins/python/spam_words with componentize-py failed ({other:?}); run scripts/setup.sh"
-        ),
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut python = Vec::new();
+    for name in PYTHON_PLUGINS {
+        let out = out_dir.join(format!("{name}.wasm"));
+        let status = Command::new("componentize-py")
+            .arg("-d")
+            .arg(root.join("wit"))
+            .args(["-w", "plugin", "componentize", "-p"])
+            .arg(root.join("plugins/python").join(name))
+            .arg("app")
+            .arg("-o")
+            .arg(&out)
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            other => panic!(
+                "building plugins/python/{name} with componentize-py failed ({other:?}); run scripts/setup.sh"
+            ),
+        }
+        python.push((format!("py_{name}"), out));
     }
     let mut built: Vec<(String, PathBuf)> = PLUGINS
         .iter()
@@ -86,7 +92,7 @@ fn main() {
             (n.to_string(), p)
         })
         .collect();
-    built.push(("py_spam_words".into(), py));
+    built.extend(python);
     let mut out = String::new();
     for (name, path) in &built {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -7,7 +7,8 @@
 //! stage. A step's edits are checked (stage, capability, form) and applied right after it,
 //! so the next step sees the message as this one left it.
 
-use crate::bindings::{Plugin, PluginPre, types as wit};
+use crate::bindings::{PluginPre, types as wit};
+use crate::handlers::Handlers;
 use crate::edits::{Allowed, EditError};
 use crate::message::{MessageData, MessageHandle};
 use crate::runtime::Runtime;
@@ -17,6 +18,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::Store;
+use wasmtime::component::Instance;
 
 /// What a step's failure leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +35,8 @@ pub struct Step {
     pub name: Arc<str>,
     pub plugin: Arc<str>,
     pub pre: PluginPre<StepState>,
+    /// The handlers' export indices, type-checked at load.
+    pub handlers: Handlers,
     pub stages: HashSet<Stage>,
     pub on_error: OnError,
     pub memory: usize,
@@ -426,13 +430,20 @@ impl Chain {
             Some(w) => (w.store, w.plugin, w.uses),
             None => {
                 let mut store = step.store(&self.runtime, services.unwrap_or(&self.services));
-                let plugin = step.pre.instantiate_async(&mut store).await.map_err(trap)?;
+                let plugin = step
+                    .pre
+                    .instance_pre()
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(trap)?;
                 (store, plugin, 0)
             }
         };
         store.set_epoch_deadline(step.deadline_ticks);
         store.data_mut().begin_call(input.message().cloned());
-        let outcome = invoke(&mut store, &plugin, input).await.map_err(trap)?;
+        let outcome = invoke(&step.handlers, &mut store, &plugin, input)
+            .await
+            .map_err(trap)?;
         store.data_mut().begin_call(None);
         let size = outcome_size(&outcome);
         if size > step.max_output {
@@ -451,16 +462,17 @@ impl Chain {
 
 /// Calls the handler for the input's stage.
 async fn invoke(
+    f: &Handlers,
     store: &mut Store<StepState>,
-    plugin: &Plugin,
+    plugin: &Instance,
     input: &StageInput,
 ) -> wasmtime::Result<wit::Outcome> {
-    let f = plugin.sluice_plugin_filter();
+    let p = plugin;
     match input {
-        StageInput::Connect(s) => f.call_on_connect(&mut *store, s).await,
-        StageInput::Ehlo(s) => f.call_on_ehlo(&mut *store, s).await,
-        StageInput::Mail(s, e) => f.call_on_mail(&mut *store, s, e).await,
-        StageInput::Rcpt(s, e, r) => f.call_on_rcpt(&mut *store, s, e, r).await,
+        StageInput::Connect(s) => f.on_connect(store, p, s).await,
+        StageInput::Ehlo(s) => f.on_ehlo(store, p, s).await,
+        StageInput::Mail(s, e) => f.on_mail(store, p, s, e).await,
+        StageInput::Rcpt(s, e, r) => f.on_rcpt(store, p, s, e, r).await,
         StageInput::Data(m)
         | StageInput::Queued(m)
         | StageInput::Delivery(m, _)
@@ -468,11 +480,11 @@ async fn invoke(
             let handle = store.data_mut().table.push(MessageHandle(m.clone()))?;
             let rep = handle.rep();
             let result = match input {
-                StageInput::Data(_) => f.call_on_data(&mut *store, handle).await,
-                StageInput::Queued(_) => f.call_on_queued(&mut *store, handle).await,
-                StageInput::Delivery(_, r) => f.call_on_delivery(&mut *store, handle, r).await,
+                StageInput::Data(_) => f.on_data(store, p, handle).await,
+                StageInput::Queued(_) => f.on_queued(store, p, handle).await,
+                StageInput::Delivery(_, r) => f.on_delivery(store, p, handle, r).await,
                 StageInput::Render(_, r) => {
-                    f.call_on_render(&mut *store, handle, r)
+                    f.on_render(store, p, handle, r)
                         .await
                         .map(|edits| wit::Outcome {
                             verdict: wit::Verdict::Continue,
@@ -489,14 +501,14 @@ async fn invoke(
                 .delete(wasmtime::component::Resource::<MessageHandle>::new_own(rep));
             result
         }
-        StageInput::Event(e) => f.call_on_event(&mut *store, e).await,
+        StageInput::Event(e) => f.on_event(store, p, e).await,
     }
 }
 
 /// A live instance kept for the next message.
 pub struct Warm {
     store: Store<StepState>,
-    plugin: Plugin,
+    plugin: Instance,
     uses: usize,
 }
 

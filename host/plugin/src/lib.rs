@@ -10,6 +10,7 @@
 //! - [`policy_tests`]: the `[[test]]` cases of policy files, run before policies go live.
 //! - [`step`]: the per-call store state: limits, grants, and the host functions.
 //! - [`message`]: the message resource plugins read, parsed once and lazily.
+//! - [`handlers`]: calling a handler with export indices resolved and type-checked once.
 //! - [`chain`]: running one stage through a chain's steps, with containment (`on_error`)
 //!   and score thresholds.
 //! - [`edits`]: applying plugin edits to the message and envelope, once, as valid MIME.
@@ -23,6 +24,7 @@
 pub mod bindings;
 pub mod chain;
 pub mod edits;
+pub mod handlers;
 pub mod message;
 pub mod pipeline;
 pub mod policy;

@@ -491,10 +491,18 @@ async fn load_file(
                 http,
                 data,
             });
+            let handlers = match crate::handlers::Handlers::new(pre.instance_pre().component()) {
+                Ok(h) => h,
+                Err(e) => {
+                    report("plugin", format!("{}: {e}", plugin_path.display()));
+                    continue;
+                }
+            };
             let mut step = Step {
                 name: s.name.clone().into(),
                 plugin: plugin_name,
                 pre,
+                handlers,
                 stages,
                 on_error,
                 memory: s.memory_mb * 1024 * 1024,
@@ -614,11 +622,17 @@ async fn configure(
     config: &str,
 ) -> Result<HashSet<Stage>, String> {
     let mut store = step.store(runtime, services);
-    let plugin = step
+    let instance = step
         .pre
+        .instance_pre()
         .instantiate_async(&mut store)
         .await
         .map_err(|e| format!("{e:#}"))?;
+    step.handlers
+        .check(&mut store, &instance)
+        .map_err(|e| format!("{e:#}"))?;
+    let plugin =
+        crate::bindings::Plugin::new(&mut store, &instance).map_err(|e| format!("{e:#}"))?;
     let f = plugin.sluice_plugin_filter();
     let declared = f
         .call_stages(&mut store)

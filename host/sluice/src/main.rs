@@ -71,6 +71,12 @@ fn load(config: Option<&Path>) -> Result<Settings> {
     })
 }
 
+/// mimalloc: under load the server allocates from many threads at once (sessions, plugin
+/// stores, delivery), where glibc's allocator spends its time in arena locks and
+/// consolidation (see bench/RESULTS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
