@@ -5,7 +5,7 @@
 mod support;
 
 use sluice_store::KvStore;
-use sluice_test_plugins::{PROBE, Plugin};
+use sluice_test_plugins::{HOSTILE, PROBE, Plugin};
 use std::time::Duration;
 use support::sink::Sink;
 use support::{Client, Sluice, wait_until};
@@ -197,5 +197,41 @@ fn rcpt_verdicts_hold_or_drop_single_recipients() {
     assert!(
         show.contains("recipient <hold@localhost>") && !show.contains("recipient <bob@localhost>"),
         "{show}"
+    );
+}
+
+#[test]
+fn a_plugin_cannot_make_the_mx_listener_an_open_relay() {
+    let policy = step(
+        "bcc",
+        HOSTILE,
+        "[pipeline.step.capabilities]\nenvelope = true",
+        "mode = \"relay\"\ntarget = \"victim@elsewhere.example\"",
+    );
+    let mut s = start(&policy, None);
+    let mut c = Client::connect(s.mx_port);
+    c.cmd("EHLO client.test");
+    let r = c.send_mail(
+        "a@example.com",
+        &["bob@localhost"],
+        "Subject: t\r\n\r\nhi\r\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    assert!(wait_until(Duration::from_secs(10), || s
+        .maildir("bob@localhost")
+        .len()
+        == 1));
+    assert!(
+        s.log()
+            .contains("dropping a recipient a policy step added: relaying to it needs AUTH"),
+        "{}",
+        s.log()
+    );
+    s.stop();
+    let list = s.cli(&["queue", "list"], "");
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("0 message(s)"),
+        "the added recipient was never queued: {}",
+        String::from_utf8_lossy(&list.stdout)
     );
 }

@@ -8,8 +8,8 @@
 //! so the next step sees the message as this one left it.
 
 use crate::bindings::{PluginPre, types as wit};
-use crate::handlers::Handlers;
 use crate::edits::{Allowed, EditError};
+use crate::handlers::Handlers;
 use crate::message::{MessageData, MessageHandle};
 use crate::runtime::Runtime;
 use crate::step::{Grants, Services, StepState};
@@ -60,11 +60,22 @@ impl Step {
             services.clone(),
             self.config.clone(),
             self.memory,
+            self.wall_timeout,
         );
         let mut store = Store::new(runtime.engine(), state);
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.deadline_ticks);
-        store.epoch_deadline_trap();
+        // Every epoch tick the guest runs through costs one tick of its CPU budget and
+        // yields to the executor, so a spinning guest never holds a worker thread for long.
+        store.data_mut().cpu_ticks_left = self.deadline_ticks;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            let s = ctx.data_mut();
+            if s.cpu_ticks_left == 0 {
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
+            }
+            s.cpu_ticks_left -= 1;
+            Ok(wasmtime::UpdateDeadline::Yield(1))
+        });
         store
     }
 }
@@ -202,6 +213,8 @@ pub enum StepError {
     Trap(String),
     #[error("result too large: {0} bytes, limit {1}")]
     Oversized(usize, usize),
+    #[error("{0} symbols, limit {MAX_SYMBOLS}")]
+    TooManySymbols(usize),
 }
 
 impl Chain {
@@ -439,7 +452,8 @@ impl Chain {
                 (store, plugin, 0)
             }
         };
-        store.set_epoch_deadline(step.deadline_ticks);
+        store.data_mut().cpu_ticks_left = step.deadline_ticks;
+        store.set_epoch_deadline(1);
         store.data_mut().begin_call(input.message().cloned());
         let outcome = invoke(&step.handlers, &mut store, &plugin, input)
             .await
@@ -448,6 +462,9 @@ impl Chain {
         let size = outcome_size(&outcome);
         if size > step.max_output {
             return Err(StepError::Oversized(size, step.max_output));
+        }
+        if outcome.symbols.len() > MAX_SYMBOLS {
+            return Err(StepError::TooManySymbols(outcome.symbols.len()));
         }
         if let Some(pool) = warm {
             pool.put(Warm {
@@ -553,6 +570,9 @@ fn classify(e: wasmtime::Error) -> StepError {
     }
     StepError::Trap(format!("{e:#}"))
 }
+
+/// Most symbols one step may return.
+pub const MAX_SYMBOLS: usize = 1000;
 
 /// What every symbol and edit counts for against `max_output`, whatever its content: a
 /// million empty edits are not free to apply.

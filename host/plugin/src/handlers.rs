@@ -11,8 +11,7 @@ use crate::runtime::CONTRACT;
 use crate::step::StepState;
 use wasmtime::Store;
 use wasmtime::component::{
-    Component, ComponentExportIndex, ComponentNamedList, Instance, Lift, Lower, Resource,
-    TypedFunc,
+    Component, ComponentExportIndex, ComponentNamedList, Instance, Lift, Lower, Resource, TypedFunc,
 };
 
 type Msg = Resource<MessageHandle>;
@@ -104,7 +103,13 @@ impl Handlers {
         session: &wit::SessionInfo,
         envelope: &wit::Envelope,
     ) -> wasmtime::Result<wit::Outcome> {
-        call::<(&wit::SessionInfo, &wit::Envelope), (wit::Outcome,)>(s, i, self.mail, (session, envelope)).await
+        call::<(&wit::SessionInfo, &wit::Envelope), (wit::Outcome,)>(
+            s,
+            i,
+            self.mail,
+            (session, envelope),
+        )
+        .await
     }
 
     pub async fn on_rcpt(

@@ -6,8 +6,8 @@ use crate::message::{MessageData, MessageHandle};
 use sluice_core::{Event, EventSink};
 use sluice_store::{BlobStore, KvLimits, KvStore, StoreError};
 use std::sync::Arc;
+use wasmtime::ResourceLimiter;
 use wasmtime::component::{Resource, ResourceTable};
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Capabilities granted to one step by its policy. Nothing is granted by default.
@@ -57,6 +57,8 @@ pub struct HttpGrant {
     origins: Vec<String>,
     plugin: Arc<str>,
     step: Arc<str>,
+    /// The step's wall-clock limit: no request timeout a guest sets may exceed it.
+    max_wait: std::time::Duration,
 }
 
 impl wasmtime_wasi_http::WasiHttpHooks for HttpGrant {
@@ -78,6 +80,15 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpGrant {
             tracing::warn!(plugin = %self.plugin, step = %self.step, %origin, "HTTP request to an origin not granted");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        let cap = |t: Option<std::time::Duration>| {
+            Some(t.map_or(self.max_wait, |t| t.min(self.max_wait)))
+        };
+        let o = options.unwrap_or_default();
+        let options = Some(wasmtime_wasi_http::RequestOptions {
+            connect_timeout: cap(o.connect_timeout),
+            first_byte_timeout: cap(o.first_byte_timeout),
+            between_bytes_timeout: cap(o.between_bytes_timeout),
+        });
         let mut default = DefaultHooks;
         wasmtime_wasi_http::WasiHttpHooks::send_request(&mut default, request, options, fut)
     }
@@ -142,12 +153,71 @@ pub const MAX_LOG_LINE: usize = 4096;
 pub const MAX_EVENTS_PER_CALL: u32 = 1000;
 pub const MAX_EVENT_SIZE: usize = 64 * 1024;
 
+/// Most elements a table may grow to.
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// The step's memory limit over all of its linear memories together (a component has
+/// several core instances, each may have a memory), and bounded tables.
+pub struct Limits {
+    memory_cap: usize,
+    memory_total: usize,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self
+            .memory_total
+            .saturating_add(desired.saturating_sub(current));
+        if total > self.memory_cap {
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit of {} MiB reached",
+                self.memory_cap >> 20
+            )));
+        }
+        self.memory_total = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            return Err(wasmtime::Error::msg(format!(
+                "table limit of {MAX_TABLE_ELEMENTS} elements reached"
+            )));
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+}
+
 pub struct StepState {
     pub wasi: WasiCtx,
     pub http: wasmtime_wasi_http::WasiHttpCtx,
     pub http_hooks: HttpGrant,
     pub table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: Limits,
+    /// Epoch ticks of CPU the current call may still use.
+    pub cpu_ticks_left: u64,
     pub plugin: Arc<str>,
     pub step: Arc<str>,
     pub grants: Arc<Grants>,
@@ -168,6 +238,7 @@ impl StepState {
         services: Services,
         config: Arc<str>,
         memory_bytes: usize,
+        wall_timeout: std::time::Duration,
     ) -> StepState {
         // No preopened folders, no environment, no arguments, no network, no inherited
         // stdio: a plugin computes, and reaches out only through granted host calls.
@@ -189,7 +260,8 @@ impl StepState {
         }
         // A debugging aid for plugin authors: the plugin's stderr (panics, Python
         // tracebacks) in the server's.
-        if std::env::var_os("SLUICE_PLUGIN_STDERR").is_some() {
+        static STDERR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *STDERR.get_or_init(|| std::env::var_os("SLUICE_PLUGIN_STDERR").is_some()) {
             wasi.inherit_stderr();
         }
         let wasi = wasi.build();
@@ -200,15 +272,14 @@ impl StepState {
                 origins: grants.http.clone(),
                 plugin: plugin.clone(),
                 step: step.clone(),
+                max_wait: wall_timeout,
             },
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_bytes)
-                .instances(64)
-                .tables(64)
-                .memories(16)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: Limits {
+                memory_cap: memory_bytes,
+                memory_total: 0,
+            },
+            cpu_ticks_left: 0,
             plugin,
             step,
             grants,

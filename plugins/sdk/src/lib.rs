@@ -115,7 +115,7 @@ macro_rules! export_filter {
                     m: &$crate::Message,
                     r: ::std::vec::Vec<::std::string::String>,
                 ) -> $crate::Outcome {
-            <$t as _F>::on_delivery(m, r)
+                    <$t as _F>::on_delivery(m, r)
                 }
                 fn on_render(
                     m: &$crate::Message,
@@ -127,7 +127,7 @@ macro_rules! export_filter {
                     <$t as _F>::on_event(e)
                 }
             }
-            $crate::export!($t with_types_in $crate);
+    $crate::export!($t with_types_in $crate);
         };
     };
 }

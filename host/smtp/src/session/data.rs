@@ -95,10 +95,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         drop(body);
         let mut reply = Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
         if !envelope.recipients.is_empty() {
+            let before: Vec<String> = envelope
+                .recipients
+                .iter()
+                .map(|r| r.address.to_ascii_lowercase())
+                .collect();
             let verdict = self
                 .pipeline
                 .data(&id, &self.info, &mut envelope, &mut message)
                 .await;
+            self.check_added_recipients(&id, &before, &mut envelope);
+            let verdict = if envelope.recipients.is_empty() && verdict_keeps(&verdict) {
+                tracing::info!(%id, "no recipient left after the data stage; nothing queued");
+                Verdict::Discard
+            } else {
+                verdict
+            };
             let quarantine = match verdict {
                 Verdict::Reject(r) | Verdict::Defer(r) => return r,
                 Verdict::Discard => {
@@ -131,6 +143,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         reply
+    }
+
+    /// Recipients a plugin added get the rules the client's own RCPTs got: without AUTH
+    /// only local and relay domains (a plugin cannot make Sluice an open relay), and never
+    /// more than the listener's `max_recipients`. Others are dropped and logged.
+    fn check_added_recipients(
+        &self,
+        id: &str,
+        before: &[String],
+        envelope: &mut sluice_core::Envelope,
+    ) {
+        let authenticated = self.info.auth_user.is_some();
+        let max = self.cfg.max_recipients.max(before.len());
+        let mut kept = 0;
+        envelope.recipients.retain(|r| {
+            if before.contains(&r.address.to_ascii_lowercase()) {
+                kept += 1;
+                return true;
+            }
+            let relay_ok = authenticated || self.ctx.settings.accepts_for(&r.domain());
+            if !relay_ok {
+                tracing::error!(%id, to = %r.address, "dropping a recipient a policy step added: relaying to it needs AUTH");
+                return false;
+            }
+            if kept >= max {
+                tracing::error!(%id, to = %r.address, max, "dropping a recipient a policy step added: too many recipients");
+                return false;
+            }
+            kept += 1;
+            true
+        });
     }
 
     /// Queues one message durably; the `Err` is the reply for the client.
@@ -226,6 +269,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         )
         .into_bytes()
     }
+}
+
+fn verdict_keeps(v: &Verdict) -> bool {
+    matches!(
+        v,
+        Verdict::Continue | Verdict::Accept | Verdict::Quarantine(_)
+    )
 }
 
 /// Why a message body is refused: NUL bytes or bare LF (a line not ending in CRLF, which

@@ -1,7 +1,12 @@
 //! A plugin that misbehaves on purpose, for containment tests. `config.mode` picks how:
 //! `loop`, `memory`, `trap`, `giant`, `kv` (ungranted key-value), `tcp` (ungranted network
 //! to `config.target`), `http` (a GET of `config.target`, `http://host:port/path`), `state` (counts calls in a static), `score` (a symbol worth
-//! `config.score`), `edit` (replaces the text part and tags the message), `reject`.
+//! `config.score`), `edit` (replaces the text part and tags the message), `reject`,
+//! `sleep` (sleeps 30 s in a WASI call), `million` (a million empty edits), `symbols`
+//! (5,000 symbols), `inject` (a reject whose enhanced code and text carry CR LF and an
+//! extra SMTP reply), `boundary` (replaces the HTML part with text holding the message's
+//! MIME boundary), `header` (a header whose value is a 5,000-character word and runs of
+//! spaces), `relay` (adds the recipient `config.target`, for relay checks).
 
 use serde::Deserialize;
 use sluice_plugin_sdk::{Edit, Filter, Message, Outcome, Stage, export_filter, host};
@@ -33,7 +38,7 @@ impl Filter for Hostile {
         let c: Config = serde_json::from_str(c).map_err(|e| format!("bad config: {e}"))?;
         const MODES: &[&str] = &[
             "loop", "memory", "trap", "giant", "kv", "tcp", "http", "state", "score", "edit",
-            "reject",
+            "reject", "sleep", "million", "symbols", "inject", "boundary", "header", "relay",
         ];
         if !MODES.contains(&c.mode.as_str()) {
             return Err(format!("unknown mode `{}`", c.mode));
@@ -87,6 +92,45 @@ impl Filter for Hostile {
                     message.size()
                 )))
                 .set_header("X-Edited", "yes"),
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(30));
+                Outcome::cont().add_header("X-Slept", "yes")
+            }
+            "million" => {
+                let mut o = Outcome::cont();
+                o.edits = vec![Edit::RemoveHeader(String::new()); 1_000_000];
+                o
+            }
+            "symbols" => {
+                let mut o = Outcome::cont();
+                for i in 0..5000 {
+                    o = o.symbol(&format!("S{i}"), 0.0);
+                }
+                o
+            }
+            "inject" => Outcome::reject(
+                550,
+                "5.7.1\r\n250 2.0.0 injected-line",
+                "refused\r\n250 2.0.0 also injected",
+            ),
+            "boundary" => {
+                let html = message
+                    .parts()
+                    .into_iter()
+                    .find(|p| p.content_type == "text/html");
+                match html {
+                    Some(p) => Outcome::cont().replace_part(
+                        p.id,
+                        "<p>hi</p>\n--b\nContent-Type: application/x-evil\n\nEVIL\n--b--\n",
+                    ),
+                    None => Outcome::cont(),
+                }
+            }
+            "header" => Outcome::cont().add_header(
+                "X-Long",
+                &format!("{}   {}     end", "w".repeat(5000), "x".repeat(80)),
+            ),
+            "relay" => Outcome::cont().edit(Edit::AddRecipient(config().target.clone())),
             _ => Outcome::reject(550, "5.7.1", "refused by the hostile plugin"),
         }
     }
