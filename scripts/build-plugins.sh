@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Builds the plugins in plugins/ into target/plugins (Rust for wasm32-wasip2, Python with
-# componentize-py) and writes each plugin's sha256 into the example policies in policies/.
+# componentize-py, JavaScript with jco) and writes each plugin's sha256 into the example policies in policies/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 (cd plugins && cargo build --release --target wasm32-wasip2 --target-dir ../target/plugins)
 mkdir -p target/plugins/python
-componentize-py -d wit -w plugin componentize -p plugins/python/spam_words app \
-    -o target/plugins/python/spam_words.wasm >/dev/null
+for py in spam_words tag; do
+    componentize-py -d wit -w plugin componentize -p plugins/python/$py app \
+        -o target/plugins/python/$py.wasm >/dev/null
+done
+mkdir -p target/plugins/js
+plugins/js/tag/build.sh target/plugins/js/tag.wasm
 for policy in policies/*.toml; do
     python3 - "$policy" <<'PY'
 import hashlib, os, re, sys

@@ -82,6 +82,27 @@ fn main() {
         }
         python.push((format!("py_{name}"), out));
     }
+    // A third language: JavaScript, with jco/componentize-js from npm (plugins/js/tag/build.sh
+    // installs them into a cache folder outside the repository).
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("plugins/js/tag/tag.js").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("plugins/js/tag/package.json").display()
+    );
+    let js = out_dir.join("js_tag.wasm");
+    let status = Command::new("bash")
+        .arg(root.join("plugins/js/tag/build.sh"))
+        .arg(&js)
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        other => panic!(
+            "building plugins/js/tag with jco failed ({other:?}); run scripts/setup.sh (needs node and npm)"
+        ),
+    }
     let mut built: Vec<(String, PathBuf)> = PLUGINS
         .iter()
         .map(|n| {
@@ -93,6 +114,7 @@ fn main() {
         })
         .collect();
     built.extend(python);
+    built.push(("js_tag".into(), js));
     let mut out = String::new();
     for (name, path) in &built {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

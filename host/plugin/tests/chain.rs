@@ -173,7 +173,8 @@ async fn hostile_plugins_are_contained_as_their_policy_says() {
     }
 }
 
-#[tokio::test]
+/// On the server's runtime (several workers), as `sluice serve` runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_messages_keep_flowing_while_a_plugin_spins() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
