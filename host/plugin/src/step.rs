@@ -59,6 +59,51 @@ pub struct HttpGrant {
     step: Arc<str>,
     /// The step's wall-clock limit: no request timeout a guest sets may exceed it.
     max_wait: std::time::Duration,
+    /// Requests sent in this call.
+    sent: usize,
+}
+
+/// Host resources (messages, data handles, WASI streams, sockets, HTTP fields) one store
+/// may hold at once.
+pub const MAX_RESOURCES: usize = 10_000;
+
+/// HTTP requests, and TCP connections, one call may open.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// Whether an address is reachable on the public internet: not loopback, private, link
+/// local, shared, documentation, benchmarking, reserved, multicast or unspecified.
+pub fn is_global(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_multicast()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_global(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] == 0x0064 && s[1] == 0xff9b))
+        }
+    }
 }
 
 impl wasmtime_wasi_http::WasiHttpHooks for HttpGrant {
@@ -80,6 +125,19 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpGrant {
             tracing::warn!(plugin = %self.plugin, step = %self.step, %origin, "HTTP request to an origin not granted");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        self.sent += 1;
+        if self.sent > MAX_CONNECTIONS {
+            tracing::warn!(plugin = %self.plugin, step = %self.step, "HTTP request limit of {MAX_CONNECTIONS} per call reached");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        let https = uri.scheme_str() == Some("https");
+        let host = uri
+            .host()
+            .unwrap_or("")
+            .trim_matches(['[', ']'])
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let by_name = host.parse::<std::net::IpAddr>().is_err();
         let cap = |t: Option<std::time::Duration>| {
             Some(t.map_or(self.max_wait, |t| t.min(self.max_wait)))
         };
@@ -89,8 +147,55 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpGrant {
             first_byte_timeout: cap(o.first_byte_timeout),
             between_bytes_timeout: cap(o.between_bytes_timeout),
         });
-        let mut default = DefaultHooks;
-        wasmtime_wasi_http::WasiHttpHooks::send_request(&mut default, request, options, fut)
+        if !by_name {
+            let mut default = DefaultHooks;
+            return wasmtime_wasi_http::WasiHttpHooks::send_request(
+                &mut default,
+                request,
+                options,
+                fut,
+            );
+        }
+        // A grant by name: the name must resolve to public addresses only (DNS rebinding
+        // must not turn a grant into a way to the host's own network). Plain HTTP is then
+        // sent to the address checked; HTTPS needs the name for TLS, and a resolver that
+        // answers differently within this moment is the residual risk (docs/security.md).
+        let (plugin, step) = (self.plugin.clone(), self.step.clone());
+        Box::new(async move {
+            let addrs: Vec<std::net::SocketAddr> =
+                match tokio::net::lookup_host((host.as_str(), port)).await {
+                    Ok(a) => a.collect(),
+                    Err(_) => Vec::new(),
+                };
+            if addrs.is_empty() || addrs.iter().any(|a| !is_global(a.ip())) {
+                tracing::warn!(%plugin, %step, %host, ?addrs, "HTTP request refused: the granted name does not resolve to public addresses only");
+                return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+            }
+            let mut request = request;
+            if !https {
+                let original = request.uri().authority().map(|a| a.to_string());
+                let pinned = match addrs[0] {
+                    std::net::SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+                    std::net::SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+                };
+                let mut parts = request.uri().clone().into_parts();
+                parts.authority = pinned.parse().ok();
+                if let Ok(uri) = http::Uri::from_parts(parts) {
+                    *request.uri_mut() = uri;
+                }
+                if let Some(h) = original.and_then(|o| http::HeaderValue::from_str(&o).ok()) {
+                    request.headers_mut().insert(http::header::HOST, h);
+                }
+            }
+            let mut default = DefaultHooks;
+            Box::into_pin(wasmtime_wasi_http::WasiHttpHooks::send_request(
+                &mut default,
+                request,
+                options,
+                fut,
+            ))
+            .await
+        })
     }
 }
 
@@ -228,6 +333,8 @@ pub struct StepState {
     pub current: Option<Arc<MessageData>>,
     logged: u32,
     emitted: u32,
+    /// TCP connects in this call (checked by `socket_addr_check`).
+    tcp_connects: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl StepState {
@@ -244,12 +351,20 @@ impl StepState {
         // stdio: a plugin computes, and reaches out only through granted host calls.
         let mut wasi = WasiCtx::builder();
         wasi.allow_blocking_current_thread(false);
+        let tcp_connects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         if !grants.tcp.is_empty() {
             let allowed = grants.tcp.clone();
+            let connects = tcp_connects.clone();
             wasi.allow_tcp(true).socket_addr_check(move |addr, usage| {
                 use wasmtime_wasi::sockets::SocketAddrUse;
                 let ok = match usage {
-                    SocketAddrUse::TcpConnect => allowed.contains(&addr),
+                    // Listed addresses only, and at most MAX_CONNECTIONS per call (a
+                    // store lives for one call).
+                    SocketAddrUse::TcpConnect => {
+                        allowed.contains(&addr)
+                            && connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                                < MAX_CONNECTIONS
+                    }
                     // Connecting binds implicitly to an ephemeral local port; nothing else
                     // may be bound.
                     SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
@@ -273,8 +388,13 @@ impl StepState {
                 plugin: plugin.clone(),
                 step: step.clone(),
                 max_wait: wall_timeout,
+                sent: 0,
             },
-            table: ResourceTable::new(),
+            table: {
+                let mut t = ResourceTable::new();
+                t.set_max_capacity(MAX_RESOURCES);
+                t
+            },
             limits: Limits {
                 memory_cap: memory_bytes,
                 memory_total: 0,
@@ -288,6 +408,7 @@ impl StepState {
             current: None,
             logged: 0,
             emitted: 0,
+            tcp_connects,
         }
     }
 
@@ -296,6 +417,9 @@ impl StepState {
         self.current = message;
         self.logged = 0;
         self.emitted = 0;
+        self.http_hooks.sent = 0;
+        self.tcp_connects
+            .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn message(&self, m: &Resource<MessageHandle>) -> Option<Arc<MessageData>> {

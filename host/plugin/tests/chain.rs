@@ -507,6 +507,27 @@ async fn http_only_to_granted_origins() {
     let (_, msg, _) = data(&p).await;
     assert_eq!(header(&msg, "X-Http").as_deref(), Some("status 204"));
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // A grant by name that resolves to a loopback address is refused (DNS rebinding):
+    // internal services are granted by IP literal.
+    let by_name = origin.replace("127.0.0.1", "localhost");
+    let target = format!("{by_name}/check");
+    let (_d, p) = load(&step(
+        "http",
+        HOSTILE,
+        &format!(
+            "[pipeline.step.capabilities]\nhttp = [\"{by_name}\"]\n[pipeline.step.config]\nmode = \"http\"\ntarget = \"{target}\"\n"
+        ),
+    ))
+    .await;
+    let (_, msg, _) = data(&p).await;
+    let h = header(&msg, "X-Http").unwrap();
+    assert!(h.contains("HttpRequestDenied"), "{h}");
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "nothing went out"
+    );
 }
 
 #[tokio::test]

@@ -9,17 +9,22 @@ use sluice_test_plugins::HOSTILE;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn policy(mode: &str, extra: &str) -> String {
+/// A policy with one hostile step: `extra` step keys, `config` more plugin settings.
+fn policy(mode: &str, extra: &str, config: &str) -> String {
     format!(
-        "[[pipeline]]\nname = \"h\"\n[[pipeline.step]]\nname = \"{mode}\"\nplugin = \"{}\"\nsha256 = \"{}\"\n{extra}\n[pipeline.step.config]\nmode = \"{mode}\"\n",
+        "[[pipeline]]\nname = \"h\"\n[[pipeline.step]]\nname = \"{mode}\"\nplugin = \"{}\"\nsha256 = \"{}\"\n{extra}\n[pipeline.step.config]\nmode = \"{mode}\"\n{config}\n",
         HOSTILE.path, HOSTILE.sha256
     )
 }
 
 async fn load(mode: &str, extra: &str) -> (tempfile::TempDir, Arc<WasmPipeline>) {
+    load_cfg(mode, extra, "").await
+}
+
+async fn load_cfg(mode: &str, extra: &str, config: &str) -> (tempfile::TempDir, Arc<WasmPipeline>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("policy.toml");
-    std::fs::write(&path, policy(mode, extra)).unwrap();
+    std::fs::write(&path, policy(mode, extra, config)).unwrap();
     let p = WasmPipeline::load(Runtime::new(None).unwrap(), &path, None)
         .await
         .unwrap_or_else(|e| panic!("{e:?}"));
@@ -161,4 +166,42 @@ async fn a_spinning_guest_yields_to_the_other_tasks() {
         n as u128 >= spun.as_millis() / 10 / 4,
         "the ticker ran {n} times in {spun:?}"
     );
+}
+
+#[tokio::test]
+async fn a_call_opens_at_most_sixteen_connections() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_d, p) = load_cfg(
+        "tcp-flood",
+        &format!("timeout_ms = 5000\n[pipeline.step.capabilities]\ntcp = [\"{addr}\"]"),
+        &format!("target = \"{addr}\""),
+    )
+    .await;
+    let (_, m) = data(&p, MULTIPART).await;
+    let parsed = mail_parser::MessageParser::default().parse(&m).unwrap();
+    assert_eq!(parsed.header_raw("X-Connected").map(str::trim), Some("16"));
+    drop(listener);
+
+    // HTTP: a tiny server answering 204 to everything.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", server.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in server.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        }
+    });
+    let (_d, p) = load_cfg(
+        "http-flood",
+        &format!("timeout_ms = 10000\n[pipeline.step.capabilities]\nhttp = [\"{origin}\"]"),
+        &format!("target = \"{origin}/x\""),
+    )
+    .await;
+    let (_, m) = data(&p, MULTIPART).await;
+    let parsed = mail_parser::MessageParser::default().parse(&m).unwrap();
+    assert_eq!(parsed.header_raw("X-Requests").map(str::trim), Some("16"));
 }

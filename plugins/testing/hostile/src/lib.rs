@@ -6,7 +6,9 @@
 //! (5,000 symbols), `inject` (a reject whose enhanced code and text carry CR LF and an
 //! extra SMTP reply), `boundary` (replaces the HTML part with text holding the message's
 //! MIME boundary), `header` (a header whose value is a 5,000-character word and runs of
-//! spaces), `relay` (adds the recipient `config.target`, for relay checks).
+//! spaces), `relay` (adds the recipient `config.target`, for relay checks), `tcp-flood`
+//! (100 TCP connections to `config.target`, all kept open) and `http-flood` (30 GETs of
+//! `config.target`), each reporting how many went through.
 
 use serde::Deserialize;
 use sluice_plugin_sdk::{Edit, Filter, Message, Outcome, Stage, export_filter, host};
@@ -37,8 +39,26 @@ impl Filter for Hostile {
     fn configure(c: &str) -> Result<(), String> {
         let c: Config = serde_json::from_str(c).map_err(|e| format!("bad config: {e}"))?;
         const MODES: &[&str] = &[
-            "loop", "memory", "trap", "giant", "kv", "tcp", "http", "state", "score", "edit",
-            "reject", "sleep", "million", "symbols", "inject", "boundary", "header", "relay",
+            "loop",
+            "memory",
+            "trap",
+            "giant",
+            "kv",
+            "tcp",
+            "http",
+            "state",
+            "score",
+            "edit",
+            "reject",
+            "sleep",
+            "million",
+            "symbols",
+            "inject",
+            "boundary",
+            "header",
+            "relay",
+            "tcp-flood",
+            "http-flood",
         ];
         if !MODES.contains(&c.mode.as_str()) {
             return Err(format!("unknown mode `{}`", c.mode));
@@ -131,6 +151,21 @@ impl Filter for Hostile {
                 &format!("{}   {}     end", "w".repeat(5000), "x".repeat(80)),
             ),
             "relay" => Outcome::cont().edit(Edit::AddRecipient(config().target.clone())),
+            "tcp-flood" => {
+                let mut open = Vec::new();
+                for _ in 0..100 {
+                    if let Ok(s) = std::net::TcpStream::connect(&config().target) {
+                        open.push(s);
+                    }
+                }
+                Outcome::cont().add_header("X-Connected", &open.len().to_string())
+            }
+            "http-flood" => {
+                let ok = (0..30)
+                    .filter(|_| http_get(&config().target).is_ok())
+                    .count();
+                Outcome::cont().add_header("X-Requests", &ok.to_string())
+            }
             _ => Outcome::reject(550, "5.7.1", "refused by the hostile plugin"),
         }
     }
