@@ -86,11 +86,7 @@ fn main() {
     // installs them into a cache folder outside the repository).
     println!(
         "cargo:rerun-if-changed={}",
-        root.join("plugins/js/tag/tag.js").display()
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("plugins/js/tag/package.json").display()
+        root.join("plugins/js").display()
     );
     let js = out_dir.join("js_tag.wasm");
     let status = Command::new("bash")

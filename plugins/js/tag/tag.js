@@ -37,8 +37,15 @@ export const filter = {
     return ['data'];
   },
 
+  // An error result is a thrown string (a thrown Error object would trap).
   configure(text) {
-    check(JSON.parse(text));
+    let c;
+    try {
+      c = JSON.parse(text);
+    } catch (e) {
+      throw `bad config: ${e}`;
+    }
+    check(c);
   },
 
   onConnect(_session) {
