@@ -239,7 +239,12 @@ impl Engine {
                 }
                 Gate::Done(outcomes) => {
                     let mut new = Vec::new();
-                    self.apply(&mut meta, outcomes, now, &body, &mut new).await;
+                    if !self.apply(&mut meta, outcomes, now, &body, &mut new).await {
+                        return AttemptResult {
+                            due: Some((now + 60, meta.id)),
+                            new,
+                        };
+                    }
                     return self.finish(meta, now, new);
                 }
             }
@@ -383,7 +388,14 @@ impl Engine {
         };
 
         let mut new = Vec::new();
-        self.apply(&mut meta, outcomes, now, &body, &mut new).await;
+        if !self.apply(&mut meta, outcomes, now, &body, &mut new).await {
+            // The events could not be put on the bus: the record is left as it was, so the
+            // result (and its events) come again with the next attempt.
+            return AttemptResult {
+                due: Some((now + 60, meta.id)),
+                new,
+            };
+        }
         self.finish(meta, now, new)
     }
 
@@ -630,8 +642,9 @@ impl Engine {
         now: u64,
         body: &[u8],
         new: &mut Vec<Queued>,
-    ) {
+    ) -> bool {
         let expire_at = meta.received_at + self.settings.delivery.expire.as_secs();
+        let mut published = true;
         let mut events = Vec::with_capacity(outcomes.len());
         for (i, outcome) in outcomes {
             let r = &mut meta.recipients[i];
@@ -701,12 +714,13 @@ impl Engine {
                 // Published before the record changes: sled keeps the order, so the
                 // result is never on disk without its event.
                 if let Err(err) = self.queue.publish_event(e) {
-                    tracing::error!(id = %meta.id, error = %err, "cannot publish event");
+                    tracing::error!(id = %meta.id, error = %err, "cannot publish event; the attempt's result is not recorded and will be retried");
+                    published = false;
                 }
             }
         }
         if meta.sender.is_empty() {
-            return; // never report about a report (RFC 3461 §6.1)
+            return published; // never report about a report (RFC 3461 §6.1)
         }
         let delay_after = self.settings.delivery.delay_notify_after.as_secs();
         let mut failed = Vec::new();
@@ -776,6 +790,7 @@ impl Engine {
                 Err(e) => tracing::error!(id = %meta.id, error = %e, "cannot queue DSN"),
             }
         }
+        published
     }
 }
 

@@ -42,7 +42,18 @@ pub async fn dispatch(
         let runs = due.into_iter().map(|entry| {
             let pipeline = pipeline.clone();
             async move {
-                let outcome = pipeline.event(&entry.event).await;
+                // In a task of its own: a panic there must not end the dispatcher.
+                let event = entry.event.clone();
+                let outcome = tokio::spawn(async move { pipeline.event(&event).await })
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "event chain panicked");
+                        EventOutcome::Retry(sluice_core::Reply::new(
+                            451,
+                            "4.3.0",
+                            "event chain failed",
+                        ))
+                    });
                 (entry, outcome)
             }
         });

@@ -52,11 +52,21 @@ pub struct Step {
 }
 
 impl Step {
-    pub fn store(&self, runtime: &Runtime, services: &Services) -> Store<StepState> {
+    /// A store for one call. `offline` (policy tests) takes the network grants away.
+    pub fn store(&self, runtime: &Runtime, services: &Services, offline: bool) -> Store<StepState> {
+        let grants = if offline {
+            Arc::new(Grants {
+                tcp: Vec::new(),
+                http: Vec::new(),
+                ..(*self.grants).clone()
+            })
+        } else {
+            self.grants.clone()
+        };
         let state = StepState::new(
             self.plugin.clone(),
             self.name.clone(),
-            self.grants.clone(),
+            grants,
             services.clone(),
             self.config.clone(),
             self.memory,
@@ -266,8 +276,9 @@ impl Chain {
         self.run_with(input, None).await
     }
 
-    /// [`Chain::run`] with other services (stores and event bus) than the chain's, and no
-    /// warm instance: policy tests run this way, so they never touch live state.
+    /// [`Chain::run`] with other services (stores and event bus) than the chain's, no warm
+    /// instance and no network grants: policy tests run this way, so they never touch live
+    /// state or reach out.
     pub async fn run_with(
         &self,
         input: &mut StageInput,
@@ -442,7 +453,11 @@ impl Chain {
         let (mut store, plugin, uses) = match reused {
             Some(w) => (w.store, w.plugin, w.uses),
             None => {
-                let mut store = step.store(&self.runtime, services.unwrap_or(&self.services));
+                let mut store = step.store(
+                    &self.runtime,
+                    services.unwrap_or(&self.services),
+                    services.is_some(),
+                );
                 let plugin = step
                     .pre
                     .instance_pre()

@@ -369,7 +369,12 @@ impl Pipeline for Snapshot {
     }
 
     async fn queued(&self, message: MessageRef<'_>, meta: &mut Vec<(String, String)>) -> Verdict {
-        let Some(chain) = self.message_chain(&message) else {
+        let chain = self
+            .message_chain(&message)
+            .filter(|c| c.has_stage(Stage::Queued));
+        let Some(chain) = chain else {
+            // Queued under a policy that had a `queued` step; a reload removed it.
+            tracing::info!(id = %message.id, "the policy has no queued step for this message any more; passing it on");
             return Verdict::Continue;
         };
         let mut input = StageInput::Queued(message_data(message));
@@ -395,6 +400,7 @@ impl Pipeline for Snapshot {
         }
         let data = message_data(message);
         let mut rendered = Rendered::default();
+        let mut hashes: Vec<(u64, usize)> = Vec::new();
         for (i, r) in recipients.iter().enumerate() {
             let mut input = StageInput::Render(data.clone(), r.address.clone());
             let result = chain.run(&mut input).await;
@@ -405,16 +411,26 @@ impl Pipeline for Snapshot {
             let Some(body) = input.message().map(|m| m.raw.clone()) else {
                 continue;
             };
-            match rendered
-                .variants
-                .iter_mut()
-                .find(|v| Arc::ptr_eq(&v.body, &body) || v.body == body)
-            {
-                Some(v) => v.recipients.push(i),
-                None => rendered.variants.push(Variant {
-                    recipients: vec![i],
-                    body,
-                }),
+            // Compared by hash first: many recipients with per-recipient content must not
+            // cost a byte comparison against every earlier variant.
+            let hash = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                body.hash(&mut h);
+                h.finish()
+            };
+            let same = hashes
+                .iter()
+                .position(|&(x, k)| x == hash && rendered.variants[k].body == body);
+            match same {
+                Some(p) => rendered.variants[hashes[p].1].recipients.push(i),
+                None => {
+                    hashes.push((hash, rendered.variants.len()));
+                    rendered.variants.push(Variant {
+                        recipients: vec![i],
+                        body,
+                    })
+                }
             }
         }
         Some(rendered)

@@ -621,7 +621,7 @@ async fn configure(
     services: &Services,
     config: &str,
 ) -> Result<HashSet<Stage>, String> {
-    let mut store = step.store(runtime, services);
+    let mut store = step.store(runtime, services, false);
     let instance = step
         .pre
         .instance_pre()

@@ -257,6 +257,7 @@ pub const MAX_LOG_LINES: u32 = 100;
 pub const MAX_LOG_LINE: usize = 4096;
 pub const MAX_EVENTS_PER_CALL: u32 = 1000;
 pub const MAX_EVENT_SIZE: usize = 64 * 1024;
+pub const MAX_BLOBS_PER_CALL: u32 = 4;
 
 /// Most elements a table may grow to.
 pub const MAX_TABLE_ELEMENTS: usize = 100_000;
@@ -266,6 +267,8 @@ pub const MAX_TABLE_ELEMENTS: usize = 100_000;
 pub struct Limits {
     memory_cap: usize,
     memory_total: usize,
+    /// The last growth counted, taken back if it failed.
+    last_grow: usize,
 }
 
 impl ResourceLimiter for Limits {
@@ -285,7 +288,14 @@ impl ResourceLimiter for Limits {
             )));
         }
         self.memory_total = total;
+        self.last_grow = desired.saturating_sub(current);
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.memory_total = self.memory_total.saturating_sub(self.last_grow);
+        self.last_grow = 0;
+        Ok(())
     }
 
     fn table_growing(
@@ -333,6 +343,7 @@ pub struct StepState {
     pub current: Option<Arc<MessageData>>,
     logged: u32,
     emitted: u32,
+    stored: u32,
     /// TCP connects in this call (checked by `socket_addr_check`).
     tcp_connects: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -398,6 +409,7 @@ impl StepState {
             limits: Limits {
                 memory_cap: memory_bytes,
                 memory_total: 0,
+                last_grow: 0,
             },
             cpu_ticks_left: 0,
             plugin,
@@ -408,6 +420,7 @@ impl StepState {
             current: None,
             logged: 0,
             emitted: 0,
+            stored: 0,
             tcp_connects,
         }
     }
@@ -417,6 +430,7 @@ impl StepState {
         self.current = message;
         self.logged = 0;
         self.emitted = 0;
+        self.stored = 0;
         self.http_hooks.sent = 0;
         self.tcp_connects
             .store(0, std::sync::atomic::Ordering::Relaxed);
@@ -620,6 +634,12 @@ impl host::Host for StepState {
         let Some(ns) = self.grants.blobs.clone() else {
             return Err(self.deny("blobs"));
         };
+        self.stored += 1;
+        if self.stored > MAX_BLOBS_PER_CALL {
+            return Err(host::Error::Quota(format!(
+                "at most {MAX_BLOBS_PER_CALL} messages stored per call"
+            )));
+        }
         let Some(message) = self.message(&m) else {
             return Err(host::Error::Failed("no such message".into()));
         };
@@ -661,8 +681,13 @@ impl host::HostData for StepState {
         };
         let b = &h.0;
         let len = len as usize;
-        let mut out = vec![0u8; offsets.len().saturating_mul(len).min(16 << 20)];
-        for (slot, &off) in out.chunks_mut(len.max(1)).zip(&offsets) {
+        if len == 0 {
+            return Vec::new();
+        }
+        // Whole slots only, at most 16 MiB.
+        let slots = offsets.len().min((16 << 20) / len);
+        let mut out = vec![0u8; slots * len];
+        for (slot, &off) in out.chunks_exact_mut(len).zip(&offsets) {
             let start = (off as usize).min(b.len());
             let end = start.saturating_add(len).min(b.len());
             slot[..end - start].copy_from_slice(&b[start..end]);

@@ -214,6 +214,17 @@ async fn read_only_data_is_loaded_once_checked_and_read_in_slices() {
         header(&msg, "X-Data"),
         Some(format!("{size} {expected} MODL"))
     );
+    // Slots that do not fit the 16 MiB cap whole are left out (this used to panic the host).
+    let l = load(&step(
+        "data",
+        PROBE,
+        &extra,
+        "mode = \"data\"\nvalue = \"huge\"",
+    ))
+    .await;
+    let (v, msg, _) = data(&l, &["b@example.net"], MULTIPART).await;
+    assert_eq!(v, Verdict::Continue);
+    assert_eq!(header(&msg, "X-Data-Huge").as_deref(), Some("16777215"));
     // A data file whose digest differs is refused at load, naming the file.
     let bad = extra.replace(&sha, &"0".repeat(64));
     let (_d, r) = try_load("", &step("data", PROBE, &bad, "mode = \"data\"")).await;

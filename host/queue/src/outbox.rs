@@ -75,17 +75,40 @@ impl Outbox {
 
     /// Adds an event, due now.
     pub fn publish(&self, event: Event) -> Result<(), QueueError> {
+        self.publish_after(event, 0)?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Adds an event due in `delay_ms`, without waking the dispatcher: for events of a
+    /// message not yet durable, made due with [`Outbox::make_due`] once it is (or removed
+    /// with [`Outbox::discard`] if it never is). A crash in between leaves them due a moment
+    /// later, never lost.
+    pub(crate) fn publish_after(&self, event: Event, delay_ms: u64) -> Result<(), QueueError> {
         let ttl = self.ttl.load(std::sync::atomic::Ordering::Relaxed);
         let now = now_ms();
         let entry = OutboxEntry {
             attempts: 0,
-            next_ms: now,
+            next_ms: now + delay_ms,
             expires_ms: event.time_ms.max(now).saturating_add(ttl),
             event,
         };
-        self.write(&entry, None)?;
+        self.write(&entry, None)
+    }
+
+    /// Makes events published with a delay due now.
+    pub(crate) fn make_due(&self, ids: &[String]) {
+        let now = now_ms();
+        for id in ids {
+            if let Ok(Some(e)) = self.get(id) {
+                let mut due = e.clone();
+                due.next_ms = now;
+                if let Err(err) = self.write(&due, Some(e.next_ms)) {
+                    tracing::error!(%id, error = %err, "cannot make an event due; it will be due shortly anyway");
+                }
+            }
+        }
         self.wake.notify_one();
-        Ok(())
     }
 
     fn write(&self, entry: &OutboxEntry, old_due: Option<u64>) -> Result<(), QueueError> {
@@ -185,6 +208,10 @@ impl Outbox {
 
     /// Schedules the entry again at `next_ms`.
     pub fn retry(&self, entry: &OutboxEntry, next_ms: u64) -> Result<OutboxEntry, QueueError> {
+        // Gone meanwhile (discarded): do not bring it back.
+        if self.tree.get(entry_key(&entry.event.id))?.is_none() {
+            return Ok(entry.clone());
+        }
         let mut e = entry.clone();
         e.attempts += 1;
         e.next_ms = next_ms;

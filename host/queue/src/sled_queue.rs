@@ -99,6 +99,13 @@ impl SledQueue {
             last_error: Mutex::new(String::new()),
         });
         let mut live = Vec::new();
+        // Records moved aside keep their bodies for inspection.
+        for item in db.scan_prefix(BAD) {
+            let (_, v) = item?;
+            if let Some(r) = BodyRef::decode(&v) {
+                live.push(r);
+            }
+        }
         for item in db.scan_prefix(META) {
             let (k, v) = item?;
             match BodyRef::decode(&v) {
@@ -246,16 +253,18 @@ impl Queue for SledQueue {
         let mut published = Vec::with_capacity(events.len());
         for e in events {
             let id = e.id.clone();
-            if let Err(err) = self.inner.outbox.publish(e) {
+            // Due only a moment later: no event step sees it before the message is durable.
+            if let Err(err) = self.inner.outbox.publish_after(e, 2000) {
                 self.inner.outbox.discard(&published);
                 return Err(err);
             }
             published.push(id);
         }
         let result = self.enqueue(meta, body).await;
-        if result.is_err() {
+        match &result {
+            Ok(()) => self.inner.outbox.make_due(&published),
             // The client gets a 4xx and sends again: these events never happened.
-            self.inner.outbox.discard(&published);
+            Err(_) => self.inner.outbox.discard(&published),
         }
         result
     }

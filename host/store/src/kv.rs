@@ -222,6 +222,14 @@ impl KvStore for SledKv {
         check_sizes(key, 8, limits)?;
         let k = full_key(ns, key);
         let now = now_secs();
+        if self.tree.get(&k)?.is_none()
+            && self.usage(ns)?.saturating_add((k.len() + 16) as u64) > limits.max_total
+        {
+            return Err(StoreError::Quota(format!(
+                "namespace {ns} would exceed {} bytes",
+                limits.max_total
+            )));
+        }
         let mut result = 0;
         let old = self.tree.fetch_and_update(&k, |old| {
             let (exp, cur) = match old.and_then(|o| live(o, now).map(|v| (o, v))) {
@@ -234,9 +242,9 @@ impl KvStore for SledKv {
             result = cur.wrapping_add(delta);
             Some(encode(exp, &result.to_le_bytes()))
         })?;
-        if old.is_none() {
-            self.add_usage(ns, (k.len() + 16) as i64)?;
-        }
+        // A counter is 16 bytes stored; whatever was there before (an expired value of
+        // another size included) is replaced.
+        self.add_usage(ns, (k.len() + 16) as i64 - Self::size(&k, old.as_deref()))?;
         Ok(result)
     }
 
@@ -367,6 +375,13 @@ impl KvStore for MemoryKv {
         let k = full_key(ns, key);
         let now = now_secs();
         let mut map = self.map();
+        if !map.contains_key(&k) && Self::total(&map, ns) + (k.len() + 16) as u64 > limits.max_total
+        {
+            return Err(StoreError::Quota(format!(
+                "namespace {ns} would exceed {} bytes",
+                limits.max_total
+            )));
+        }
         let (exp, cur) = match map.get(&k).and_then(|o| live(o, now).map(|v| (o, v))) {
             Some((o, v)) => (
                 u64::from_le_bytes(o[..8].try_into().unwrap_or([0; 8])),
@@ -471,6 +486,13 @@ mod tests {
             }
         }
         assert!(refused, "the total quota must stop the namespace growing");
+        let counters_refused = (0..50).any(|i| {
+            matches!(
+                kv.incr("a", &format!("c{i}"), 1, None, &l),
+                Err(StoreError::Quota(_))
+            )
+        });
+        assert!(counters_refused, "counters count against the quota too");
         assert!(kv.set("b", "k2", b"b is unaffected", None, &l).is_ok());
         std::thread::sleep(Duration::from_millis(2100));
         assert!(kv.get("a", "gone").unwrap().is_none(), "expired");

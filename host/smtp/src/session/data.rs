@@ -93,56 +93,68 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         message.reserve(body.len());
         message.extend_from_slice(&body);
         drop(body);
-        let mut reply = Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
-        if !envelope.recipients.is_empty() {
-            let before: Vec<String> = envelope
-                .recipients
-                .iter()
-                .map(|r| r.address.to_ascii_lowercase())
-                .collect();
-            let verdict = self
-                .pipeline
-                .data(&id, &self.info, &mut envelope, &mut message)
-                .await;
-            self.check_added_recipients(&id, &before, &mut envelope);
-            let verdict = if envelope.recipients.is_empty() && verdict_keeps(&verdict) {
+        // The data stage sees every accepted recipient, held ones included, so mail held at
+        // RCPT is checked (virus, score) like the rest before it waits for review.
+        let held_addrs: Vec<String> = held
+            .iter()
+            .map(|(r, _)| r.address.to_ascii_lowercase())
+            .collect();
+        let held_reason = held.first().map(|(_, why)| why.clone());
+        envelope.recipients.extend(held.into_iter().map(|(r, _)| r));
+        let before: Vec<String> = envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.to_ascii_lowercase())
+            .collect();
+        let verdict = self
+            .pipeline
+            .data(&id, &self.info, &mut envelope, &mut message)
+            .await;
+        self.check_added_recipients(&id, &before, &mut envelope);
+        let (held_rcpts, main_rcpts): (Vec<_>, Vec<_>) = std::mem::take(&mut envelope.recipients)
+            .into_iter()
+            .partition(|r| held_addrs.contains(&r.address.to_ascii_lowercase()));
+        envelope.recipients = main_rcpts;
+        let verdict =
+            if envelope.recipients.is_empty() && held_rcpts.is_empty() && verdict_keeps(&verdict) {
                 tracing::info!(%id, "no recipient left after the data stage; nothing queued");
                 Verdict::Discard
             } else {
                 verdict
             };
-            let quarantine = match verdict {
-                Verdict::Reject(r) | Verdict::Defer(r) => return r,
-                Verdict::Discard => {
-                    tracing::info!(%id, sender = %envelope.sender, "message discarded by policy");
-                    None
-                }
-                Verdict::Quarantine(reason) => Some(Some(reason)),
-                Verdict::Continue | Verdict::Accept => Some(None),
-            };
-            if let Some(quarantine) = quarantine
-                && let Err(r) = self.enqueue(&id, &envelope, &message, quarantine).await
-            {
-                return r;
+        let quarantine = match verdict {
+            Verdict::Reject(r) | Verdict::Defer(r) => return r,
+            Verdict::Discard => {
+                tracing::info!(%id, sender = %envelope.sender, "message discarded by policy");
+                return Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
             }
-        }
-        if !held.is_empty() {
-            // Recipients the rcpt stage held go into a message of their own, quarantined
-            // with the first reason.
+            Verdict::Quarantine(reason) => Some(reason),
+            Verdict::Continue | Verdict::Accept => None,
+        };
+        let mut queued_as = None;
+        // The held copy first: if it cannot be queued nothing is, and the client's retry
+        // delivers nothing twice.
+        if !held_rcpts.is_empty() {
             let held_id = new_id();
-            let reason = held[0].1.clone();
             let mut held_envelope = envelope.clone();
-            held_envelope.recipients = held.into_iter().map(|(r, _)| r).collect();
-            match self
+            held_envelope.recipients = held_rcpts;
+            let reason = held_reason.unwrap_or_else(|| "held at RCPT".into());
+            if let Err(r) = self
                 .enqueue(&held_id, &held_envelope, &message, Some(reason))
                 .await
             {
-                Ok(()) if reply.is_positive() => {}
-                Ok(()) => reply = Reply::new(250, "2.0.0", format!("Ok: queued as {held_id}")),
-                Err(r) => return r,
+                return r;
             }
+            queued_as = Some(held_id);
         }
-        reply
+        if !envelope.recipients.is_empty() {
+            if let Err(r) = self.enqueue(&id, &envelope, &message, quarantine).await {
+                return r;
+            }
+            queued_as = Some(id.clone());
+        }
+        let id = queued_as.unwrap_or(id);
+        Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
     }
 
     /// Recipients a plugin added get the rules the client's own RCPTs got: without AUTH

@@ -14,7 +14,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let Some(tx) = self.tx.as_ref() else {
             return Reply::new(503, "5.5.1", "Send MAIL first");
         };
-        if tx.envelope.recipients.len() >= self.cfg.max_recipients {
+        // Held and discarded recipients count too: a policy that quarantines unknown users
+        // must not let a client add recipients without end.
+        if tx.envelope.recipients.len() + tx.held.len() + tx.discarded >= self.cfg.max_recipients {
             return Reply::new(452, "4.5.3", "Too many recipients");
         }
         if !tx.envelope.smtputf8 && !to.address.is_ascii() {

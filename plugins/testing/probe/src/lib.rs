@@ -133,6 +133,11 @@ impl Filter for Probe {
                             (0..n).map(|i| (i * 7919 * 8) % size.max(8)).collect();
                         let bytes = d.read_many(&offsets, 8);
                         let sum: u64 = bytes.iter().map(|&b| u64::from(b)).sum();
+                        if c.value == "huge" {
+                            // Two slots of almost 16 MiB: only whole slots come back.
+                            let got = d.read_many(&[0, 0], 16_777_215).len();
+                            return Outcome::cont().add_header("X-Data-Huge", &got.to_string());
+                        }
                         if c.value == "quiet" {
                             // For benchmarks: no edit to apply, only a symbol.
                             return Outcome::cont().symbol("DATA", (sum % 2) as f64 * 0.0);
