@@ -235,3 +235,26 @@ fn a_plugin_cannot_make_the_mx_listener_an_open_relay() {
         String::from_utf8_lossy(&list.stdout)
     );
 }
+
+#[test]
+fn held_and_dropped_recipients_count_toward_the_recipient_limit() {
+    let s = Sluice::configure_with("policies = \"policy.toml\"", "max_recipients = 3", "");
+    std::fs::write(
+        s.dir.path().join("policy.toml"),
+        format!(
+            "[[pipeline]]\nname = \"all\"\n{}",
+            step("gate", PROBE, "stages = [\"rcpt\"]", "mode = \"rcpt\"")
+        ),
+    )
+    .unwrap();
+    let s = s.spawn();
+    let mut c = Client::connect(s.mx_port);
+    c.cmd("EHLO client.test");
+    assert!(c.cmd("MAIL FROM:<a@example.com>").starts_with("250"));
+    for r in ["hold1@localhost", "drop1@localhost", "hold2@localhost"] {
+        let reply = c.cmd(&format!("RCPT TO:<{r}>"));
+        assert!(reply.starts_with("250"), "{r}: {reply}");
+    }
+    let reply = c.cmd("RCPT TO:<bob@localhost>");
+    assert!(reply.starts_with("452 4.5.3"), "{reply}");
+}
