@@ -358,12 +358,8 @@ impl Chain {
             let before = result.edits.len();
             self.apply_thresholds(&mut result);
             let added = result.edits[before..].to_vec();
-            if let Some(m) = input.message_mut() {
-                let mut envelope = m.envelope.clone();
-                if let Ok(Some(raw)) = crate::edits::apply(&m.raw, &mut envelope, &added) {
-                    *m = m.edited(Arc::new(raw), envelope);
-                }
-            }
+            // Host-made headers from well-formed values: applying them cannot fail.
+            let _ = edit_message(input, &added);
         }
         result
     }
@@ -385,14 +381,7 @@ impl Chain {
             stage_name(stage),
             step.grants.envelope,
         )?;
-        let Some(m) = input.message_mut() else {
-            return Ok(());
-        };
-        let mut envelope = m.envelope.clone();
-        let raw = crate::edits::apply(&m.raw, &mut envelope, edits)?;
-        let raw = raw.map_or_else(|| m.raw.clone(), Arc::new);
-        *m = m.edited(raw, envelope);
-        Ok(())
+        Ok(edit_message(input, edits)?)
     }
 
     fn apply_thresholds(&self, r: &mut StageResult) {
@@ -492,14 +481,25 @@ impl Chain {
     }
 }
 
+/// Applies edits to the input's message (stages without one take none).
+fn edit_message(input: &mut StageInput, edits: &[wit::Edit]) -> Result<(), EditError> {
+    let Some(m) = input.message_mut() else {
+        return Ok(());
+    };
+    let mut envelope = m.envelope.clone();
+    let raw = crate::edits::apply(&m.raw, &mut envelope, edits)?;
+    let raw = raw.map_or_else(|| m.raw.clone(), Arc::new);
+    *m = m.edited(raw, envelope);
+    Ok(())
+}
+
 /// Calls the handler for the input's stage.
 async fn invoke(
     f: &Handlers,
     store: &mut Store<StepState>,
-    plugin: &Instance,
+    p: &Instance,
     input: &StageInput,
 ) -> wasmtime::Result<wit::Outcome> {
-    let p = plugin;
     match input {
         StageInput::Connect(s) => f.on_connect(store, p, s).await,
         StageInput::Ehlo(s) => f.on_ehlo(store, p, s).await,

@@ -107,6 +107,27 @@ fn live(stored: &[u8], now: u64) -> Option<&[u8]> {
     (exp == 0 || exp > now).then_some(value)
 }
 
+fn over_quota(ns: &str, limits: &KvLimits) -> StoreError {
+    StoreError::Quota(format!(
+        "namespace {ns} would exceed {} bytes",
+        limits.max_total
+    ))
+}
+
+/// A counter after adding `delta` to the stored value `old` (absent or expired: 0, and
+/// the TTL applies): the bytes to store and the new value.
+fn bump(old: Option<&[u8]>, now: u64, ttl: Option<Duration>, delta: i64) -> (Vec<u8>, i64) {
+    let (exp, cur) = match old.and_then(|o| live(o, now).map(|v| (o, v))) {
+        Some((o, v)) => (
+            u64::from_le_bytes(o[..8].try_into().unwrap_or([0; 8])),
+            counter(Some(v)),
+        ),
+        None => (expiry(ttl), 0),
+    };
+    let value = cur.wrapping_add(delta);
+    (encode(exp, &value.to_le_bytes()), value)
+}
+
 fn counter(v: Option<&[u8]>) -> i64 {
     v.and_then(|b| b.try_into().ok())
         .map(i64::from_le_bytes)
@@ -192,10 +213,7 @@ impl KvStore for SledKv {
                 0
             };
         if grow > 0 && self.usage(ns)?.saturating_add(grow as u64) > limits.max_total {
-            return Err(StoreError::Quota(format!(
-                "namespace {ns} would exceed {} bytes",
-                limits.max_total
-            )));
+            return Err(over_quota(ns, limits));
         }
         let old = self.tree.insert(&k, new.as_slice())?;
         self.add_usage(
@@ -225,22 +243,13 @@ impl KvStore for SledKv {
         if self.tree.get(&k)?.is_none()
             && self.usage(ns)?.saturating_add((k.len() + 16) as u64) > limits.max_total
         {
-            return Err(StoreError::Quota(format!(
-                "namespace {ns} would exceed {} bytes",
-                limits.max_total
-            )));
+            return Err(over_quota(ns, limits));
         }
         let mut result = 0;
         let old = self.tree.fetch_and_update(&k, |old| {
-            let (exp, cur) = match old.and_then(|o| live(o, now).map(|v| (o, v))) {
-                Some((o, v)) => (
-                    u64::from_le_bytes(o[..8].try_into().unwrap_or([0; 8])),
-                    counter(Some(v)),
-                ),
-                None => (expiry(ttl), 0),
-            };
-            result = cur.wrapping_add(delta);
-            Some(encode(exp, &result.to_le_bytes()))
+            let (new, value) = bump(old, now, ttl, delta);
+            result = value;
+            Some(new)
         })?;
         // A counter is 16 bytes stored; whatever was there before (an expired value of
         // another size included) is replaced.
@@ -349,10 +358,7 @@ impl KvStore for MemoryKv {
         let mut map = self.map();
         let old = map.get(&k).map_or(0, |v| (k.len() + v.len()) as u64);
         if Self::total(&map, ns) - old + (k.len() + new.len()) as u64 > limits.max_total {
-            return Err(StoreError::Quota(format!(
-                "namespace {ns} would exceed {} bytes",
-                limits.max_total
-            )));
+            return Err(over_quota(ns, limits));
         }
         map.insert(k, new);
         Ok(())
@@ -377,20 +383,10 @@ impl KvStore for MemoryKv {
         let mut map = self.map();
         if !map.contains_key(&k) && Self::total(&map, ns) + (k.len() + 16) as u64 > limits.max_total
         {
-            return Err(StoreError::Quota(format!(
-                "namespace {ns} would exceed {} bytes",
-                limits.max_total
-            )));
+            return Err(over_quota(ns, limits));
         }
-        let (exp, cur) = match map.get(&k).and_then(|o| live(o, now).map(|v| (o, v))) {
-            Some((o, v)) => (
-                u64::from_le_bytes(o[..8].try_into().unwrap_or([0; 8])),
-                counter(Some(v)),
-            ),
-            None => (expiry(ttl), 0),
-        };
-        let result = cur.wrapping_add(delta);
-        map.insert(k, encode(exp, &result.to_le_bytes()));
+        let (new, result) = bump(map.get(&k).map(Vec::as_slice), now, ttl, delta);
+        map.insert(k, new);
         Ok(result)
     }
 
