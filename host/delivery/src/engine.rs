@@ -239,13 +239,8 @@ impl Engine {
                 }
                 Gate::Done(outcomes) => {
                     let mut new = Vec::new();
-                    if !self.apply(&mut meta, outcomes, now, &body, &mut new).await {
-                        return AttemptResult {
-                            due: Some((now + 60, meta.id)),
-                            new,
-                        };
-                    }
-                    return self.finish(meta, now, new);
+                    let recorded = self.apply(&mut meta, outcomes, now, &body, &mut new).await;
+                    return self.finish(meta, now, new, recorded);
                 }
             }
         }
@@ -312,9 +307,7 @@ impl Engine {
             Verdict::Quarantine(reason) => {
                 tracing::info!(id = %meta.id, %reason, "message quarantined at delivery");
                 meta.quarantine = Some(reason);
-                if let Err(e) = self.queue.update(&meta) {
-                    tracing::error!(id = %meta.id, error = %e, "cannot update queued message");
-                }
+                self.save(&meta);
                 return AttemptResult {
                     due: None,
                     new: Vec::new(),
@@ -388,29 +381,42 @@ impl Engine {
         };
 
         let mut new = Vec::new();
-        if !self.apply(&mut meta, outcomes, now, &body, &mut new).await {
-            // The events could not be put on the bus: the record is left as it was, so the
-            // result (and its events) come again with the next attempt.
+        let recorded = self.apply(&mut meta, outcomes, now, &body, &mut new).await;
+        self.finish(meta, now, new, recorded)
+    }
+
+    /// Writes an attempt's result back: removes a finished message, or keeps it with its
+    /// next due time.
+    /// Writes a message's record back; a failure is logged (the next attempt or restart
+    /// works from the older record: delivery is at least once).
+    fn save(&self, meta: &MessageMeta) {
+        if let Err(e) = self.queue.update(meta) {
+            tracing::error!(id = %meta.id, error = %e, "cannot update queued message");
+        }
+    }
+
+    /// With `events_published` false the events could not be put on the bus: the record is
+    /// left as it was, so the result and its events come again with the next attempt.
+    fn finish(
+        &self,
+        meta: MessageMeta,
+        now: u64,
+        new: Vec<Queued>,
+        events_published: bool,
+    ) -> AttemptResult {
+        if !events_published {
             return AttemptResult {
                 due: Some((now + 60, meta.id)),
                 new,
             };
         }
-        self.finish(meta, now, new)
-    }
-
-    /// Writes an attempt's result back: removes a finished message, or keeps it with its
-    /// next due time.
-    fn finish(&self, meta: MessageMeta, now: u64, new: Vec<Queued>) -> AttemptResult {
         if meta.is_done() {
             if let Err(e) = self.queue.remove(&meta.id) {
                 tracing::error!(id = %meta.id, error = %e, "cannot remove delivered message");
             }
             AttemptResult { due: None, new }
         } else {
-            if let Err(e) = self.queue.update(&meta) {
-                tracing::error!(id = %meta.id, error = %e, "cannot update queued message");
-            }
+            self.save(&meta);
             let due = meta.next_due().unwrap_or(now + 60);
             AttemptResult {
                 due: Some((due, meta.id)),
@@ -463,9 +469,7 @@ impl Engine {
                     let wait = self.backoff(meta.queued_attempts);
                     meta.queued_next = now + wait.as_secs().max(1);
                     tracing::info!(id = %meta.id, %reply, retry_in = ?wait, "queued stage deferred");
-                    if let Err(e) = self.queue.update(meta) {
-                        tracing::error!(id = %meta.id, error = %e, "cannot update queued message");
-                    }
+                    self.save(meta);
                     Gate::Wait(Some((meta.queued_next, meta.id.clone())))
                 }
             }
@@ -490,16 +494,12 @@ impl Engine {
                 meta.queued_pending = false;
                 tracing::info!(id = %meta.id, %reason, "message quarantined by the queued stage");
                 meta.quarantine = Some(reason);
-                if let Err(e) = self.queue.update(meta) {
-                    tracing::error!(id = %meta.id, error = %e, "cannot update queued message");
-                }
+                self.save(meta);
                 Gate::Wait(None)
             }
         };
-        if matches!(gate, Gate::Pass)
-            && let Err(e) = self.queue.update(meta)
-        {
-            tracing::error!(id = %meta.id, error = %e, "cannot update queued message");
+        if matches!(gate, Gate::Pass) {
+            self.save(meta);
         }
         gate
     }

@@ -131,6 +131,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Verdict::Quarantine(reason) => Some(reason),
             Verdict::Continue | Verdict::Accept => None,
         };
+        // Shared by the queued copies and handed to delivery without another copy.
+        let message = Arc::new(message);
         let mut queued_as = None;
         // The held copy first: if it cannot be queued nothing is, and the client's retry
         // delivers nothing twice.
@@ -193,7 +195,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         &mut self,
         id: &str,
         envelope: &sluice_core::Envelope,
-        message: &[u8],
+        message: &Arc<Vec<u8>>,
         quarantine: Option<String>,
     ) -> Result<(), Reply> {
         let mut meta = MessageMeta::new(id.to_string(), envelope, message.len());
@@ -228,7 +230,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Err(e) = self
             .ctx
             .queue
-            .enqueue_with_events(&meta, message, events)
+            .enqueue_with_events(&meta, message.as_slice(), events)
             .await
         {
             tracing::error!(error = %e, "cannot queue message");
@@ -248,7 +250,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             "queued"
         );
         if meta.quarantine.is_none() {
-            let body = Arc::new(message.to_vec());
+            let body = message.clone();
             let _ = self.ctx.queued.send(Queued { meta, body });
         }
         Ok(())
