@@ -9,12 +9,16 @@ command -v cc >/dev/null || need_apt+=(build-essential)
 # The JavaScript test plugin is built with jco/componentize-js from npm.
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+# The power-loss test mounts a FUSE filesystem (tests/tools/lazyfs.py, fusepy over libfuse2).
+command -v fusermount >/dev/null || need_apt+=(fuse)
+[ -e /usr/lib/x86_64-linux-gnu/libfuse.so.2 ] || ldconfig -p | grep -q 'libfuse.so.2 ' || need_apt+=(libfuse2)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add wasm32-wasip2 >/dev/null
+python3 -c 'import fuse' 2>/dev/null || python3 -m pip install --quiet fusepy==3.0.1
 # Builds the Python test plugin (plugins/python) into a component.
 if ! componentize-py --version 2>/dev/null | grep -q "0.25.1"; then
     python3 -m pip install --quiet componentize-py==0.25.1

@@ -45,6 +45,7 @@ pub struct Sluice {
     pub mx_port: u16,
     pub submission_port: u16,
     pub config: PathBuf,
+    data: PathBuf,
     child: Option<Child>,
 }
 
@@ -93,13 +94,26 @@ role = "submission"
             },
         );
         std::fs::write(&config, text).unwrap();
+        let data = dir.path().join("data");
         Sluice {
             dir,
             mx_port,
             submission_port,
             config,
+            data,
             child: None,
         }
+    }
+
+    /// Keeps the data folder at `path` instead of inside the temp folder.
+    pub fn with_data_dir(mut self, path: &Path) -> Sluice {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let old = format!("data_dir = \"{}\"", self.data.display());
+        let new = format!("data_dir = \"{}\"", path.display());
+        assert!(text.contains(&old));
+        std::fs::write(&self.config, text.replace(&old, &new)).unwrap();
+        self.data = path.to_path_buf();
+        self
     }
 
     pub fn spawn(mut self) -> Sluice {
@@ -157,7 +171,7 @@ role = "submission"
     }
 
     pub fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
     }
 
     /// Files delivered to a local Maildir, oldest first.

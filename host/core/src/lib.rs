@@ -2,13 +2,16 @@
 //! [`Pipeline`] interface through which the SMTP session, the queue and delivery call the
 //! plugin chain.
 //!
-//! Nothing here does I/O; the crate is small so that everything can depend on it.
+//! Nothing here does network I/O; [`durable`] holds the one helper for files that must survive
+//! a power cut. The crate is small so that everything can depend on it.
 //!
 //! # Layout
 //! - [`envelope`]: sender, recipients and DSN parameters (RFC 3461).
 //! - [`reply`]: an SMTP reply with its enhanced status code.
 //! - [`pipeline`]: the stages, verdicts and the `Pipeline` trait with a pass-through impl.
+//! - [`durable`]: atomic, fsynced file replacement and durable folder creation.
 
+pub mod durable;
 pub mod envelope;
 pub mod pipeline;
 pub mod reply;

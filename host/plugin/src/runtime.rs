@@ -218,9 +218,8 @@ impl Runtime {
             }
         }
         let compiled = self.engine.precompile_component(bytes)?;
-        let tmp = file.with_extension("tmp");
-        std::fs::write(&tmp, &compiled)?;
-        std::fs::rename(&tmp, &file)?;
+        // Whole or absent after a power cut: a torn file would be mapped as code.
+        sluice_core::durable::write_atomic(&file, &compiled, 0o644)?;
         deserialize(&self.engine, &file)
     }
 }

@@ -76,15 +76,13 @@ fn seg_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("seg-{id:016x}"))
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+use sluice_core::durable::sync_dir;
 
 impl BodyLog {
     /// Opens the folder; `live` are the bodies the queue still points at. Segments nobody
     /// points at are deleted, and appends go to a new segment.
     pub fn open(dir: &Path, live: impl Iterator<Item = BodyRef>) -> std::io::Result<BodyLog> {
-        std::fs::create_dir_all(dir)?;
+        sluice_core::durable::create_dir_all(dir)?;
         let mut refs: HashMap<u64, u64> = HashMap::new();
         for r in live {
             *refs.entry(r.segment).or_default() += 1;

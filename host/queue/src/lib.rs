@@ -11,6 +11,7 @@
 //! - [`body_log`]: bodies in segment files, with checksums and reference counts.
 //! - [`mem`]: the in-memory model.
 //! - [`outbox`]: the durable event outbox, in the queue's database.
+//! - [`sled_sync`]: the fsyncs that make a sled flush survive a power cut.
 //!
 //! *Invariant*: when `enqueue` returns `Ok`, the message and its envelope are on disk.
 
@@ -19,6 +20,7 @@ pub mod mem;
 pub mod meta;
 pub mod outbox;
 pub mod sled_queue;
+pub mod sled_sync;
 
 pub use mem::MemQueue;
 pub use meta::{MessageMeta, RecipientState, Status, new_id, now_secs};

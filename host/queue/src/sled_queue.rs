@@ -4,7 +4,8 @@
 //! postcard-encoded [`MessageMeta`]. Bodies live in the [`BodyLog`]. `enqueue` appends the
 //! body, inserts the record and waits for a flush: a dedicated thread syncs the body log and
 //! then sled whenever anyone waits, and one flush serves every enqueue written before it
-//! started (group commit).
+//! started (group commit). sled's own flush is not an fsync ([`crate::sled_sync`]): the
+//! flusher fsyncs sled's files itself, so a 250 depends only on fsyncs Sluice issues.
 
 use crate::body_log::{BodyLog, BodyRef};
 use crate::{MessageMeta, Queue, QueueError};
@@ -55,6 +56,8 @@ pub struct SledQueue {
 
 struct Inner {
     db: sled::Db,
+    /// sled's files, fsynced by the flusher after each flush.
+    files: Mutex<crate::sled_sync::SledFiles>,
     bodies: BodyLog,
     flusher: Arc<Flusher>,
     outbox: crate::outbox::Outbox,
@@ -71,6 +74,7 @@ impl Drop for Inner {
 impl SledQueue {
     /// Opens (or creates) the queue in `dir`.
     pub fn open(dir: &Path) -> Result<SledQueue, QueueError> {
+        sluice_core::durable::create_dir_all(dir).map_err(io)?;
         let config = sled::Config::new()
             .path(dir.join("db"))
             .flush_every_ms(Some(500))
@@ -118,9 +122,12 @@ impl SledQueue {
         }
         let bodies = BodyLog::open(&dir.join("bodies"), live.into_iter()).map_err(io)?;
         let outbox = crate::outbox::Outbox::open(&db)?;
+        db.flush()?;
+        let files = crate::sled_sync::SledFiles::open(&dir.join("db")).map_err(io)?;
         let q = SledQueue {
             inner: Arc::new(Inner {
                 db,
+                files: Mutex::new(files),
                 bodies,
                 flusher,
                 outbox,
@@ -208,10 +215,15 @@ fn flush_loop(inner: std::sync::Weak<Inner>, f: Arc<Flusher>) {
             return;
         };
         // Bodies first, then the records that point at them.
-        let result = match strong.bodies.sync() {
-            Ok(()) => strong.db.flush().map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        let result = strong
+            .bodies
+            .sync()
+            .map_err(|e| e.to_string())
+            .and_then(|()| strong.db.flush().map_err(|e| e.to_string()))
+            .and_then(|_| {
+                let mut files = strong.files.lock().unwrap_or_else(|e| e.into_inner());
+                files.sync().map_err(|e| e.to_string())
+            });
         drop(strong);
         f.flushed.send_modify(|s| {
             s.done = target;

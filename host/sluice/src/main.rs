@@ -159,7 +159,7 @@ fn user(settings: &Settings, command: UserCommand) -> Result<()> {
 
 async fn serve(settings: Settings) -> Result<()> {
     let settings = Arc::new(settings);
-    std::fs::create_dir_all(&settings.data_dir)
+    sluice_core::durable::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
     let queue = SledQueue::open(&settings.queue_dir()).with_context(|| {
         format!(

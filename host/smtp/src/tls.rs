@@ -61,23 +61,14 @@ fn self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), TlsErro
         let path = path.to_path_buf();
         move |source| TlsError::Io { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    sluice_core::durable::create_dir_all(dir).map_err(io(dir))?;
     let ck = rcgen::generate_simple_self_signed(vec![hostname.to_string()])?;
-    write_private(&key, ck.signing_key.serialize_pem().as_bytes()).map_err(io(&key))?;
-    std::fs::write(&cert, ck.cert.pem()).map_err(io(&cert))?;
+    // Key first: a power cut between the two leaves no certificate, and the next start
+    // makes a new pair. Each file is whole or absent (written, fsynced, renamed).
+    sluice_core::durable::write_atomic(&key, ck.signing_key.serialize_pem().as_bytes(), 0o600)
+        .map_err(io(&key))?;
+    sluice_core::durable::write_atomic(&cert, ck.cert.pem().as_bytes(), 0o644)
+        .map_err(io(&cert))?;
     tracing::info!(path = %cert.display(), "made a self-signed TLS certificate");
     Ok((cert, key))
-}
-
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
 }

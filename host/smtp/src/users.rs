@@ -70,28 +70,18 @@ impl Users {
     }
 
     fn write(path: &Path, users: &BTreeMap<String, String>) -> Result<(), UsersError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let io = |source| UsersError::Io {
             path: path.to_path_buf(),
             source,
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            sluice_core::durable::create_dir_all(dir).map_err(io)?;
         }
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        for (name, hash) in users {
-            writeln!(f, "{name}:{hash}").map_err(io)?;
-        }
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        let text: String = users
+            .iter()
+            .map(|(name, hash)| format!("{name}:{hash}\n"))
+            .collect();
+        sluice_core::durable::write_atomic(path, text.as_bytes(), 0o600).map_err(io)
     }
 
     /// Adds or replaces a user.

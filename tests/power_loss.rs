@@ -1,0 +1,228 @@
+//! A 250 survives a power cut, not only kill -9.
+//!
+//! The server keeps its data folder on `tests/tools/lazyfs.py`, a FUSE filesystem that
+//! holds every write not yet fsynced in memory only and throws it away when told to (what
+//! LazyFS does for Jepsen). Each cycle: clients send under load, the server is killed with
+//! SIGKILL in the middle, the filesystem drops everything unsynced, and the server restarts
+//! on what survived. At the end every message that got a 250 must reach the next hop.
+//!
+//! Needs root and `/dev/fuse` (both present here and in CI) and the Python `fusepy` module
+//! with `libfuse2` (`scripts/setup.sh` installs them). `SLUICE_POWER_CYCLES` sets the number
+//! of cycles (default 3); `scripts/power-loss.sh` runs many.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::{Sink, Sluice, TlsClient, message, wait_until};
+
+/// The power-cut filesystem, mounted for the life of the value.
+struct LazyFs {
+    mnt: PathBuf,
+    ctl: PathBuf,
+    child: Child,
+}
+
+impl LazyFs {
+    fn mount(dir: &Path) -> LazyFs {
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "this test needs /dev/fuse (and root)"
+        );
+        let mnt = dir.join("mnt");
+        let ctl = dir.join("lazyfs.sock");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let script = support::repo_root().join("tests/tools/lazyfs.py");
+        let child = Command::new("python3")
+            .arg(&script)
+            .arg(&mnt)
+            .arg(&ctl)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("lazyfs.log")).expect("lazyfs log file"))
+            .spawn()
+            .expect("start python3 tests/tools/lazyfs.py");
+        let mut fs = LazyFs { mnt, ctl, child };
+        let mounted = wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string("/proc/mounts")
+                .unwrap()
+                .contains(fs.mnt.to_str().unwrap())
+                && fs.ctl.exists()
+        });
+        if !mounted {
+            let _ = fs.child.kill();
+            panic!(
+                "lazyfs did not mount (needs root, /dev/fuse, libfuse2 and fusepy: run \
+                 scripts/setup.sh); its log:\n{}",
+                std::fs::read_to_string(dir.join("lazyfs.log")).unwrap_or_default()
+            );
+        }
+        fs
+    }
+
+    fn command(&self, cmd: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = UnixStream::connect(&self.ctl).unwrap();
+        s.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer.trim().to_string()
+    }
+
+    /// Drops every write that was not fsynced.
+    fn power_cut(&self) {
+        assert_eq!(self.command("cut"), "ok");
+    }
+}
+
+impl Drop for LazyFs {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount")
+            .args(["-u", "-z"])
+            .arg(&self.mnt)
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn route_to(port: u16) -> String {
+    format!(
+        r#"
+[delivery]
+retry_initial = "1s"
+retry_max = "1s"
+
+[[route]]
+domain = "remote.test"
+via = "smarthost"
+host = "127.0.0.1:{port}"
+tls = "none"
+"#
+    )
+}
+
+/// Sends from `clients` threads until `stop`; returns the subjects that got a 250.
+fn load(port: u16, clients: usize, stop: Arc<AtomicBool>, cycle: usize) -> Vec<String> {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..clients)
+        .map(|t| {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            std::thread::Builder::new()
+                .name(format!("client-{t}"))
+                .spawn(move || {
+                    // The server dies under this client: the panic that follows is expected.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let mut c = TlsClient::connect(port, "u", "pw");
+                        let mut i = 0;
+                        while !stop.load(Ordering::SeqCst) {
+                            let subject = format!("power c{cycle} t{t} m{i}");
+                            let r = c.send_mail(
+                                "sender@localhost",
+                                &[&format!("r{t}@remote.test")],
+                                &message(&subject, 2000),
+                            );
+                            if r.starts_with("250") {
+                                acked.lock().unwrap().push(subject);
+                            }
+                            i += 1;
+                        }
+                    }));
+                })
+                .unwrap()
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
+}
+
+fn subject(data: &str) -> String {
+    data.lines()
+        .find_map(|l| l.strip_prefix("Subject: "))
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn every_acknowledged_message_survives_power_cuts() {
+    let cycles: usize = std::env::var("SLUICE_POWER_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    std::panic::set_hook(Box::new(|info| {
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        if !name.starts_with("client-") {
+            eprintln!("{info}");
+        }
+    }));
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = LazyFs::mount(tmp.path());
+    let sink_port = support::free_port();
+    let s = Sluice::configure("", &route_to(sink_port)).with_data_dir(&fs.mnt.join("data"));
+    let out = s.cli(&["user", "add", "u"], "pw\n");
+    assert!(out.status.success(), "{out:?}");
+    // The users file was just written: a cut now must not lose it.
+    fs.power_cut();
+    let mut s = s.spawn();
+
+    let mut acked = Vec::new();
+    let mut sink = None;
+    for cycle in 0..cycles {
+        // The first half builds a backlog with the next hop down; then it comes up, and
+        // deliveries (record updates and removals) run into the cuts too.
+        if sink.is_none() && cycle >= cycles / 2 {
+            sink = Some(Sink::start_on(sink_port));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (port, st) = (s.submission_port, stop.clone());
+        let clients = std::thread::spawn(move || load(port, 4, st, cycle));
+        std::thread::sleep(Duration::from_millis(1500));
+        s.kill9();
+        fs.power_cut();
+        stop.store(true, Ordering::SeqCst);
+        let got = clients.join().unwrap();
+        assert!(!got.is_empty(), "cycle {cycle}: no message was accepted");
+        eprintln!(
+            "cycle {cycle}: {} messages got a 250 before the cut",
+            got.len()
+        );
+        acked.extend(got);
+        s.restart();
+    }
+    let sink = sink.unwrap_or_else(|| Sink::start_on(sink_port));
+    let expected: HashSet<&String> = acked.iter().collect();
+    let delivered = || -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for r in sink.messages() {
+            *m.entry(subject(&r.data)).or_default() += 1;
+        }
+        m
+    };
+    wait_until(Duration::from_secs(60), || {
+        let d = delivered();
+        expected.iter().all(|s| d.contains_key(*s))
+    });
+    let d = delivered();
+    let lost: Vec<&&String> = expected.iter().filter(|s| !d.contains_key(**s)).collect();
+    let duplicates: usize = d.values().map(|n| n - 1).sum();
+    eprintln!(
+        "{cycles} cycles: {} acknowledged, {} lost, {duplicates} duplicates; {}",
+        expected.len(),
+        lost.len(),
+        fs.command("stats")
+    );
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost after power cuts, e.g. {:?}; log:\n{}",
+        lost.len(),
+        expected.len(),
+        lost.iter().take(5).collect::<Vec<_>>(),
+        s.log()
+    );
+}
