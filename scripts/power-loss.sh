@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The power-loss simulation at length: CYCLES (default 30) power cuts under load on the FUSE
-# filesystem that drops unsynced writes (tests/power_loss.rs; CI runs 3). Needs root.
+# filesystem that drops unsynced writes (tests/storage.rs; CI runs 3). Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-SLUICE_POWER_CYCLES="${1:-30}" cargo test -p sluice --test power_loss -- --nocapture 2>&1 |
+SLUICE_POWER_CYCLES="${1:-30}" cargo test -p sluice --test storage every_acknowledged -- --nocapture 2>&1 |
     grep -E '^cycle|cycles:|test result|panicked|lost'

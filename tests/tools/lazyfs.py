@@ -12,7 +12,8 @@ see now, and what would survive a power cut. Only fsync moves data to the second
 
 `lazyfs.py MOUNTPOINT CONTROL_SOCKET` mounts an empty filesystem and serves a Unix socket:
 a client that sends `cut` gets every file and folder put back to its durable state and the
-answer `ok`; `stats` answers counts. Everything lives in memory. The kernel's caches are
+answer `ok`; `fail-fsync N` makes the next N fsyncs of files fail with EIO, dropping what
+they should have made durable (as Linux may after a device error); `stats` answers counts. Everything lives in memory. The kernel's caches are
 off (direct_io, zero timeouts) so a cut is seen at once. Unmount with `fusermount -u`.
 """
 
@@ -56,6 +57,7 @@ class LazyFS(Operations):
         self.next_fh = 1
         self.cuts = 0
         self.fsyncs = 0
+        self.failing_fsyncs = 0
 
     # -- lookup ------------------------------------------------------------------------
     def _node(self, path):
@@ -277,6 +279,11 @@ class LazyFS(Operations):
     def fsync(self, path, datasync, fh):
         with LOCK:
             n = self._handle(path, fh)
+            if self.failing_fsyncs > 0:
+                self.failing_fsyncs -= 1
+                # The device failed: the unsynced writes are gone, as if evicted.
+                n.data = bytearray(n.synced)
+                raise FuseOSError(errno.EIO)
             n.synced = bytes(n.data)
             self.fsyncs += 1
             return 0
@@ -294,6 +301,10 @@ def serve_control(fs, sock_path):
             cmd = conn.makefile("r").readline().strip()
             if cmd == "cut":
                 fs.cut()
+                conn.sendall(b"ok\n")
+            elif cmd.startswith("fail-fsync "):
+                with LOCK:
+                    fs.failing_fsyncs = int(cmd.split()[1])
                 conn.sendall(b"ok\n")
             elif cmd == "stats":
                 conn.sendall(f"cuts={fs.cuts} fsyncs={fs.fsyncs}\n".encode())

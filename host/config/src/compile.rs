@@ -273,6 +273,7 @@ impl Compiler<'_> {
                 .clone()
                 .unwrap_or_else(|| f.data_dir.join("users")),
             data_dir: f.data_dir,
+            queue_min_free: f.queue_min_free,
             local_domains,
             relay_domains,
             tls_cert,

@@ -14,6 +14,9 @@ pub struct ConfigFile {
     /// Folder for the queue, the users file, the generated TLS key and Maildir delivery.
     /// A relative path is taken from the working directory.
     pub data_dir: PathBuf,
+    /// Free space (bytes) kept in reserve on the queue's filesystem: below it, new mail gets
+    /// `452 4.3.1` until space returns (Postfix's `queue_minfree`). 0 turns the check off.
+    pub queue_min_free: u64,
     /// Domains whose mail is accepted on `mx` listeners and delivered to Maildir.
     pub local_domains: Vec<String>,
     /// Domains whose mail is accepted on `mx` listeners from anyone and passed on by the
@@ -41,6 +44,7 @@ impl Default for ConfigFile {
         ConfigFile {
             hostname: "localhost".into(),
             data_dir: PathBuf::from("data"),
+            queue_min_free: 64 * 1024 * 1024,
             local_domains: Vec::new(),
             relay_domains: Vec::new(),
             tls: TlsFile::default(),

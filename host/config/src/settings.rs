@@ -10,6 +10,8 @@ use std::time::Duration;
 pub struct Settings {
     pub hostname: String,
     pub data_dir: PathBuf,
+    /// Free bytes the queue keeps in reserve.
+    pub queue_min_free: u64,
     /// Lowercased.
     pub local_domains: HashSet<String>,
     /// Lowercased.

@@ -167,10 +167,21 @@ impl BodyLog {
     }
 
     /// Makes every earlier append durable.
+    /// After an error the files stay dirty, but Linux may already have dropped the pages
+    /// that failed, so a later successful sync proves nothing about them: the queue stops
+    /// acknowledging and reopens (see `SledQueue`).
     pub fn sync(&self) -> std::io::Result<()> {
         let dirty = std::mem::take(&mut self.lock().dirty);
-        for f in dirty {
-            f.sync_data()?;
+        for (i, f) in dirty.iter().enumerate() {
+            if let Err(e) = f.sync_data() {
+                let mut st = self.lock();
+                for f in &dirty[i..] {
+                    if !st.dirty.iter().any(|d| Arc::ptr_eq(d, f)) {
+                        st.dirty.push(f.clone());
+                    }
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }

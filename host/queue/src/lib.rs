@@ -49,8 +49,25 @@ pub enum QueueError {
     Body(std::io::Error),
     #[error("queue flush failed: {0}")]
     Flush(String),
+    #[error("not enough disk space for the queue: {0}")]
+    NoSpace(String),
     #[error("queue is closed")]
     Closed,
+}
+
+impl QueueError {
+    /// The disk is full (or below the queue's reserve): answer `452 4.3.1`, not `451`.
+    pub fn is_no_space(&self) -> bool {
+        let full = |e: &std::io::Error| {
+            e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
+        };
+        match self {
+            QueueError::NoSpace(_) => true,
+            QueueError::Body(e) => full(e),
+            QueueError::Storage(sled::Error::Io(e)) => full(e),
+            _ => false,
+        }
+    }
 }
 
 /// Storage for queued messages.
@@ -74,6 +91,12 @@ pub trait Queue: Send + Sync {
     /// queue change. A queue without an outbox drops it.
     fn publish_event(&self, event: sluice_core::Event) -> Result<(), QueueError> {
         tracing::debug!(id = %event.id, kind = event.kind.name(), "event dropped: no outbox");
+        Ok(())
+    }
+    /// Whether a message of `size` bytes would fit now (the disk's reserve included);
+    /// checked before a client sends the data.
+    fn has_room(&self, size: u64) -> Result<(), QueueError> {
+        let _ = size;
         Ok(())
     }
     /// Replaces a message's metadata. Durable at the next flush (at most ~1 s later).

@@ -33,7 +33,8 @@ pub struct OutboxEntry {
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
-    tree: sled::Tree,
+    /// The `events` tree of the queue's current database; `None` while it is reopened.
+    tree: Arc<std::sync::RwLock<Option<sled::Tree>>>,
     wake: Arc<tokio::sync::Notify>,
     ttl: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -54,12 +55,32 @@ fn now_ms() -> u64 {
 }
 
 impl Outbox {
-    pub(crate) fn open(db: &sled::Db) -> Result<Outbox, QueueError> {
-        Ok(Outbox {
-            tree: db.open_tree("events")?,
+    pub(crate) fn new() -> Outbox {
+        Outbox {
+            tree: Arc::new(std::sync::RwLock::new(None)),
             wake: Arc::new(tokio::sync::Notify::new()),
             ttl: Arc::new(std::sync::atomic::AtomicU64::new(3 * 24 * 3600 * 1000)),
-        })
+        }
+    }
+
+    /// Points the outbox at a (re)opened database.
+    pub(crate) fn attach(&self, db: &sled::Db) -> Result<(), QueueError> {
+        let tree = db.open_tree("events")?;
+        *self.tree.write().unwrap_or_else(|e| e.into_inner()) = Some(tree);
+        Ok(())
+    }
+
+    /// Lets go of the database so that it can close.
+    pub(crate) fn detach(&self) {
+        *self.tree.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn tree(&self) -> Result<sled::Tree, QueueError> {
+        self.tree
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(QueueError::Closed)
     }
 
     /// How long an event is retried before it expires (default 3 days).
@@ -121,7 +142,7 @@ impl Outbox {
         }
         batch.insert(entry_key(id), bytes);
         batch.insert(due_key(entry.next_ms, id), &[]);
-        self.tree.apply_batch(batch)?;
+        self.tree()?.apply_batch(batch)?;
         Ok(())
     }
 
@@ -138,7 +159,7 @@ impl Outbox {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<OutboxEntry>, QueueError> {
-        match self.tree.get(entry_key(id))? {
+        match self.tree()?.get(entry_key(id))? {
             Some(v) => Ok(Some(Self::decode(id, &v)?)),
             None => Ok(None),
         }
@@ -149,22 +170,23 @@ impl Outbox {
     pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<OutboxEntry>, QueueError> {
         let mut out = Vec::new();
         let end = due_key(now_ms.saturating_add(1), "");
-        for item in self.tree.range(DUE.to_vec()..end) {
+        let tree = self.tree()?;
+        for item in tree.range(DUE.to_vec()..end) {
             let (k, _) = item?;
             let id = String::from_utf8_lossy(&k[DUE.len() + 8..]).into_owned();
-            match self.tree.get(entry_key(&id))? {
+            match tree.get(entry_key(&id))? {
                 Some(v) => match Self::decode(&id, &v) {
                     Ok(e) => out.push(e),
                     Err(e) => {
                         tracing::error!(%id, error = %e, "dropping unreadable event");
-                        self.tree.remove(&k)?;
-                        self.tree.remove(entry_key(&id))?;
+                        tree.remove(&k)?;
+                        tree.remove(entry_key(&id))?;
                     }
                 },
                 // An index entry left behind by a crash between two writes of one batch
                 // cannot happen (batches are atomic); tolerate it anyway.
                 None => {
-                    self.tree.remove(&k)?;
+                    tree.remove(&k)?;
                 }
             }
             if out.len() >= limit {
@@ -176,7 +198,7 @@ impl Outbox {
 
     /// When the earliest entry is due, unix milliseconds.
     pub fn next_due(&self) -> Result<Option<u64>, QueueError> {
-        match self.tree.scan_prefix(DUE).next() {
+        match self.tree()?.scan_prefix(DUE).next() {
             Some(item) => {
                 let (k, _) = item?;
                 let mut b = [0u8; 8];
@@ -192,7 +214,7 @@ impl Outbox {
         let mut batch = sled::Batch::default();
         batch.remove(entry_key(&entry.event.id));
         batch.remove(due_key(entry.next_ms, &entry.event.id));
-        self.tree.apply_batch(batch)?;
+        self.tree()?.apply_batch(batch)?;
         Ok(())
     }
 
@@ -209,7 +231,7 @@ impl Outbox {
     /// Schedules the entry again at `next_ms`.
     pub fn retry(&self, entry: &OutboxEntry, next_ms: u64) -> Result<OutboxEntry, QueueError> {
         // Gone meanwhile (discarded): do not bring it back.
-        if self.tree.get(entry_key(&entry.event.id))?.is_none() {
+        if self.tree()?.get(entry_key(&entry.event.id))?.is_none() {
             return Ok(entry.clone());
         }
         let mut e = entry.clone();
@@ -221,11 +243,13 @@ impl Outbox {
 
     /// Events waiting.
     pub fn len(&self) -> usize {
-        self.tree.scan_prefix(ENTRY).count()
+        self.tree()
+            .map(|t| t.scan_prefix(ENTRY).count())
+            .unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tree.scan_prefix(ENTRY).next().is_none()
+        self.len() == 0
     }
 }
 

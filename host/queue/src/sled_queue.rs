@@ -10,9 +10,10 @@
 use crate::body_log::{BodyLog, BodyRef};
 use crate::{MessageMeta, Queue, QueueError};
 use async_trait::async_trait;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 const META: &[u8] = b"m/";
@@ -22,6 +23,9 @@ const BAD: &[u8] = b"bad/";
 /// The format version written before each record's metadata (after `[0]`, which no
 /// version-1 record starts with).
 const RECORD_VERSION: u8 = 2;
+
+/// Longest time a change nobody waits for (a record update, an event) stays unsynced.
+const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
 fn key(prefix: &[u8], id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + id.len());
@@ -45,13 +49,74 @@ struct Flusher {
     cond: Condvar,
     flushed: watch::Sender<Flushed>,
     stop: AtomicBool,
-    last_error: Mutex<String>,
+    /// Set by the first failed write or flush: after it nothing written through this
+    /// database is trusted to reach the disk (an fsync error may have dropped dirty pages
+    /// for good), so no later flush may acknowledge anything. Cleared only by reopening.
+    poison: Mutex<Option<Failure>>,
+    poisoned: AtomicBool,
+}
+
+/// Why the store stopped taking writes.
+#[derive(Debug, Clone)]
+struct Failure {
+    message: String,
+    no_space: bool,
+}
+
+impl Failure {
+    fn error(&self) -> QueueError {
+        if self.no_space {
+            QueueError::NoSpace(self.message.clone())
+        } else {
+            QueueError::Flush(self.message.clone())
+        }
+    }
+}
+
+impl Flusher {
+    fn poison(&self, e: &QueueError) {
+        let mut p = self.poison.lock().unwrap_or_else(|e| e.into_inner());
+        if p.is_none() {
+            tracing::error!(error = %e, "queue storage failed: refusing new mail until the store is reopened");
+            *p = Some(Failure {
+                message: e.to_string(),
+                no_space: e.is_no_space(),
+            });
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn failure(&self) -> Option<QueueError> {
+        if !self.poisoned.load(Ordering::SeqCst) {
+            return None;
+        }
+        let p = self.poison.lock().unwrap_or_else(|e| e.into_inner());
+        p.as_ref().map(Failure::error)
+    }
 }
 
 /// The sled-backed queue. Cheap to clone; the database closes when the last clone drops.
+///
+/// A failed write or flush poisons the open database (see [`Flusher`]); the next operation
+/// closes and reopens it from what is on disk (at most once a second), so the queue
+/// recovers by itself once the disk works again.
 #[derive(Clone)]
 pub struct SledQueue {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    /// `None` while a reopen failed; the next operation tries again.
+    current: RwLock<Option<Arc<Inner>>>,
+    outbox: crate::outbox::Outbox,
+    /// Messages whose enqueue failed after their record was written: the client got a 4xx
+    /// and sends again, so they are removed again after a reopen in case the failed flush
+    /// wrote them anyway.
+    abandoned: Mutex<Vec<String>>,
+    last_reopen: Mutex<Option<Instant>>,
+    /// Free bytes kept in reserve on the queue's filesystem.
+    min_free: AtomicU64,
 }
 
 struct Inner {
@@ -60,7 +125,6 @@ struct Inner {
     files: Mutex<crate::sled_sync::SledFiles>,
     bodies: BodyLog,
     flusher: Arc<Flusher>,
-    outbox: crate::outbox::Outbox,
 }
 
 impl Drop for Inner {
@@ -71,13 +135,13 @@ impl Drop for Inner {
     }
 }
 
-impl SledQueue {
-    /// Opens (or creates) the queue in `dir`.
-    pub fn open(dir: &Path) -> Result<SledQueue, QueueError> {
-        sluice_core::durable::create_dir_all(dir).map_err(io)?;
+impl Inner {
+    fn open(dir: &Path, outbox: &crate::outbox::Outbox) -> Result<Arc<Inner>, QueueError> {
+        // No periodic flush of sled's own: it fsyncs with errors only logged, and a lost
+        // fsync error is lost data. The flusher below runs at least every FLUSH_EVERY.
         let config = sled::Config::new()
             .path(dir.join("db"))
-            .flush_every_ms(Some(500))
+            .flush_every_ms(None)
             .cache_capacity(64 * 1024 * 1024);
         // A queue closed a moment ago may still be finishing its last flush on the flusher
         // thread, which holds the database lock until it ends: wait a little for it.
@@ -88,7 +152,7 @@ impl SledQueue {
                     if e.to_string().contains("could not acquire lock") && tries < 40 =>
                 {
                     tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    std::thread::sleep(Duration::from_millis(50));
                 }
                 other => break other?,
             }
@@ -100,7 +164,8 @@ impl SledQueue {
             cond: Condvar::new(),
             flushed: tx,
             stop: AtomicBool::new(false),
-            last_error: Mutex::new(String::new()),
+            poison: Mutex::new(None),
+            poisoned: AtomicBool::new(false),
         });
         let mut live = Vec::new();
         // Records moved aside keep their bodies for inspection.
@@ -115,35 +180,45 @@ impl SledQueue {
             match BodyRef::decode(&v) {
                 Some(r) => live.push(r),
                 None => {
-                    tracing::warn!(key = %String::from_utf8_lossy(&k), "dropping unreadable queue record");
+                    tracing::warn!(key = %String::from_utf8_lossy(&k), "moving an unreadable queue record aside");
+                    db.insert(key(BAD, &String::from_utf8_lossy(&k[META.len()..])), v)?;
                     db.remove(&k)?;
                 }
             }
         }
         let bodies = BodyLog::open(&dir.join("bodies"), live.into_iter()).map_err(io)?;
-        let outbox = crate::outbox::Outbox::open(&db)?;
+        outbox.attach(&db)?;
         db.flush()?;
         let files = crate::sled_sync::SledFiles::open(&dir.join("db")).map_err(io)?;
-        let q = SledQueue {
-            inner: Arc::new(Inner {
-                db,
-                files: Mutex::new(files),
-                bodies,
-                flusher,
-                outbox,
-            }),
-        };
-        let (inner, f) = (Arc::downgrade(&q.inner), q.inner.flusher.clone());
+        let inner = Arc::new(Inner {
+            db,
+            files: Mutex::new(files),
+            bodies,
+            flusher,
+        });
+        let (weak, f) = (Arc::downgrade(&inner), inner.flusher.clone());
         std::thread::Builder::new()
             .name("sluice-queue-flush".into())
-            .spawn(move || flush_loop(inner, f))
+            .spawn(move || flush_loop(weak, f))
             .map_err(|e| QueueError::Flush(e.to_string()))?;
-        Ok(q)
+        Ok(inner)
+    }
+
+    /// Runs a sled operation; a failure poisons the database.
+    fn check<T>(&self, r: Result<T, sled::Error>) -> Result<T, QueueError> {
+        r.map_err(|e| {
+            let e = QueueError::from(e);
+            self.flusher.poison(&e);
+            e
+        })
     }
 
     /// Waits until everything written before this call is on disk.
     async fn durable(&self) -> Result<(), QueueError> {
-        let f = &self.inner.flusher;
+        let f = &self.flusher;
+        if let Some(e) = f.failure() {
+            return Err(e);
+        }
         let mut rx = f.flushed.subscribe();
         let ticket = f.requested.fetch_add(1, Ordering::SeqCst) + 1;
         {
@@ -154,13 +229,127 @@ impl SledQueue {
             .wait_for(|s| s.done >= ticket)
             .await
             .map_err(|_| QueueError::Closed)?;
-        if ticket <= state.failed_upto {
-            let e = f
-                .last_error
+        if ticket <= state.failed_upto || f.poisoned.load(Ordering::SeqCst) {
+            return Err(f.failure().unwrap_or(QueueError::Closed));
+        }
+        Ok(())
+    }
+
+    fn remove_record(&self, id: &str) -> Result<(), QueueError> {
+        if let Some(old) = self.check(self.db.remove(key(META, id)))?
+            && let Some(r) = BodyRef::decode(&old)
+        {
+            self.bodies.release(&r).map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+impl SledQueue {
+    /// Opens (or creates) the queue in `dir`.
+    pub fn open(dir: &Path) -> Result<SledQueue, QueueError> {
+        sluice_core::durable::create_dir_all(dir).map_err(io)?;
+        let outbox = crate::outbox::Outbox::new();
+        let inner = Inner::open(dir, &outbox)?;
+        Ok(SledQueue {
+            shared: Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                current: RwLock::new(Some(inner)),
+                outbox,
+                abandoned: Mutex::new(Vec::new()),
+                last_reopen: Mutex::new(None),
+                min_free: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Keeps `bytes` free on the queue's filesystem: below that, new mail is refused with
+    /// [`QueueError::NoSpace`] until space returns.
+    pub fn set_min_free(&self, bytes: u64) {
+        self.shared.min_free.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The open database, reopened first when a failure poisoned it.
+    fn inner(&self) -> Result<Arc<Inner>, QueueError> {
+        {
+            let cur = self
+                .shared
+                .current
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = cur.as_ref()
+                && !i.flusher.poisoned.load(Ordering::SeqCst)
+            {
+                return Ok(i.clone());
+            }
+        }
+        self.reopen()
+    }
+
+    fn reopen(&self) -> Result<Arc<Inner>, QueueError> {
+        let mut cur = self
+            .shared
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let failure = match cur.as_ref() {
+            Some(i) => match i.flusher.failure() {
+                // Someone else reopened it meanwhile.
+                None => return Ok(i.clone()),
+                Some(e) => e,
+            },
+            None => QueueError::Closed,
+        };
+        {
+            let mut last = self
+                .shared
+                .last_reopen
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            return Err(QueueError::Flush(e));
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Err(failure);
+            }
+            *last = Some(Instant::now());
+        }
+        tracing::warn!(error = %failure, "reopening the queue store");
+        self.shared.outbox.detach();
+        // Operations still running on the old database finish with it; the open waits for
+        // its lock.
+        *cur = None;
+        let inner = Inner::open(&self.shared.dir, &self.shared.outbox).inspect_err(|e| {
+            tracing::error!(error = %e, "cannot reopen the queue store; trying again later");
+        })?;
+        let abandoned = std::mem::take(
+            &mut *self
+                .shared
+                .abandoned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for id in &abandoned {
+            if let Err(e) = inner.remove_record(id) {
+                tracing::error!(%id, error = %e, "cannot remove the record of a refused message");
+            }
+        }
+        tracing::info!(removed = abandoned.len(), "queue store reopened");
+        *cur = Some(inner.clone());
+        Ok(inner)
+    }
+
+    /// Refuses when the filesystem holds less than the reserve plus `size`.
+    fn check_room(&self, size: u64) -> Result<(), QueueError> {
+        let min = self.shared.min_free.load(Ordering::Relaxed);
+        if min == 0 {
+            return Ok(());
+        }
+        let st = rustix::fs::statvfs(&self.shared.dir)
+            .map_err(|e| QueueError::Body(std::io::Error::from(e)))?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        let need = min.saturating_add(size);
+        if free < need {
+            return Err(QueueError::NoSpace(format!(
+                "{free} bytes free on the queue's filesystem, {need} needed (reserve {min})"
+            )));
         }
         Ok(())
     }
@@ -190,9 +379,41 @@ impl SledQueue {
     }
 
     /// The event outbox, in the same database so that an event published before a queue
-    /// change is on disk whenever that change is.
+    /// change is on disk whenever that change is. It follows the queue across reopens.
     pub fn outbox(&self) -> crate::outbox::Outbox {
-        self.inner.outbox.clone()
+        self.shared.outbox.clone()
+    }
+
+    /// Body segment files on disk (for tests of segment clean-up).
+    pub fn body_segments(&self) -> usize {
+        self.inner()
+            .map(|i| i.bodies.segments_on_disk())
+            .unwrap_or(0)
+    }
+
+    /// Ids of records moved aside because they could not be read.
+    pub fn unreadable(&self) -> Result<Vec<String>, QueueError> {
+        let inner = self.inner()?;
+        let mut out = Vec::new();
+        for item in inner.db.scan_prefix(BAD) {
+            let (k, _) = inner.check(item)?;
+            out.push(String::from_utf8_lossy(&k[BAD.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Deletes a record moved aside, with its body.
+    pub fn remove_unreadable(&self, id: &str) -> Result<bool, QueueError> {
+        let inner = self.inner()?;
+        match inner.check(inner.db.remove(key(BAD, id)))? {
+            Some(old) => {
+                if let Some(r) = BodyRef::decode(&old) {
+                    inner.bodies.release(&r).map_err(io)?;
+                }
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }
 
@@ -205,7 +426,15 @@ fn flush_loop(inner: std::sync::Weak<Inner>, f: Arc<Flusher>) {
                 if target > f.flushed.borrow().done || f.stop.load(Ordering::SeqCst) {
                     break target;
                 }
-                g = f.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+                let (guard, timeout) = f
+                    .cond
+                    .wait_timeout(g, FLUSH_EVERY)
+                    .unwrap_or_else(|e| e.into_inner());
+                g = guard;
+                // Record updates and events nobody waits for are made durable too.
+                if timeout.timed_out() && !f.poisoned.load(Ordering::SeqCst) {
+                    break target;
+                }
             }
         };
         if f.stop.load(Ordering::SeqCst) {
@@ -218,19 +447,20 @@ fn flush_loop(inner: std::sync::Weak<Inner>, f: Arc<Flusher>) {
         let result = strong
             .bodies
             .sync()
-            .map_err(|e| e.to_string())
-            .and_then(|()| strong.db.flush().map_err(|e| e.to_string()))
+            .map_err(io)
+            .and_then(|()| strong.db.flush().map_err(QueueError::from))
             .and_then(|_| {
                 let mut files = strong.files.lock().unwrap_or_else(|e| e.into_inner());
-                files.sync().map_err(|e| e.to_string())
+                files.sync().map_err(io)
             });
         drop(strong);
+        if let Err(e) = &result {
+            f.poison(e);
+        }
         f.flushed.send_modify(|s| {
             s.done = target;
-            if let Err(e) = &result {
+            if result.is_err() {
                 s.failed_upto = target;
-                *f.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e.clone();
-                tracing::error!(error = %e, "queue flush failed");
             }
         });
     }
@@ -243,16 +473,26 @@ fn io(e: std::io::Error) -> QueueError {
 #[async_trait]
 impl Queue for SledQueue {
     async fn enqueue(&self, meta: &MessageMeta, body: &[u8]) -> Result<(), QueueError> {
-        let r = self.inner.bodies.append(body).map_err(io)?;
-        if let Err(e) = self
-            .inner
-            .db
-            .insert(key(META, &meta.id), Self::encode(&r, meta))
-        {
-            let _ = self.inner.bodies.release(&r);
-            return Err(e.into());
+        let inner = self.inner()?;
+        self.check_room(body.len() as u64)?;
+        let r = inner.bodies.append(body).map_err(io)?;
+        if let Err(e) = inner.check(inner.db.insert(key(META, &meta.id), Self::encode(&r, meta))) {
+            let _ = inner.bodies.release(&r);
+            return Err(e);
         }
-        self.durable().await
+        if let Err(e) = inner.durable().await {
+            // The client gets a 4xx and sends again: this copy must never be delivered.
+            if let Err(err) = inner.remove_record(&meta.id) {
+                tracing::debug!(id = %meta.id, error = %err, "record removal after a failed enqueue");
+            }
+            self.shared
+                .abandoned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(meta.id.clone());
+            return Err(e);
+        }
+        Ok(())
     }
 
     async fn enqueue_with_events(
@@ -261,50 +501,53 @@ impl Queue for SledQueue {
         body: &[u8],
         events: Vec<sluice_core::Event>,
     ) -> Result<(), QueueError> {
+        let outbox = &self.shared.outbox;
         // Events first: the flush that makes the record durable covers them too.
         let mut published = Vec::with_capacity(events.len());
         for e in events {
             let id = e.id.clone();
             // Due only a moment later: no event step sees it before the message is durable.
-            if let Err(err) = self.inner.outbox.publish_after(e, 2000) {
-                self.inner.outbox.discard(&published);
+            if let Err(err) = outbox.publish_after(e, 2000) {
+                outbox.discard(&published);
                 return Err(err);
             }
             published.push(id);
         }
         let result = self.enqueue(meta, body).await;
         match &result {
-            Ok(()) => self.inner.outbox.make_due(&published),
+            Ok(()) => outbox.make_due(&published),
             // The client gets a 4xx and sends again: these events never happened.
-            Err(_) => self.inner.outbox.discard(&published),
+            Err(_) => outbox.discard(&published),
         }
         result
     }
 
     fn publish_event(&self, event: sluice_core::Event) -> Result<(), QueueError> {
-        self.inner.outbox.publish(event)
+        self.shared.outbox.publish(event)
+    }
+
+    fn has_room(&self, size: u64) -> Result<(), QueueError> {
+        self.inner()?;
+        self.check_room(size)
     }
 
     fn update(&self, meta: &MessageMeta) -> Result<(), QueueError> {
+        let inner = self.inner()?;
         let k = key(META, &meta.id);
-        if let Some(old) = self.inner.db.get(&k)? {
+        if let Some(old) = inner.check(inner.db.get(&k))? {
             let (r, _) = self.decode(&meta.id, &old)?;
-            self.inner.db.insert(k, Self::encode(&r, meta))?;
+            inner.check(inner.db.insert(k, Self::encode(&r, meta)))?;
         }
         Ok(())
     }
 
     fn remove(&self, id: &str) -> Result<(), QueueError> {
-        if let Some(old) = self.inner.db.remove(key(META, id))?
-            && let Some(r) = BodyRef::decode(&old)
-        {
-            self.inner.bodies.release(&r).map_err(io)?;
-        }
-        Ok(())
+        self.inner()?.remove_record(id)
     }
 
     fn get(&self, id: &str) -> Result<Option<MessageMeta>, QueueError> {
-        match self.inner.db.get(key(META, id))? {
+        let inner = self.inner()?;
+        match inner.check(inner.db.get(key(META, id)))? {
             Some(v) => Ok(Some(self.decode(id, &v)?.1)),
             None => Ok(None),
         }
@@ -312,26 +555,28 @@ impl Queue for SledQueue {
 
     /// `None` when the message is gone, or its body never reached the disk.
     fn body(&self, id: &str) -> Result<Option<Vec<u8>>, QueueError> {
-        let Some(v) = self.inner.db.get(key(META, id))? else {
+        let inner = self.inner()?;
+        let Some(v) = inner.check(inner.db.get(key(META, id)))? else {
             return Ok(None);
         };
         let (r, _) = self.decode(id, &v)?;
-        self.inner.bodies.read(&r).map_err(io)
+        inner.bodies.read(&r).map_err(io)
     }
 
     /// A record that cannot be read is moved aside (under `bad/`), logged, and skipped:
     /// one damaged record never stops the queue.
     fn list(&self) -> Result<Vec<MessageMeta>, QueueError> {
+        let inner = self.inner()?;
         let mut out = Vec::new();
-        for item in self.inner.db.scan_prefix(META) {
-            let (k, v) = item?;
+        for item in inner.db.scan_prefix(META) {
+            let (k, v) = inner.check(item)?;
             let id = String::from_utf8_lossy(&k[META.len()..]).into_owned();
             match self.decode(&id, &v) {
                 Ok((_, meta)) => out.push(meta),
                 Err(e) => {
                     tracing::error!(%id, error = %e, "moving an unreadable queue record aside");
-                    self.inner.db.insert(key(BAD, &id), v)?;
-                    self.inner.db.remove(&k)?;
+                    inner.check(inner.db.insert(key(BAD, &id), v))?;
+                    inner.check(inner.db.remove(&k))?;
                 }
             }
         }
@@ -339,26 +584,7 @@ impl Queue for SledQueue {
     }
 
     async fn sync(&self) -> Result<(), QueueError> {
-        self.durable().await
-    }
-}
-
-impl SledQueue {
-    /// Body segment files on disk (for tests of segment clean-up).
-    pub fn body_segments(&self) -> usize {
-        self.inner.bodies.segments_on_disk()
-    }
-}
-
-impl SledQueue {
-    /// Ids of records moved aside because they could not be read.
-    pub fn unreadable(&self) -> Result<Vec<String>, QueueError> {
-        let mut out = Vec::new();
-        for item in self.inner.db.scan_prefix(BAD) {
-            let (k, _) = item?;
-            out.push(String::from_utf8_lossy(&k[BAD.len()..]).into_owned());
-        }
-        Ok(out)
+        self.inner()?.durable().await
     }
 }
 
@@ -390,7 +616,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = SledQueue::open(dir.path()).unwrap();
         let body = b"Subject: x\r\n\r\nold\r\n";
-        let r = q.inner.bodies.append(body).unwrap();
+        let r = q.inner().unwrap().bodies.append(body).unwrap();
         let v1 = V1 {
             id: "00000000000100000001".into(),
             sender: "a@b.c".into(),
@@ -407,8 +633,13 @@ mod tests {
         let mut rec = Vec::new();
         r.encode(&mut rec);
         let rec = postcard::to_extend(&v1, rec).unwrap();
-        q.inner.db.insert(key(META, &v1.id), rec).unwrap();
-        q.inner
+        q.inner()
+            .unwrap()
+            .db
+            .insert(key(META, &v1.id), rec)
+            .unwrap();
+        q.inner()
+            .unwrap()
             .db
             .insert(key(META, "00000000000200000002"), &b"garbage"[..])
             .unwrap();

@@ -167,6 +167,7 @@ async fn serve(settings: Settings) -> Result<()> {
             settings.queue_dir().display()
         )
     })?;
+    queue.set_min_free(settings.queue_min_free);
     let outbox = queue.outbox();
     let queue: Arc<dyn Queue> = Arc::new(queue);
     let tls = sluice_smtp::tls::server_config(

@@ -8,12 +8,26 @@ use smtp_proto::request::receiver::{BdatReceiver, DataReceiver};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+/// The reply for a message the queue could not take: `452 4.3.1` while the disk is full
+/// (RFC 3463: mail system full), `451 4.3.0` for other storage failures.
+pub(super) fn storage_reply(e: &sluice_queue::QueueError) -> Reply {
+    if e.is_no_space() {
+        Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
+    } else {
+        Reply::new(451, "4.3.0", "Temporary storage failure, try again later")
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) fn data(&mut self) -> Reply {
         match &self.tx {
             None => Reply::new(503, "5.5.1", "Send MAIL first"),
             Some(tx) if !tx.has_recipients() => Reply::new(554, "5.5.1", "No valid recipients"),
             Some(tx) if tx.bdat => Reply::new(503, "5.5.1", "DATA cannot follow BDAT"),
+            Some(_) if let Err(e) = self.ctx.queue.has_room(0) => {
+                tracing::warn!(error = %e, "refusing DATA");
+                storage_reply(&e)
+            }
             Some(_) => {
                 self.receiving = Receiving::Data(DataReceiver::new());
                 Reply::new(354, "", "Start mail input; end with <CRLF>.<CRLF>")
@@ -234,11 +248,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .await
         {
             tracing::error!(error = %e, "cannot queue message");
-            return Err(Reply::new(
-                451,
-                "4.3.0",
-                "Temporary storage failure, try again later",
-            ));
+            return Err(storage_reply(&e));
         }
         tracing::info!(
             id = %meta.id,

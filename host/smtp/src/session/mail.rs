@@ -29,6 +29,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 "Message size exceeds fixed maximum message size",
             );
         }
+        if let Err(e) = self.ctx.queue.has_room(from.size as u64) {
+            tracing::warn!(error = %e, size = from.size, "refusing MAIL");
+            return super::data::storage_reply(&e);
+        }
         let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
         if !smtputf8 && !from.address.is_ascii() {
             return Reply::new(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");

@@ -1,10 +1,14 @@
-//! A 250 survives a power cut, not only kill -9.
+//! The queue's promises when storage misbehaves: a 250 survives a power cut, an fsync
+//! error is never followed by a 250 for what it covered, and a full disk gets `452 4.3.1`
+//! until space returns, with recovery by itself.
 //!
+//! Power cuts and fsync errors:
 //! The server keeps its data folder on `tests/tools/lazyfs.py`, a FUSE filesystem that
 //! holds every write not yet fsynced in memory only and throws it away when told to (what
 //! LazyFS does for Jepsen). Each cycle: clients send under load, the server is killed with
 //! SIGKILL in the middle, the filesystem drops everything unsynced, and the server restarts
 //! on what survived. At the end every message that got a 250 must reach the next hop.
+//! Disk full: a size-limited tmpfs (`mount -t tmpfs`, root).
 //!
 //! Needs root and `/dev/fuse` (both present here and in CI) and the Python `fusepy` module
 //! with `libfuse2` (`scripts/setup.sh` installs them). `SLUICE_POWER_CYCLES` sets the number
@@ -224,5 +228,198 @@ fn every_acknowledged_message_survives_power_cuts() {
         expected.len(),
         lost.iter().take(5).collect::<Vec<_>>(),
         s.log()
+    );
+}
+
+/// A small tmpfs, mounted for the life of the value.
+struct Tmpfs {
+    mnt: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let mnt = dir.join("tmpfs");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount -t tmpfs needs root");
+        Tmpfs { mnt }
+    }
+
+    /// Writes a filler file until the filesystem is full.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.mnt.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        loop {
+            if f.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let small = [b'x'; 512];
+        while f.write_all(&small).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}
+
+/// Sends one message on the submission port; returns the first refusal or the final
+/// reply.
+fn try_send(s: &Sluice, subject: &str) -> String {
+    let mut c = TlsClient::connect(s.submission_port, "u", "pw");
+    let r = c.cmd("MAIL FROM:<sender@localhost>");
+    if !r.starts_with("250") {
+        return r;
+    }
+    let r = c.cmd("RCPT TO:<r@remote.test>");
+    if !r.starts_with("250") {
+        return r;
+    }
+    let r = c.cmd("DATA");
+    if !r.starts_with("354") {
+        return r;
+    }
+    c.send_raw(message(subject, 3000).as_bytes());
+    c.send_raw(b"\r\n.\r\n");
+    c.read_reply()
+}
+
+fn delivered_subjects(sink: &Sink) -> Vec<String> {
+    sink.messages().iter().map(|m| subject(&m.data)).collect()
+}
+
+/// The disk fills up with the reserve turned off, so sled's and the body log's own
+/// writes fail: every message gets `452 4.3.1`; once space returns the queue reopens by
+/// itself and takes mail again, and no refused message is ever delivered.
+#[test]
+fn a_full_disk_gets_452_and_the_queue_recovers_by_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(tmp.path(), "24m");
+    let sink = Sink::start();
+    let s = Sluice::configure_with("queue_min_free = 0", "", &route_to(sink.port))
+        .with_data_dir(&fs.mnt.join("data"));
+    assert!(s.cli(&["user", "add", "u"], "pw\n").status.success());
+    let s = s.spawn();
+    assert!(try_send(&s, "before").starts_with("250"));
+    let filler = fs.fill();
+    let mut refused = Vec::new();
+    for i in 0..5 {
+        let subject = format!("while full {i}");
+        let r = try_send(&s, &subject);
+        assert!(
+            r.starts_with("452 4.3.1"),
+            "message {i} on a full disk: {r}; log:\n{}",
+            s.log()
+        );
+        refused.push(subject);
+    }
+    std::fs::remove_file(&filler).unwrap();
+    // Recovery takes a reopen, tried at most once a second.
+    let mut after = String::new();
+    let recovered = wait_until(Duration::from_secs(15), || {
+        after = try_send(&s, "after");
+        after.starts_with("250")
+    });
+    assert!(
+        recovered,
+        "still refused after space returned: {after}; log:\n{}",
+        s.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let d = delivered_subjects(&sink);
+            d.contains(&"before".to_string()) && d.contains(&"after".to_string())
+        }),
+        "delivered: {:?}; log:\n{}",
+        delivered_subjects(&sink),
+        s.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let d = delivered_subjects(&sink);
+    for r in &refused {
+        assert!(!d.contains(r), "{r} got a 452 and was delivered anyway");
+    }
+}
+
+/// With the default reserve, a disk that fills up refuses new mail already at MAIL FROM,
+/// before the client sends its data, and takes it again once space returns.
+#[test]
+fn below_the_reserve_mail_is_refused_before_the_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(tmp.path(), "24m");
+    let sink = Sink::start();
+    let s = Sluice::configure_with("queue_min_free = 4194304", "", &route_to(sink.port))
+        .with_data_dir(&fs.mnt.join("data"));
+    assert!(s.cli(&["user", "add", "u"], "pw\n").status.success());
+    let s = s.spawn();
+    assert!(try_send(&s, "before").starts_with("250"));
+    let filler = fs.fill();
+    // Free 1 MB: the disk has room, but less than the 4 MB reserve.
+    let len = std::fs::metadata(&filler).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(len - 1024 * 1024)
+        .unwrap();
+    let mut c = TlsClient::connect(s.submission_port, "u", "pw");
+    let r = c.cmd("MAIL FROM:<sender@localhost> SIZE=3000");
+    assert!(r.starts_with("452 4.3.1"), "{r}");
+    std::fs::remove_file(&filler).unwrap();
+    assert!(try_send(&s, "after").starts_with("250"));
+    assert!(wait_until(Duration::from_secs(20), || delivered_subjects(
+        &sink
+    )
+    .len()
+        == 2));
+}
+
+/// An fsync fails under a message: it gets `451 4.3.0`, the queue reopens from what is on
+/// disk before it acknowledges anything else, and the refused message is never delivered
+/// (the client sends it again).
+#[test]
+fn an_fsync_error_refuses_the_message_and_the_queue_reopens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = LazyFs::mount(tmp.path());
+    let sink = Sink::start();
+    let s = Sluice::configure("", &route_to(sink.port)).with_data_dir(&fs.mnt.join("data"));
+    assert!(s.cli(&["user", "add", "u"], "pw\n").status.success());
+    let s = s.spawn();
+    assert!(try_send(&s, "before").starts_with("250"));
+    assert_eq!(fs.command("fail-fsync 1"), "ok");
+    let r = try_send(&s, "refused");
+    assert!(r.starts_with("451 4.3.0"), "{r}; log:\n{}", s.log());
+    let mut after = String::new();
+    let ok = wait_until(Duration::from_secs(15), || {
+        after = try_send(&s, "after");
+        after.starts_with("250")
+    });
+    assert!(ok, "{after}; log:\n{}", s.log());
+    assert!(
+        s.log().contains("queue store reopened"),
+        "log:\n{}",
+        s.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let d = delivered_subjects(&sink);
+            d.contains(&"before".to_string()) && d.contains(&"after".to_string())
+        }),
+        "log:\n{}",
+        s.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !delivered_subjects(&sink).contains(&"refused".to_string()),
+        "a message that got 451 was delivered"
     );
 }
