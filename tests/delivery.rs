@@ -325,12 +325,25 @@ fn queue_commands_on_a_stopped_server() {
     assert!(!locked.status.success());
     assert!(String::from_utf8_lossy(&locked.stderr).contains("stop the running server"));
     s.stop();
+    // Two damaged records: one too short to say where its body is, one whose metadata
+    // does not decode. Neither stops the listing or delivery.
+    {
+        let db = sled::open(s.data().join("queue").join("db")).unwrap();
+        db.insert("m/00000000000000000001", &b"short"[..]).unwrap();
+        db.insert("m/00000000000000000002", vec![7u8; 60]).unwrap();
+        db.flush().unwrap();
+    }
 
     let list = String::from_utf8_lossy(&s.cli(&["queue", "list"], "").stdout).into_owned();
     assert!(
         list.contains(id_a) && list.contains(id_b) && list.contains("2 message(s)"),
         "{list}"
     );
+    assert!(list.contains("2 unreadable record(s)"), "{list}");
+    let del = s.cli(&["queue", "delete", "00000000000000000001"], "");
+    assert!(del.status.success(), "{del:?}");
+    let list = String::from_utf8_lossy(&s.cli(&["queue", "list"], "").stdout).into_owned();
+    assert!(list.contains("1 unreadable record(s)"), "{list}");
     let show = String::from_utf8_lossy(&s.cli(&["queue", "show", id_a], "").stdout).into_owned();
     assert!(
         show.contains("recipient <a@remote.test>: Deferred"),

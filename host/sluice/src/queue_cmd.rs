@@ -48,7 +48,14 @@ pub fn run(settings: &Settings, command: QueueCommand) -> Result<()> {
                         .unwrap_or_default()
                 );
             }
+            let bad = queue.unreadable()?;
+            for id in &bad {
+                println!("{id}  unreadable record, moved aside (delete it with `sluice queue delete {id}`)");
+            }
             println!("{} message(s)", all.len());
+            if !bad.is_empty() {
+                println!("{} unreadable record(s)", bad.len());
+            }
         }
         QueueCommand::Show { id } => {
             let Some(m) = queue.get(&id)? else {
@@ -100,10 +107,13 @@ pub fn run(settings: &Settings, command: QueueCommand) -> Result<()> {
         }
         QueueCommand::Delete { ids } => {
             for id in &ids {
-                if queue.get(id)?.is_none() {
+                // A record that cannot be read fails `get`; it may also be moved aside.
+                let readable = matches!(queue.get(id), Ok(Some(_)));
+                if readable || queue.get(id).is_err() {
+                    queue.remove(id)?;
+                } else if !queue.remove_unreadable(id)? {
                     bail!("no message {id} in the queue");
                 }
-                queue.remove(id)?;
             }
             flush(&queue)?;
             println!("{} message(s) deleted", ids.len());
