@@ -257,6 +257,16 @@ impl Client {
         self.stream.write_all(bytes).unwrap();
     }
 
+    /// A second handle on the connection, for writing from another thread.
+    pub fn try_clone_stream(&self) -> TcpStream {
+        self.stream.try_clone().unwrap()
+    }
+
+    /// The raw connection (for a TLS handshake after STARTTLS).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     /// Sends one command line and returns the reply.
     pub fn cmd(&mut self, line: &str) -> String {
         self.send_raw(format!("{line}\r\n").as_bytes());

@@ -50,7 +50,9 @@ pub fn run(settings: &Settings, command: QueueCommand) -> Result<()> {
             }
             let bad = queue.unreadable()?;
             for id in &bad {
-                println!("{id}  unreadable record, moved aside (delete it with `sluice queue delete {id}`)");
+                println!(
+                    "{id}  unreadable record, moved aside (delete it with `sluice queue delete {id}`)"
+                );
             }
             println!("{} message(s)", all.len());
             if !bad.is_empty() {

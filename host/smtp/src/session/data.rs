@@ -302,14 +302,24 @@ fn verdict_keeps(v: &Verdict) -> bool {
     )
 }
 
-/// Why a message body is refused: NUL bytes or bare LF (a line not ending in CRLF, which
-/// downstream servers may read differently: SMTP smuggling).
+/// Why a message body is refused: NUL bytes, or a CR or LF that is not part of a CRLF
+/// (RFC 5321 §2.3.8), which downstream servers may read differently: SMTP smuggling.
 fn bad_content(body: &[u8]) -> Option<&'static str> {
     if body.contains(&0) {
         return Some("Message contains NUL bytes");
     }
-    let bare_lf = memchr::memchr_iter(b'\n', body).any(|i| i == 0 || body[i - 1] != b'\r');
-    bare_lf.then_some("Message contains a bare LF: lines must end with CRLF")
+    for i in memchr::memchr2_iter(b'\r', b'\n', body) {
+        match body[i] {
+            b'\r' if body.get(i + 1) != Some(&b'\n') => {
+                return Some("Message contains a bare CR: lines must end with CRLF");
+            }
+            b'\n' if i == 0 || body[i - 1] != b'\r' => {
+                return Some("Message contains a bare LF: lines must end with CRLF");
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -322,5 +332,8 @@ mod tests {
         assert!(bad_content(b"a\nb\r\n").is_some());
         assert!(bad_content(b"a\r\n\0\r\n").is_some());
         assert!(bad_content(b"\n").is_some());
+        assert!(bad_content(b"a\r.\r\nb\r\n").is_some());
+        assert!(bad_content(b"a\rb").is_some());
+        assert!(bad_content(b"a\r").is_some());
     }
 }

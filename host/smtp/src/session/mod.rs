@@ -19,6 +19,11 @@ use smtp_proto::Request;
 use smtp_proto::request::receiver::{BdatReceiver, DataReceiver, DummyDataReceiver};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Slowest average rate at which message data may arrive, in bytes per second, on top of
+/// the data timeout.
+const MIN_DATA_RATE: usize = 500;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -86,6 +91,8 @@ pub struct Session<S> {
     rpos: usize,
     /// An over-long line is being skipped up to its LF.
     skipping_line: bool,
+    /// When the command line or message data being read began to arrive.
+    started: Option<Instant>,
     /// Replies waiting to be written (sent together when input runs out: PIPELINING).
     out: Vec<u8>,
 }
@@ -120,6 +127,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             rbuf: Vec::with_capacity(8192),
             rpos: 0,
             skipping_line: false,
+            started: None,
             out: Vec::with_capacity(1024),
         }
     }
@@ -174,10 +182,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.receiving,
             Receiving::Data(_) | Receiving::DataDiscard(_) | Receiving::Bdat { .. }
         );
+        // A client may not stretch one command, or a message, without end by sending a
+        // byte now and then: a command line must be complete within the command timeout of
+        // its first byte, and message data must arrive at MIN_DATA_RATE on average (Postfix:
+        // smtpd_min_data_rate) besides the per-read data timeout.
+        let (since, received) = match (&self.receiving, self.tx.as_ref()) {
+            (Receiving::Data(_) | Receiving::DataDiscard(_) | Receiving::Bdat { .. }, tx) => (
+                *self.started.get_or_insert_with(Instant::now),
+                tx.map_or(0, |t| t.body.len()),
+            ),
+            _ if !self.rbuf.is_empty() => (*self.started.get_or_insert_with(Instant::now), 0),
+            _ => (Instant::now(), 0),
+        };
         let limit = if in_data {
-            self.cfg.data_timeout
+            let allowed =
+                self.cfg.data_timeout + Duration::from_secs((received / MIN_DATA_RATE) as u64);
+            self.cfg
+                .data_timeout
+                .min(allowed.saturating_sub(since.elapsed()))
         } else {
-            self.cfg.command_timeout
+            self.cfg.command_timeout.saturating_sub(since.elapsed())
         };
         if self.rbuf.capacity() - self.rbuf.len() < 4096 {
             self.rbuf.reserve(16 * 1024);
@@ -306,6 +330,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if !progressed {
                 return Flow::Continue;
             }
+            // A command or a message was complete: the next one's clock starts afresh.
+            self.started = None;
         }
     }
 
@@ -361,6 +387,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Request::Helo { host } => self.ehlo(host, Greeting::Helo).await,
             Request::Mail { from } => self.mail(from).await,
             Request::Rcpt { to } => self.rcpt(to).await,
+            // RFC 2920 §3.1: DATA ends a pipelined group; the client waits for the 354. Text
+            // already sent behind it is a client smuggling a message past the reply (Postfix:
+            // smtpd_forbid_unauth_pipelining).
+            Request::Data if self.rpos < self.rbuf.len() => {
+                tracing::warn!(client = %self.info.client_ip, "message data sent before the 354 reply");
+                self.tx = None;
+                self.reply(Reply::new(
+                    554,
+                    "5.5.0",
+                    "Improper use of SMTP command pipelining: wait for the 354 reply",
+                ));
+                return Flow::Close;
+            }
             Request::Data => self.data(),
             Request::Bdat {
                 chunk_size,

@@ -26,7 +26,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if domain.is_empty() {
             return Reply::new(501, "5.1.3", "Recipient address must have a domain");
         }
-        if !self.ctx.settings.accepts_for(&domain) && self.info.auth_user.is_none() {
+        let ours = self.ctx.settings.accepts_for(&domain);
+        if ours && routing_local_part(&to.address) {
+            return Reply::new(
+                550,
+                "5.1.3",
+                "Routing characters (@ % ! /) are not accepted in a local part",
+            );
+        }
+        if !ours && self.info.auth_user.is_none() {
             return match self.cfg.role {
                 Role::Submission => Reply::new(530, "5.7.0", "Authentication required"),
                 Role::Mx => Reply::new(554, "5.7.1", format!("Relay access denied for {domain}")),
@@ -78,4 +86,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         Reply::new(250, "2.1.5", "Recipient OK")
     }
+}
+
+/// A local part that some mail system could read as another route: the percent hack
+/// (`user%other@here`), bang paths, an `@` in a quoted local part, or a path separator.
+/// Refused for the domains this server accepts mail for, so that none of them can be
+/// turned into an open relay further down.
+fn routing_local_part(address: &str) -> bool {
+    let local = address.rsplit_once('@').map_or(address, |(l, _)| l);
+    local.contains(['@', '%', '!', '/', '\\']) || local.starts_with('.')
 }
