@@ -236,6 +236,14 @@ fn delay_dsn_then_expiry_bounce() {
     assert!(reports[0].contains("Will-Retry-Until:"), "{}", reports[0]);
     assert!(reports[1].contains("Action: failed"), "{}", reports[1]);
     assert!(reports[1].contains("Status: 5.4.7"), "{}", reports[1]);
+    // The 5.4.7 is ours: no Remote-MTA or smtp Diagnostic-Code claims it for the sink.
+    let failed_part = &reports[1][reports[1].find("Action: failed").unwrap()..];
+    let failed_part = &failed_part[..failed_part.find("\r\n\r\n").unwrap_or(failed_part.len())];
+    assert!(!failed_part.contains("Remote-MTA"), "{failed_part}");
+    assert!(
+        !failed_part.contains("Diagnostic-Code: smtp; 550 5.4.7"),
+        "{failed_part}"
+    );
     assert!(
         reports[1].contains("Subject: slow one"),
         "the bounce carries the message"
@@ -413,4 +421,153 @@ fn delivers_by_mx_and_bounces_what_dns_refuses() {
         assert!(dsn.contains(needle), "missing {needle:?} in:\n{dsn}");
     }
     assert!(!dsn.contains("a@mx.test"));
+}
+
+/// A DNS server that fails (SERVFAIL) or does not answer is a temporary problem: the
+/// recipient is deferred with 4.4.3, never bounced. A wildcard route to MX looks up each
+/// recipient's own domain.
+#[test]
+fn dns_failures_defer_and_wildcard_routes_use_the_recipients_mx() {
+    let sink = Sink::start();
+    let dns = support::dns::Dns::start();
+    let s = Sluice::start(&format!(
+        "[delivery]\nnameservers = [\"127.0.0.1:{}\"]\nmx_port = {}\ntls = \"none\"\nretry_initial = \"1s\"\nretry_max = \"1s\"\n\n[[route]]\ndomain = \"*\"\nvia = \"mx\"\n",
+        dns.port, sink.port
+    ));
+    s.cli(&["user", "add", "u"], "pw\n");
+    let mut c = tls_auth_client(&s);
+    let r = c.send_mail(
+        "sender@localhost",
+        &["a@mx.test", "e@servfail.test", "f@silent.test"],
+        &message("dns trouble", 800),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    assert!(
+        wait_until(Duration::from_secs(20), || sink.messages().len() == 1),
+        "the wildcard route did not reach mx.test's MX; log:\n{}",
+        s.log()
+    );
+    assert_eq!(sink.messages()[0].recipients, ["a@mx.test"]);
+    let deferred = |who: &str| {
+        s.log().lines().any(|l| {
+            l.contains(&format!("to={who}")) && l.contains("status=Deferred") && l.contains("4.4.3")
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(40), || deferred("e@servfail.test")
+            && deferred("f@silent.test")),
+        "log:\n{}",
+        s.log()
+    );
+    assert!(!s.log().contains("status=Bounced"), "log:\n{}", s.log());
+    assert!(
+        s.maildir("sender@localhost").is_empty(),
+        "no DSN for a DNS outage"
+    );
+}
+
+/// Two routes to the same next hop, one plaintext and one requiring TLS: the connection
+/// left idle by the first is never reused for the second.
+#[test]
+fn a_plaintext_connection_is_not_reused_for_a_route_requiring_tls() {
+    let sink = Sink::start();
+    let s = Sluice::start(&format!(
+        r#"
+[delivery]
+retry_initial = "1s"
+retry_max = "1s"
+idle_timeout = "30s"
+
+[[route]]
+domain = "plain.test"
+via = "smarthost"
+host = "127.0.0.1:{port}"
+tls = "none"
+
+[[route]]
+domain = "secure.test"
+via = "smarthost"
+host = "127.0.0.1:{port}"
+tls = "required"
+"#,
+        port = sink.port
+    ));
+    s.cli(&["user", "add", "u"], "pw\n");
+    let r = send_authenticated(&s, "sender@localhost", &["a@plain.test"], "plain");
+    assert!(r.starts_with("250"), "{r}");
+    assert!(wait_until(Duration::from_secs(10), || sink
+        .messages()
+        .len()
+        == 1));
+    let r = send_authenticated(&s, "sender@localhost", &["b@secure.test"], "secure");
+    assert!(r.starts_with("250"), "{r}");
+    assert!(
+        wait_until(Duration::from_secs(10), || s.log().contains("4.7.10")),
+        "log:\n{}",
+        s.log()
+    );
+    assert_eq!(
+        sink.messages().len(),
+        1,
+        "sent in clear text on a pooled connection"
+    );
+}
+
+/// A peer that offers STARTTLS and then fails the handshake still gets the mail under
+/// opportunistic TLS: Sluice tries again without TLS.
+#[test]
+fn opportunistic_tls_falls_back_to_plaintext_after_a_failed_handshake() {
+    let sink = Sink::start_broken_tls();
+    let s =
+        Sluice::start(&route_to(sink.port).replace("tls = \"none\"", "tls = \"opportunistic\""));
+    s.cli(&["user", "add", "u"], "pw\n");
+    let r = send_authenticated(&s, "sender@localhost", &["a@remote.test"], "fallback");
+    assert!(r.starts_with("250"), "{r}");
+    assert!(
+        wait_until(Duration::from_secs(10), || sink.messages().len() == 1),
+        "log:\n{}",
+        s.log()
+    );
+    assert!(
+        s.log().contains("trying again without TLS"),
+        "log:\n{}",
+        s.log()
+    );
+}
+
+/// A body damaged on disk is reported: the sender gets a DSN saying so, and the log names
+/// the message. It is not dropped silently.
+#[test]
+fn a_damaged_body_is_bounced_to_the_sender() {
+    let sink_port = support::free_port(); // down: the message stays queued
+    let mut s = Sluice::start(&route_to(sink_port));
+    s.cli(&["user", "add", "u"], "pw\n");
+    let r = send_authenticated(&s, "sender@localhost", &["a@remote.test"], "to be damaged");
+    assert!(r.starts_with("250"), "{r}");
+    s.stop();
+    let bodies = s.data().join("queue").join("bodies");
+    let mut damaged = 0;
+    for e in std::fs::read_dir(&bodies).unwrap() {
+        let path = e.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(pos) = bytes.windows(13).position(|w| w == b"to be damaged") {
+            bytes[pos] ^= 0x20;
+            std::fs::write(&path, bytes).unwrap();
+            damaged += 1;
+        }
+    }
+    assert_eq!(damaged, 1);
+    s.restart();
+    assert!(
+        wait_until(Duration::from_secs(10), || s
+            .maildir("sender@localhost")
+            .len()
+            == 1),
+        "log:\n{}",
+        s.log()
+    );
+    let dsn = &s.maildir("sender@localhost")[0];
+    assert!(dsn.contains("Status: 5.3.0"), "{dsn}");
+    assert!(dsn.contains("damaged in the queue"), "{dsn}");
+    assert!(s.log().contains("fails its checksum"), "log:\n{}", s.log());
 }

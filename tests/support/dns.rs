@@ -2,6 +2,8 @@
 //! - `mx.test` MX 10 `mail.mx.test`, which has A 127.0.0.1;
 //! - `implicit.test` has no MX but A 127.0.0.1 (the implicit MX);
 //! - `nullmx.test` has the null MX (RFC 7505);
+//! - `servfail.test` (and names under it) get SERVFAIL;
+//! - `silent.test` (and names under it) get no answer at all;
 //! - any other name does not exist.
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
@@ -54,7 +56,23 @@ impl Dns {
                     .set_recursion_available(true);
                 resp.add_queries(req.queries().to_vec());
                 let mut code = ResponseCode::NoError;
-                for q in req.queries() {
+                let qname = |q: &hickory_proto::op::Query| q.name().to_ascii().to_ascii_lowercase();
+                if req
+                    .queries()
+                    .iter()
+                    .any(|q| qname(q).ends_with("silent.test."))
+                {
+                    continue;
+                }
+                if req
+                    .queries()
+                    .iter()
+                    .any(|q| qname(q).ends_with("servfail.test."))
+                {
+                    code = ResponseCode::ServFail;
+                }
+                let failing = code != ResponseCode::NoError;
+                for q in req.queries().iter().filter(|_| !failing) {
                     match answer(q.name(), q.query_type()) {
                         Some(records) => {
                             resp.add_answers(records);

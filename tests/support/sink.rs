@@ -23,6 +23,8 @@ struct State {
     tempfailed: HashSet<String>,
     connections: usize,
     rcpt_attempts: Vec<String>,
+    /// Offer STARTTLS, then answer the handshake with garbage.
+    broken_tls: bool,
 }
 
 #[derive(Clone)]
@@ -34,6 +36,13 @@ pub struct Sink {
 impl Sink {
     pub fn start() -> Sink {
         Sink::start_on(0)
+    }
+
+    /// A sink that offers STARTTLS but fails every handshake.
+    pub fn start_broken_tls() -> Sink {
+        let sink = Sink::start_on(0);
+        sink.state.lock().unwrap().broken_tls = true;
+        sink
     }
 
     pub fn start_on(port: u16) -> Sink {
@@ -86,8 +95,17 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
         }
         let line = line.trim_end().to_string();
         let upper = line.to_ascii_uppercase();
+        let broken_tls = state.lock().unwrap().broken_tls;
         let reply: String = if upper.starts_with("EHLO") {
-            "250-sink.test\r\n250-PIPELINING\r\n250-SIZE 100000000\r\n250-8BITMIME\r\n250-DSN\r\n250 ENHANCEDSTATUSCODES".into()
+            let tls = if broken_tls { "250-STARTTLS\r\n" } else { "" };
+            format!(
+                "250-sink.test\r\n{tls}250-PIPELINING\r\n250-SIZE 100000000\r\n250-8BITMIME\r\n250-DSN\r\n250 ENHANCEDSTATUSCODES"
+            )
+        } else if upper == "STARTTLS" && broken_tls {
+            out.write_all(b"220 2.0.0 go ahead\r\n")?;
+            // Not a TLS server hello.
+            out.write_all(b"this is not TLS\r\n")?;
+            return Ok(());
         } else if upper.starts_with("HELO") {
             "250 sink.test".into()
         } else if upper.starts_with("MAIL FROM:") {

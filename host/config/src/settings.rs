@@ -64,7 +64,10 @@ impl Settings {
                 || r.domain == domain
                 || (r.domain.starts_with('.') && domain.ends_with(&r.domain));
             if hit {
-                return r.clone();
+                // A pattern names many domains: the route goes on with this one (its MX).
+                let mut r = r.clone();
+                r.domain = domain;
+                return r;
             }
         }
         Route {
@@ -109,7 +112,7 @@ pub struct ListenerSettings {
 }
 
 /// TLS towards the next hop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsPolicy {
     None,
     Opportunistic,

@@ -44,6 +44,9 @@ impl Capabilities {
     }
 }
 
+/// The enhanced status of a failed TLS handshake (RFC 3463: cryptographic failure).
+const TLS_FAILED: &str = "4.7.5";
+
 /// TLS settings for one connection.
 #[derive(Clone)]
 pub struct TlsChoice {
@@ -70,8 +73,31 @@ fn io_reply(host: &str, what: &str, e: impl std::fmt::Display) -> Reply {
 }
 
 impl SmtpConnection {
-    /// Connects and gets the session ready for MAIL.
+    /// Connects and gets the session ready for MAIL. With opportunistic TLS, a peer that
+    /// offers STARTTLS but fails the handshake is tried again in plaintext (as Postfix
+    /// does): encryption was only ever a bonus there.
     pub async fn connect(
+        addr: SocketAddr,
+        host: &str,
+        helo: &str,
+        tls: &TlsChoice,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<SmtpConnection, Reply> {
+        match Self::connect_once(addr, host, helo, tls, connect_timeout, timeout).await {
+            Err(r) if tls.policy == TlsPolicy::Opportunistic && r.enhanced == TLS_FAILED => {
+                tracing::info!(%host, %addr, reply = %r, "TLS failed; trying again without TLS");
+                let plain = TlsChoice {
+                    policy: TlsPolicy::None,
+                    ..tls.clone()
+                };
+                Self::connect_once(addr, host, helo, &plain, connect_timeout, timeout).await
+            }
+            other => other,
+        }
+    }
+
+    async fn connect_once(
         addr: SocketAddr,
         host: &str,
         helo: &str,
@@ -154,12 +180,12 @@ impl SmtpConnection {
             }
             Ok(Err(e)) => Err(Reply::new(
                 451,
-                "4.7.5",
+                TLS_FAILED,
                 format!("TLS with {host} failed: {e}"),
             )),
             Err(_) => Err(Reply::new(
                 451,
-                "4.7.5",
+                TLS_FAILED,
                 format!("TLS with {host} timed out"),
             )),
         }

@@ -59,7 +59,9 @@ pub struct Engine {
     resolver: Option<TokioResolver>,
     tls_unverified: Arc<rustls::ClientConfig>,
     tls_verified: Arc<rustls::ClientConfig>,
-    pools: Mutex<HashMap<Target, Arc<Pool>>>,
+    /// Keyed by destination and TLS policy: a connection opened in plaintext for one route
+    /// is never reused for a route that requires TLS.
+    pools: Mutex<HashMap<(Target, sluice_config::TlsPolicy), Arc<Pool>>>,
     global: Arc<Semaphore>,
 }
 
@@ -183,15 +185,19 @@ impl Engine {
                 stale.extend(old);
             }
         }
-        for conn in stale {
-            conn.quit().await;
+        // QUIT waits for the peer's reply: never on the scheduler's own task.
+        let quits: Vec<_> = stale.into_iter().map(|c| tokio::spawn(c.quit())).collect();
+        if all {
+            for q in quits {
+                let _ = q.await;
+            }
         }
     }
 
-    fn pool(&self, target: &Target) -> Arc<Pool> {
+    fn pool(&self, target: &Target, tls: sluice_config::TlsPolicy) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools
-            .entry(target.clone())
+            .entry((target.clone(), tls))
             .or_insert_with(|| {
                 Arc::new(Pool {
                     slots: Arc::new(Semaphore::new(
@@ -213,12 +219,29 @@ impl Engine {
         ) {
             Ok(Some(b)) => b,
             Ok(None) => {
-                tracing::error!(id = %meta.id, "queued message has no body; dropping it");
-                let _ = self.queue.remove(&meta.id);
-                return AttemptResult {
-                    due: None,
-                    new: Vec::new(),
-                };
+                // Reported, never dropped silently: every pending recipient fails with a
+                // DSN to the sender (built from the envelope alone).
+                tracing::error!(id = %meta.id, sender = %meta.sender, "queued message body is missing or fails its checksum; bouncing it");
+                let reply = Reply::new(
+                    550,
+                    "5.3.0",
+                    "the message was damaged in the queue (body missing or checksum mismatch) and cannot be delivered; please send it again",
+                );
+                let outcomes: Vec<(usize, Outcome)> = (0..meta.recipients.len())
+                    .filter(|&i| !meta.recipients[i].status.is_final())
+                    .map(|i| {
+                        (
+                            i,
+                            Outcome::Failed {
+                                reply: reply.clone(),
+                                remote: None,
+                            },
+                        )
+                    })
+                    .collect();
+                let mut new = Vec::new();
+                let recorded = self.apply(&mut meta, outcomes, now, b"", &mut new).await;
+                return self.finish(meta, now, new, recorded);
             }
             Err(e) => {
                 tracing::error!(id = %meta.id, error = %e, "cannot read message body");
@@ -531,7 +554,7 @@ impl Engine {
         }
         let defer_all = |reply: Reply| Outcome::for_all(&idx, &reply, &None);
         let _global = self.global.clone().acquire_owned().await;
-        let pool = self.pool(&target);
+        let pool = self.pool(&target, route.tls);
         let _slot = pool.slots.clone().acquire_owned().await;
         let tls = TlsChoice {
             policy: route.tls,
@@ -669,19 +692,23 @@ impl Engine {
                     EventKind::Bounced
                 }
                 Outcome::Deferred { reply, remote } => {
-                    r.remote_mta = remote;
                     if now >= expire_at {
+                        // The 5.4.7 is ours, not the remote's: no Remote-MTA claims it.
+                        let from = remote.map(|h| format!(" from {h}")).unwrap_or_default();
+                        r.remote_mta = None;
                         r.status = Status::Failed;
                         r.last_reply = Some(Reply::new(
                             550,
                             "5.4.7",
-                            format!("message expired in queue; last error: {reply}"),
+                            format!("message expired in queue; last error{from}: {reply}"),
                         ));
                         EventKind::Bounced
                     } else {
+                        r.remote_mta = remote;
+                        // Backoff counts from the end of the attempt, however long it took.
                         let wait = self.backoff(r.attempts);
                         r.status = Status::Deferred {
-                            next_attempt: now + wait.as_secs().max(1),
+                            next_attempt: now_secs().max(now) + wait.as_secs().max(1),
                         };
                         r.last_reply = Some(reply);
                         EventKind::Deferred
@@ -787,7 +814,12 @@ impl Engine {
                         body: Arc::new(report),
                     });
                 }
-                Err(e) => tracing::error!(id = %meta.id, error = %e, "cannot queue DSN"),
+                Err(e) => {
+                    // A recipient is final only once its DSN is queued: leave the record as
+                    // it was, so the next attempt produces the result and the DSN again.
+                    tracing::error!(id = %meta.id, error = %e, "cannot queue DSN; the attempt's result is not recorded and will be retried");
+                    published = false;
+                }
             }
         }
         published

@@ -1,7 +1,9 @@
 //! Next-hop resolution: MX records by preference, the implicit MX (the domain's own
 //! address records) when there are none, and null MX (RFC 7505).
 
-use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::ProtoErrorKind;
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::{ResolveError, TokioResolver};
 use sluice_core::Reply;
 use std::net::{IpAddr, SocketAddr};
 
@@ -10,6 +12,30 @@ use std::net::{IpAddr, SocketAddr};
 pub struct Hop {
     pub name: String,
     pub addrs: Vec<SocketAddr>,
+}
+
+/// What a failed lookup says about the name.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// NXDOMAIN: the name does not exist. Permanent.
+    NoSuchName,
+    /// The name exists without records of the type asked for.
+    NoData,
+    /// SERVFAIL, REFUSED, a timeout, no server reachable...: try again later (4.4.3).
+    Temporary,
+}
+
+/// hickory reports SERVFAIL and REFUSED as "no records found" too: only the response code
+/// tells a missing name from a failing server.
+fn classify(e: &ResolveError) -> Failure {
+    match e.proto().map(|p| p.kind()) {
+        Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => match *response_code {
+            ResponseCode::NXDomain => Failure::NoSuchName,
+            ResponseCode::NoError => Failure::NoData,
+            _ => Failure::Temporary,
+        },
+        _ => Failure::Temporary,
+    }
 }
 
 /// Resolves a host name (or IP literal) to socket addresses.
@@ -23,7 +49,7 @@ pub async fn host_addrs(
     }
     match resolver.lookup_ip(host).await {
         Ok(ips) => Ok(ips.iter().map(|ip| SocketAddr::new(ip, port)).collect()),
-        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Err(Reply::new(
+        Err(e) if classify(&e) != Failure::Temporary => Err(Reply::new(
             550,
             "5.1.2",
             format!("host {host} has no address records"),
@@ -63,14 +89,14 @@ pub async fn mx_hops(resolver: &TokioResolver, domain: &str, port: u16) -> Resul
                 .filter(|n| !n.is_empty())
                 .collect()
         }
-        Err(e) if e.is_nx_domain() => {
+        Err(e) if classify(&e) == Failure::NoSuchName => {
             return Err(Reply::new(
                 550,
                 "5.1.2",
                 format!("domain {domain} does not exist"),
             ));
         }
-        Err(e) if e.is_no_records_found() => vec![domain.to_string()],
+        Err(e) if classify(&e) == Failure::NoData => vec![domain.to_string()],
         Err(e) => {
             return Err(Reply::new(
                 451,
