@@ -12,13 +12,15 @@ use crate::{Outcome, maildir, mx};
 use hickory_resolver::TokioResolver;
 use sluice_config::{Route, Settings, Via};
 use sluice_core::{Event, EventKind, MessageRef, Pipelines, Recipient, Reply, Verdict};
-use sluice_queue::{MessageMeta, Queue, Queued, RecipientState, Status, new_id, now_secs};
+use sluice_queue::{
+    HandoffRx, MessageMeta, Queue, Queued, RecipientState, Status, new_id, now_secs,
+};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 
 /// Connections to one destination: a concurrency limit and idle connections for reuse.
 struct Pool {
@@ -42,6 +44,21 @@ enum Gate {
     Wait(Option<(u64, String)>),
     /// Every recipient is final with these outcomes.
     Done(Vec<(usize, Outcome)>),
+}
+
+/// The queue's messages as (due time, id), earliest first: what [`Engine::load`] found.
+pub struct Schedule {
+    timers: BinaryHeap<Reverse<(u64, String)>>,
+}
+
+impl Schedule {
+    pub fn len(&self) -> usize {
+        self.timers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.timers.is_empty()
+    }
 }
 
 /// What one attempt leaves to the scheduler.
@@ -84,35 +101,57 @@ impl Engine {
         })
     }
 
+    /// Reads the queue into a schedule: one pass, one record in memory at a time, keeping
+    /// only (due time, id) per message. Run it before the listeners accept, so that a
+    /// message accepted meanwhile is not scheduled twice. Blocking.
+    pub fn load(&self) -> Schedule {
+        let mut timers = BinaryHeap::new();
+        let mut done = Vec::new();
+        let started = std::time::Instant::now();
+        let result = self.queue.for_each(&mut |m| {
+            if m.quarantine.is_some() {
+                return;
+            }
+            match m.next_due() {
+                Some(due) => timers.push(Reverse((due, m.id))),
+                None => done.push(m.id),
+            }
+        });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot read the queue");
+        }
+        for id in done {
+            let _ = self.queue.remove(&id);
+        }
+        if !timers.is_empty() {
+            tracing::info!(messages = timers.len(), took = ?started.elapsed(), "resuming delivery of queued mail");
+        }
+        Schedule { timers }
+    }
+
     /// Runs until `shutdown` turns true; then lets attempts in flight finish.
+    ///
+    /// At most `max_in_flight` attempts run at once (each may hold a body in memory); due
+    /// messages wait in the schedule as (time, id) until a place is free, and a message
+    /// already in flight is never started twice.
     pub async fn run(
         self: Arc<Self>,
-        mut incoming: mpsc::UnboundedReceiver<Queued>,
+        schedule: Schedule,
+        mut incoming: HandoffRx,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut timers: BinaryHeap<Reverse<(u64, String)>> = BinaryHeap::new();
-        match self.queue.list() {
-            Ok(all) => {
-                for m in all {
-                    if m.quarantine.is_some() {
-                        continue;
-                    }
-                    match m.next_due() {
-                        Some(due) => timers.push(Reverse((due, m.id))),
-                        None => {
-                            let _ = self.queue.remove(&m.id);
-                        }
-                    }
-                }
-                if !timers.is_empty() {
-                    tracing::info!(messages = timers.len(), "resuming delivery of queued mail");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot read the queue"),
-        }
+        let mut timers = schedule.timers;
+        let max_in_flight = self
+            .settings
+            .delivery
+            .max_connections
+            .saturating_mul(2)
+            .max(8);
+        let mut in_flight: HashSet<String> = HashSet::new();
         let mut attempts = tokio::task::JoinSet::new();
         let mut reaper = tokio::time::interval(Duration::from_secs(1));
         loop {
+            let room = attempts.len() < max_in_flight;
             let next = timers.peek().map(|Reverse((due, _))| *due);
             let sleep = async {
                 match next {
@@ -124,39 +163,54 @@ impl Engine {
                 }
             };
             tokio::select! {
-                Some(Queued { meta, body }) = incoming.recv() => {
-                    let engine = self.clone();
-                    attempts.spawn(async move { engine.attempt(meta, Some(body)).await });
-                }
-                _ = sleep => {
-                    let now = now_secs();
-                    while let Some(Reverse((due, _))) = timers.peek() {
-                        if *due > now {
-                            break;
-                        }
-                        let Reverse((_, id)) = timers.pop().expect("peeked");
+                Some(Queued { meta, body }) = incoming.queued.recv(), if room => {
+                    if in_flight.insert(meta.id.clone()) {
                         let engine = self.clone();
                         attempts.spawn(async move {
-                            match engine.queue.get(&id) {
+                            let id = meta.id.clone();
+                            (id, engine.attempt(meta, Some(body)).await)
+                        });
+                    }
+                }
+                Some(id) = incoming.overflow.recv() => {
+                    timers.push(Reverse((now_secs(), id)));
+                }
+                _ = sleep, if room => {
+                    let now = now_secs();
+                    while attempts.len() < max_in_flight {
+                        match timers.peek() {
+                            Some(Reverse((due, _))) if *due <= now => {}
+                            _ => break,
+                        }
+                        let Reverse((_, id)) = timers.pop().expect("peeked");
+                        // Its running attempt reschedules it when it ends.
+                        if !in_flight.insert(id.clone()) {
+                            continue;
+                        }
+                        let engine = self.clone();
+                        attempts.spawn(async move {
+                            let result = match engine.queue.get(&id) {
                                 Ok(Some(meta)) => engine.attempt(meta, None).await,
                                 Ok(None) => AttemptResult { due: None, new: Vec::new() },
                                 Err(e) => {
                                     tracing::error!(%id, error = %e, "cannot load queued message");
-                                    AttemptResult { due: Some((now_secs() + 60, id)), new: Vec::new() }
+                                    AttemptResult { due: Some((now_secs() + 60, id.clone())), new: Vec::new() }
                                 }
-                            }
+                            };
+                            (id, result)
                         });
                     }
                 }
                 Some(done) = attempts.join_next(), if !attempts.is_empty() => {
                     match done {
-                        Ok(result) => {
+                        Ok((id, result)) => {
+                            in_flight.remove(&id);
                             if let Some(due) = result.due {
                                 timers.push(Reverse(due));
                             }
-                            for Queued { meta, body } in result.new {
-                                let engine = self.clone();
-                                attempts.spawn(async move { engine.attempt(meta, Some(body)).await });
+                            // DSNs: due now; they start as soon as there is room.
+                            for Queued { meta, .. } in result.new {
+                                timers.push(Reverse((now_secs(), meta.id)));
                             }
                         }
                         Err(e) => tracing::error!(error = %e, "delivery attempt panicked"),
@@ -553,9 +607,11 @@ impl Engine {
             .unwrap_or_default();
         }
         let defer_all = |reply: Reply| Outcome::for_all(&idx, &reply, &None);
-        let _global = self.global.clone().acquire_owned().await;
+        // The destination's slot first: a slow destination queues on its own slots and
+        // cannot hold global permits that other destinations are waiting for.
         let pool = self.pool(&target, route.tls);
         let _slot = pool.slots.clone().acquire_owned().await;
+        let _global = self.global.clone().acquire_owned().await;
         let tls = TlsChoice {
             policy: route.tls,
             unverified: self.tls_unverified.clone(),

@@ -20,6 +20,9 @@ use std::sync::{Arc, Mutex};
 /// Start a new segment past this size.
 const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Segment files kept open for reading; the least recently used is closed past this.
+const MAX_OPEN: usize = 64;
+
 /// Where a body is, and its checksum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyRef {
@@ -63,12 +66,14 @@ struct State {
     dirty: Vec<Arc<File>>,
     /// Live bodies per segment.
     refs: HashMap<u64, u64>,
-    /// Open segments for reading.
-    open: HashMap<u64, Arc<File>>,
+    /// Open segments for reading, with when each was last used (a tick of `clock`).
+    open: HashMap<u64, (Arc<File>, u64)>,
+    clock: u64,
 }
 
 pub struct BodyLog {
     dir: PathBuf,
+    segment_bytes: u64,
     state: Mutex<State>,
 }
 
@@ -105,11 +110,13 @@ impl BodyLog {
         let current = Self::create(dir, max_id + 1)?;
         Ok(BodyLog {
             dir: dir.to_path_buf(),
+            segment_bytes: SEGMENT_BYTES,
             state: Mutex::new(State {
                 current,
                 dirty: Vec::new(),
                 refs,
                 open: HashMap::new(),
+                clock: 0,
             }),
         })
     }
@@ -136,7 +143,7 @@ impl BodyLog {
     pub fn append(&self, body: &[u8]) -> std::io::Result<BodyRef> {
         let crc = crc32fast::hash(body);
         let mut st = self.lock();
-        if st.current.len >= SEGMENT_BYTES {
+        if st.current.len >= self.segment_bytes {
             let next = Self::create(&self.dir, st.current.id + 1)?;
             let old = std::mem::replace(&mut st.current, next);
             st.dirty.push(old.file.clone());
@@ -192,13 +199,26 @@ impl BodyLog {
             let mut st = self.lock();
             if r.segment == st.current.id {
                 st.current.file.clone()
-            } else if let Some(f) = st.open.get(&r.segment) {
-                f.clone()
+            } else if let Some(f) = st.open.get(&r.segment).map(|(f, _)| f.clone()) {
+                st.clock += 1;
+                let now = st.clock;
+                if let Some(e) = st.open.get_mut(&r.segment) {
+                    e.1 = now;
+                }
+                f
             } else {
                 match File::open(seg_path(&self.dir, r.segment)) {
                     Ok(f) => {
                         let f = Arc::new(f);
-                        st.open.insert(r.segment, f.clone());
+                        if st.open.len() >= MAX_OPEN
+                            && let Some(oldest) =
+                                st.open.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k)
+                        {
+                            st.open.remove(&oldest);
+                        }
+                        st.clock += 1;
+                        let now = st.clock;
+                        st.open.insert(r.segment, (f.clone(), now));
                         f
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -234,10 +254,41 @@ impl BodyLog {
         Ok(())
     }
 
+    /// Segment files open for reading (bounded by `MAX_OPEN`).
+    pub fn open_segments(&self) -> usize {
+        self.lock().open.len()
+    }
+
     /// Number of segment files on disk, for tests.
     pub fn segments_on_disk(&self) -> usize {
         std::fs::read_dir(&self.dir)
             .map(|rd| rd.filter(|e| e.is_ok()).count())
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_segment_files_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = BodyLog::open(dir.path(), std::iter::empty()).unwrap();
+        log.segment_bytes = 100;
+        let refs: Vec<BodyRef> = (0..200)
+            .map(|i| log.append(format!("{i:0>150}").as_bytes()).unwrap())
+            .collect();
+        log.sync().unwrap();
+        assert!(log.segments_on_disk() >= 199);
+        for (i, r) in refs.iter().enumerate() {
+            let body = log.read(r).unwrap().unwrap();
+            assert_eq!(body, format!("{i:0>150}").as_bytes());
+            assert!(log.open_segments() <= MAX_OPEN);
+        }
+        // The recently used stay open: reading the last one again opens nothing new.
+        let before = log.open_segments();
+        log.read(&refs[198]).unwrap().unwrap();
+        assert_eq!(log.open_segments(), before);
     }
 }

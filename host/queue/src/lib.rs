@@ -38,6 +38,42 @@ pub struct Queued {
     pub body: Arc<Vec<u8>>,
 }
 
+/// The bounded hand-off of new messages from the SMTP sessions to delivery.
+///
+/// At most `capacity` messages wait with their bodies; past that a message goes by id only
+/// (delivery reads its body from the queue when it gets to it), so a delivery backlog never
+/// holds bodies in memory without bound and never slows the sessions down.
+#[derive(Clone)]
+pub struct Handoff {
+    tx: tokio::sync::mpsc::Sender<Queued>,
+    overflow: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+/// The delivery side of a [`Handoff`].
+pub struct HandoffRx {
+    pub queued: tokio::sync::mpsc::Receiver<Queued>,
+    pub overflow: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+pub fn handoff(capacity: usize) -> (Handoff, HandoffRx) {
+    let (tx, queued) = tokio::sync::mpsc::channel(capacity.max(1));
+    let (otx, overflow) = tokio::sync::mpsc::unbounded_channel();
+    (
+        Handoff { tx, overflow: otx },
+        HandoffRx { queued, overflow },
+    )
+}
+
+impl Handoff {
+    /// Hands a message that was just made durable to delivery; never waits.
+    pub fn hand(&self, q: Queued) {
+        use tokio::sync::mpsc::error::TrySendError;
+        if let Err(TrySendError::Full(q)) = self.tx.try_send(q) {
+            let _ = self.overflow.send(q.meta.id);
+        }
+    }
+}
+
 /// A queue failure. Always an I/O-level problem: callers answer 451 and retry later.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -107,6 +143,14 @@ pub trait Queue: Send + Sync {
     fn body(&self, id: &str) -> Result<Option<Vec<u8>>, QueueError>;
     /// Every message, in id (arrival) order.
     fn list(&self) -> Result<Vec<MessageMeta>, QueueError>;
+    /// Every message, in id order, one at a time: a scan of a large queue that holds one
+    /// record in memory at a time. Unreadable records are moved aside as in `list`.
+    fn for_each(&self, f: &mut dyn FnMut(MessageMeta)) -> Result<(), QueueError> {
+        for m in self.list()? {
+            f(m);
+        }
+        Ok(())
+    }
     /// Makes every earlier change durable.
     async fn sync(&self) -> Result<(), QueueError>;
 }

@@ -563,16 +563,21 @@ impl Queue for SledQueue {
         inner.bodies.read(&r).map_err(io)
     }
 
+    fn list(&self) -> Result<Vec<MessageMeta>, QueueError> {
+        let mut out = Vec::new();
+        self.for_each(&mut |m| out.push(m))?;
+        Ok(out)
+    }
+
     /// A record that cannot be read is moved aside (under `bad/`), logged, and skipped:
     /// one damaged record never stops the queue.
-    fn list(&self) -> Result<Vec<MessageMeta>, QueueError> {
+    fn for_each(&self, f: &mut dyn FnMut(MessageMeta)) -> Result<(), QueueError> {
         let inner = self.inner()?;
-        let mut out = Vec::new();
         for item in inner.db.scan_prefix(META) {
             let (k, v) = inner.check(item)?;
             let id = String::from_utf8_lossy(&k[META.len()..]).into_owned();
             match self.decode(&id, &v) {
-                Ok((_, meta)) => out.push(meta),
+                Ok((_, meta)) => f(meta),
                 Err(e) => {
                     tracing::error!(%id, error = %e, "moving an unreadable queue record aside");
                     inner.check(inner.db.insert(key(BAD, &id), v))?;
@@ -580,7 +585,7 @@ impl Queue for SledQueue {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn sync(&self) -> Result<(), QueueError> {

@@ -198,7 +198,7 @@ async fn serve(settings: Settings) -> Result<()> {
     let pid_file = settings.data_dir.join("sluice.pid");
     std::fs::write(&pid_file, std::process::id().to_string())
         .with_context(|| format!("cannot write {}", pid_file.display()))?;
-    let (queued_tx, queued_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (queued_tx, queued_rx) = sluice_queue::handoff(1024);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(ServerContext {
         settings: settings.clone(),
@@ -209,6 +209,13 @@ async fn serve(settings: Settings) -> Result<()> {
         queued: queued_tx,
     });
 
+    // The queue is scanned before any listener accepts: a message accepted during the
+    // scan would otherwise be scheduled twice.
+    let engine = sluice_delivery::Engine::new(settings.clone(), queue.clone(), pipelines.clone());
+    let schedule = {
+        let e = engine.clone();
+        tokio::task::spawn_blocking(move || e.load()).await?
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for l in &settings.listeners {
         let listener = tokio::net::TcpListener::bind(l.bind)
@@ -228,8 +235,7 @@ async fn serve(settings: Settings) -> Result<()> {
         settings.clone(),
         shutdown_rx.clone(),
     ));
-    let engine = sluice_delivery::Engine::new(settings.clone(), queue.clone(), pipelines);
-    tasks.spawn(engine.run(queued_rx, shutdown_rx.clone()));
+    tasks.spawn(engine.run(schedule, queued_rx, shutdown_rx.clone()));
     drop(ctx);
 
     wait_for_signal(wasm).await?;

@@ -4,11 +4,11 @@ use crate::session::Session;
 use crate::users::Users;
 use sluice_config::{ListenerSettings, Settings};
 use sluice_core::Pipelines;
-use sluice_queue::{Queue, Queued};
+use sluice_queue::Queue;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 
 /// What every session of every listener shares.
 pub struct ServerContext {
@@ -20,7 +20,7 @@ pub struct ServerContext {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub users: Arc<Users>,
     /// Newly queued messages, for the delivery scheduler.
-    pub queued: mpsc::UnboundedSender<Queued>,
+    pub queued: sluice_queue::Handoff,
 }
 
 /// Serves one listener until `shutdown` turns true, then waits for its sessions to end.

@@ -261,7 +261,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         );
         if meta.quarantine.is_none() {
             let body = message.clone();
-            let _ = self.ctx.queued.send(Queued { meta, body });
+            self.ctx.queued.hand(Queued { meta, body });
         }
         Ok(())
     }
