@@ -571,3 +571,38 @@ fn a_damaged_body_is_bounced_to_the_sender() {
     assert!(dsn.contains("damaged in the queue"), "{dsn}");
     assert!(s.log().contains("fails its checksum"), "log:\n{}", s.log());
 }
+
+/// RFC 6152: 8-bit data never goes raw to a peer without 8BITMIME. It bounces (5.6.3);
+/// a message declared 8BITMIME whose body is plain ASCII goes through.
+#[test]
+fn eight_bit_data_is_not_sent_to_a_seven_bit_peer() {
+    let sink = Sink::start_7bit();
+    let s = Sluice::start(&route_to(sink.port));
+    s.cli(&["user", "add", "u"], "pw\n");
+    let mut c = tls_auth_client(&s);
+    assert!(
+        c.cmd("MAIL FROM:<sender@localhost> BODY=8BITMIME")
+            .starts_with("250")
+    );
+    assert!(c.cmd("RCPT TO:<a@remote.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send_raw("Subject: caf\u{e9}\r\n\r\nd\u{e9}j\u{e0} vu\r\n.\r\n".as_bytes());
+    assert!(c.read_reply().starts_with("250"));
+    assert!(
+        c.cmd("MAIL FROM:<sender@localhost> BODY=8BITMIME")
+            .starts_with("250")
+    );
+    assert!(c.cmd("RCPT TO:<b@remote.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send_raw(b"Subject: ascii\r\n\r\nplain\r\n.\r\n");
+    assert!(c.read_reply().starts_with("250"));
+    assert!(
+        wait_until(Duration::from_secs(15), || sink.messages().len() == 1
+            && s.maildir("sender@localhost").len() == 1),
+        "log:\n{}",
+        s.log()
+    );
+    assert!(sink.messages()[0].data.contains("Subject: ascii"));
+    let dsn = &s.maildir("sender@localhost")[0];
+    assert!(dsn.contains("Status: 5.6.3"), "{dsn}");
+}

@@ -25,6 +25,8 @@ struct State {
     rcpt_attempts: Vec<String>,
     /// Offer STARTTLS, then answer the handshake with garbage.
     broken_tls: bool,
+    /// Do not announce 8BITMIME.
+    seven_bit: bool,
 }
 
 #[derive(Clone)]
@@ -42,6 +44,13 @@ impl Sink {
     pub fn start_broken_tls() -> Sink {
         let sink = Sink::start_on(0);
         sink.state.lock().unwrap().broken_tls = true;
+        sink
+    }
+
+    /// A sink that does not announce 8BITMIME.
+    pub fn start_7bit() -> Sink {
+        let sink = Sink::start_on(0);
+        sink.state.lock().unwrap().seven_bit = true;
         sink
     }
 
@@ -95,11 +104,15 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
         }
         let line = line.trim_end().to_string();
         let upper = line.to_ascii_uppercase();
-        let broken_tls = state.lock().unwrap().broken_tls;
+        let (broken_tls, seven_bit) = {
+            let st = state.lock().unwrap();
+            (st.broken_tls, st.seven_bit)
+        };
         let reply: String = if upper.starts_with("EHLO") {
             let tls = if broken_tls { "250-STARTTLS\r\n" } else { "" };
+            let eight = if seven_bit { "" } else { "250-8BITMIME\r\n" };
             format!(
-                "250-sink.test\r\n{tls}250-PIPELINING\r\n250-SIZE 100000000\r\n250-8BITMIME\r\n250-DSN\r\n250 ENHANCEDSTATUSCODES"
+                "250-sink.test\r\n{tls}250-PIPELINING\r\n250-SIZE 100000000\r\n{eight}250-DSN\r\n250 ENHANCEDSTATUSCODES"
             )
         } else if upper == "STARTTLS" && broken_tls {
             out.write_all(b"220 2.0.0 go ahead\r\n")?;

@@ -44,6 +44,12 @@ impl Capabilities {
     }
 }
 
+/// Message data is written in chunks of this size, each with the command timeout.
+const DATA_CHUNK: usize = 64 * 1024;
+
+/// How long the reply to end of data may take (RFC 5321 §4.5.3.2.6).
+const FINAL_REPLY_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// The enhanced status of a failed TLS handshake (RFC 3463: cryptographic failure).
 const TLS_FAILED: &str = "4.7.5";
 
@@ -122,6 +128,15 @@ impl SmtpConnection {
                 ));
             }
         };
+        // Connecting to a closed port in the ephemeral range can connect the socket to
+        // itself (TCP simultaneous open); it would then wait for its own greeting.
+        if tcp.local_addr().ok() == tcp.peer_addr().ok() {
+            return Err(Reply::new(
+                451,
+                "4.4.1",
+                format!("connect to {host} ({addr}): connected to itself (nothing listens there)"),
+            ));
+        }
         let _ = tcp.set_nodelay(true);
         let mut conn = SmtpConnection {
             stream: MaybeTls::Plain(tcp),
@@ -222,6 +237,15 @@ impl SmtpConnection {
         }
     }
 
+    /// Writes the message data in chunks, each with its own timeout (RFC 5321 §4.5.3.2.5:
+    /// a timeout per data block, not one for the whole message).
+    async fn write_data(&mut self, data: &[u8]) -> Result<(), Reply> {
+        for chunk in data.chunks(DATA_CHUNK) {
+            self.write(chunk).await?;
+        }
+        Ok(())
+    }
+
     async fn command(&mut self, line: &str) -> Result<Reply, Reply> {
         self.write(line.as_bytes()).await?;
         self.read_reply().await
@@ -229,6 +253,10 @@ impl SmtpConnection {
 
     /// Reads one (possibly multi-line) reply. `Err` means the connection is unusable.
     async fn read_reply(&mut self) -> Result<Reply, Reply> {
+        self.read_reply_within(self.timeout).await
+    }
+
+    async fn read_reply_within(&mut self, timeout: Duration) -> Result<Reply, Reply> {
         loop {
             if self.rpos < self.rbuf.len() {
                 let mut it = self.rbuf[self.rpos..].iter();
@@ -260,7 +288,7 @@ impl SmtpConnection {
             }
             self.rbuf.clear();
             self.rpos = 0;
-            let read = tokio::time::timeout(self.timeout, self.stream.read_buf(&mut self.rbuf));
+            let read = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.rbuf));
             match read.await {
                 Ok(Ok(0)) => return Err(io_reply(&self.host, "connection closed by", "peer")),
                 Ok(Ok(_)) => {}
@@ -289,6 +317,20 @@ impl SmtpConnection {
                 format!("{} does not support SMTPUTF8", self.host),
             ));
         }
+        // RFC 6152: 8-bit data goes only to a peer that announced 8BITMIME. Sluice does not
+        // convert to quoted-printable; such a message bounces (5.6.3) rather than going raw.
+        // A message declared 8BITMIME whose body is plain ASCII goes as it is.
+        let eight_bit = !body.is_ascii();
+        if eight_bit && !caps.eight_bit {
+            return fail_all(Reply::new(
+                554,
+                "5.6.3",
+                format!(
+                    "{} does not accept 8-bit data (no 8BITMIME) and the message needs it",
+                    self.host
+                ),
+            ));
+        }
         if let Some(max) = caps.size
             && body.len() > max
         {
@@ -303,7 +345,7 @@ impl SmtpConnection {
         if caps.size.is_some() {
             mail.push_str(&format!(" SIZE={}", body.len()));
         }
-        if meta.eight_bit && caps.eight_bit {
+        if (meta.eight_bit || eight_bit) && caps.eight_bit {
             mail.push_str(" BODY=8BITMIME");
         }
         if meta.smtputf8 {
@@ -398,8 +440,9 @@ impl SmtpConnection {
             outcomes.extend(Outcome::for_all(&accepted, &data_reply, &remote));
             return Ok(outcomes);
         }
-        self.write(&dot_stuff(body)).await?;
-        let end = self.read_reply().await?;
+        self.write_data(&dot_stuff(body)).await?;
+        // RFC 5321 §4.5.3.2.6: the reply to end of data may take 10 minutes.
+        let end = self.read_reply_within(FINAL_REPLY_TIMEOUT).await?;
         self.messages_sent += 1;
         self.last_used = Instant::now();
         for i in accepted {

@@ -22,6 +22,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 
+/// How long a shutdown waits for delivery attempts in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Longest one message's transaction on a connection may take (the final reply alone may
+/// take 10 minutes).
+const ATTEMPT_CAP: Duration = Duration::from_secs(30 * 60);
+
 /// Connections to one destination: a concurrency limit and idle connections for reuse.
 struct Pool {
     slots: Arc<Semaphore>,
@@ -48,7 +55,7 @@ enum Gate {
 
 /// The queue's messages as (due time, id), earliest first: what [`Engine::load`] found.
 pub struct Schedule {
-    timers: BinaryHeap<Reverse<(u64, String)>>,
+    timers: BinaryHeap<Reverse<(u64, Box<str>)>>,
 }
 
 impl Schedule {
@@ -113,7 +120,7 @@ impl Engine {
                 return;
             }
             match m.next_due() {
-                Some(due) => timers.push(Reverse((due, m.id))),
+                Some(due) => timers.push(Reverse((due, m.id.into_boxed_str()))),
                 None => done.push(m.id),
             }
         });
@@ -173,7 +180,7 @@ impl Engine {
                     }
                 }
                 Some(id) = incoming.overflow.recv() => {
-                    timers.push(Reverse((now_secs(), id)));
+                    timers.push(Reverse((now_secs(), id.into_boxed_str())));
                 }
                 _ = sleep, if room => {
                     let now = now_secs();
@@ -183,6 +190,7 @@ impl Engine {
                             _ => break,
                         }
                         let Reverse((_, id)) = timers.pop().expect("peeked");
+                        let id = String::from(id);
                         // Its running attempt reschedules it when it ends.
                         if !in_flight.insert(id.clone()) {
                             continue;
@@ -205,12 +213,12 @@ impl Engine {
                     match done {
                         Ok((id, result)) => {
                             in_flight.remove(&id);
-                            if let Some(due) = result.due {
-                                timers.push(Reverse(due));
+                            if let Some((due, id)) = result.due {
+                                timers.push(Reverse((due, id.into_boxed_str())));
                             }
                             // DSNs: due now; they start as soon as there is room.
                             for Queued { meta, .. } in result.new {
-                                timers.push(Reverse((now_secs(), meta.id)));
+                                timers.push(Reverse((now_secs(), meta.id.into_boxed_str())));
                             }
                         }
                         Err(e) => tracing::error!(error = %e, "delivery attempt panicked"),
@@ -220,8 +228,20 @@ impl Engine {
                 _ = stopped(&mut shutdown) => break,
             }
         }
-        while attempts.join_next().await.is_some() {}
+        tracing::debug!(in_flight = attempts.len(), "delivery stopping");
+        // Attempts in flight get a grace period; one stuck on a slow peer is abandoned (its
+        // recipients are still pending on disk and are tried again after the restart).
+        let drain = async { while attempts.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!(
+                abandoned = attempts.len(),
+                "delivery attempts still running at shutdown; they are retried after the restart"
+            );
+            attempts.abort_all();
+            while attempts.join_next().await.is_some() {}
+        }
         self.close_idle(true).await;
+        tracing::debug!("delivery stopped");
     }
 
     /// Closes idle connections past the idle timeout (all of them with `all`).
@@ -267,6 +287,7 @@ impl Engine {
     /// unless given.
     async fn attempt(&self, mut meta: MessageMeta, body: Option<Arc<Vec<u8>>>) -> AttemptResult {
         let now = now_secs();
+        tracing::trace!(id = %meta.id, "attempt");
         let body = match body.map_or_else(
             || self.queue.body(&meta.id).map(|b| b.map(Arc::new)),
             |b| Ok(Some(b)),
@@ -610,8 +631,11 @@ impl Engine {
         // The destination's slot first: a slow destination queues on its own slots and
         // cannot hold global permits that other destinations are waiting for.
         let pool = self.pool(&target, route.tls);
+        tracing::trace!(id = %meta.id, "waiting for a destination slot");
         let _slot = pool.slots.clone().acquire_owned().await;
+        tracing::trace!(id = %meta.id, "waiting for a connection permit");
         let _global = self.global.clone().acquire_owned().await;
+        tracing::trace!(id = %meta.id, "connecting");
         let tls = TlsChoice {
             policy: route.tls,
             unverified: self.tls_unverified.clone(),
@@ -628,7 +652,18 @@ impl Engine {
                     Err(reply) => return defer_all(reply),
                 },
             };
-            match conn.send(meta, &idx, body).await {
+            // An overall cap: a tarpit answering a byte at a time cannot hold this slot
+            // for ever.
+            let sent = tokio::time::timeout(ATTEMPT_CAP, conn.send(meta, &idx, body))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Reply::new(
+                        451,
+                        "4.4.2",
+                        format!("{} took too long; attempt abandoned", conn.host),
+                    ))
+                });
+            match sent {
                 Ok(outcomes) => {
                     if conn.messages_sent < self.settings.delivery.max_messages_per_connection {
                         pool.idle
@@ -859,6 +894,8 @@ impl Engine {
             let envelope = sluice_core::Envelope {
                 sender: String::new(),
                 recipients: vec![Recipient::new(meta.sender.clone())],
+                // A report to a UTF-8 address must travel with SMTPUTF8 (RFC 6533).
+                smtputf8: !meta.sender.is_ascii(),
                 ..Default::default()
             };
             let dsn_meta = MessageMeta::new(new_id(), &envelope, report.len());

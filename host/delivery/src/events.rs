@@ -71,7 +71,10 @@ pub async fn dispatch(
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = shutdown.wait_for(|s| *s) => {
+                tracing::debug!("event dispatcher stopped");
+                return;
+            }
         }
     }
 }

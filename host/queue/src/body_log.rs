@@ -87,11 +87,16 @@ impl BodyLog {
     /// Opens the folder; `live` are the bodies the queue still points at. Segments nobody
     /// points at are deleted, and appends go to a new segment.
     pub fn open(dir: &Path, live: impl Iterator<Item = BodyRef>) -> std::io::Result<BodyLog> {
-        sluice_core::durable::create_dir_all(dir)?;
         let mut refs: HashMap<u64, u64> = HashMap::new();
         for r in live {
             *refs.entry(r.segment).or_default() += 1;
         }
+        Self::open_counted(dir, refs)
+    }
+
+    /// Like [`BodyLog::open`], with the live bodies already counted per segment.
+    pub fn open_counted(dir: &Path, refs: HashMap<u64, u64>) -> std::io::Result<BodyLog> {
+        sluice_core::durable::create_dir_all(dir)?;
         let mut max_id = 0;
         for entry in std::fs::read_dir(dir)? {
             let name = entry?.file_name();

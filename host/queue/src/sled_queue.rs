@@ -142,7 +142,9 @@ impl Inner {
         let config = sled::Config::new()
             .path(dir.join("db"))
             .flush_every_ms(None)
-            .cache_capacity(64 * 1024 * 1024);
+            // Records are small and read once per attempt: a small cache keeps a large
+            // backlog within bounds (see bench/RESULTS.md, backlog).
+            .cache_capacity(32 * 1024 * 1024);
         // A queue closed a moment ago may still be finishing its last flush on the flusher
         // thread, which holds the database lock until it ends: wait a little for it.
         let mut tries = 0;
@@ -167,18 +169,19 @@ impl Inner {
             poison: Mutex::new(None),
             poisoned: AtomicBool::new(false),
         });
-        let mut live = Vec::new();
+        // Live bodies per segment, counted as the records stream by.
+        let mut live: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
         // Records moved aside keep their bodies for inspection.
         for item in db.scan_prefix(BAD) {
             let (_, v) = item?;
             if let Some(r) = BodyRef::decode(&v) {
-                live.push(r);
+                *live.entry(r.segment).or_default() += 1;
             }
         }
         for item in db.scan_prefix(META) {
             let (k, v) = item?;
             match BodyRef::decode(&v) {
-                Some(r) => live.push(r),
+                Some(r) => *live.entry(r.segment).or_default() += 1,
                 None => {
                     tracing::warn!(key = %String::from_utf8_lossy(&k), "moving an unreadable queue record aside");
                     db.insert(key(BAD, &String::from_utf8_lossy(&k[META.len()..])), v)?;
@@ -186,7 +189,7 @@ impl Inner {
                 }
             }
         }
-        let bodies = BodyLog::open(&dir.join("bodies"), live.into_iter()).map_err(io)?;
+        let bodies = BodyLog::open_counted(&dir.join("bodies"), live).map_err(io)?;
         outbox.attach(&db)?;
         db.flush()?;
         let files = crate::sled_sync::SledFiles::open(&dir.join("db")).map_err(io)?;

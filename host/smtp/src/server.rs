@@ -66,7 +66,9 @@ pub async fn serve_listener(
             drop(permit);
         });
     }
+    tracing::debug!(listener = %settings.name, sessions = sessions.len(), "listener stopping");
     while sessions.join_next().await.is_some() {}
+    tracing::debug!(listener = %settings.name, "listener stopped");
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
