@@ -296,10 +296,12 @@ def probe(port, size, stop, latencies, sent):
         print("probe:", e, file=sys.stderr)
 
 
-def run_one(kind, workdir, size, n, sessions, binary):
+def run_one(kind, workdir, size, n, sessions, binary, baseline=None):
     sink = Sink(workdir)
     if kind == "sluice":
         server = Sluice(workdir, sink.port, binary)
+    elif kind == "baseline":
+        server = Sluice(workdir, sink.port, baseline)
     elif kind.startswith("sluice+"):
         server = Sluice(workdir, sink.port, binary, steps=int(kind.split("+")[1]))
     elif kind == "postfix":
@@ -345,7 +347,9 @@ def main():
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--sizes", default="5000,50000")
     ap.add_argument("--relays", default="direct,sluice,sluice+6,postfix",
-                    help="comma-separated: direct, sluice, sluice+N (N no-op plugin steps), postfix")
+                    help="comma-separated: direct, sluice, sluice+N (N no-op plugin steps), postfix, "
+                         "baseline (another sluice binary, --baseline)")
+    ap.add_argument("--baseline", help="path of an older sluice binary to compare with")
     ap.add_argument("--no-build", action="store_true")
     a = ap.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix"):
@@ -361,7 +365,7 @@ def main():
         for kind in a.relays.split(","):
             with tempfile.TemporaryDirectory() as workdir:
                 os.chmod(workdir, 0o755)
-                r = run_one(kind, workdir, size, a.messages, a.sessions, binary)
+                r = run_one(kind, workdir, size, a.messages, a.sessions, binary, a.baseline)
                 rows.append(r)
                 print(f"{kind} {size} B: {r}", file=sys.stderr)
     print(f"| relay | size | messages | accepted msg/s | delivered msg/s | CPU s / 1000 msgs | p50 ms | p99 ms |")
