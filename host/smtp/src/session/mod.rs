@@ -124,11 +124,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             receiving: Receiving::Commands,
             tx: None,
             errors: 0,
-            rbuf: Vec::with_capacity(8192),
+            rbuf: Vec::with_capacity(1024),
             rpos: 0,
             skipping_line: false,
             started: None,
-            out: Vec::with_capacity(1024),
+            out: Vec::with_capacity(256),
         }
     }
 
@@ -203,8 +203,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         } else {
             self.cfg.command_timeout.saturating_sub(since.elapsed())
         };
-        if self.rbuf.capacity() - self.rbuf.len() < 4096 {
-            self.rbuf.reserve(16 * 1024);
+        // Small while reading commands (10,000 idle sessions must stay cheap), large while
+        // message data streams in (fewer reads).
+        let want = if in_data { 16 * 1024 } else { 512 };
+        if self.rbuf.capacity() - self.rbuf.len() < want {
+            self.rbuf.reserve(want.max(self.rbuf.len()));
         }
         let idle = !in_data && self.rbuf.is_empty();
         let read = tokio::time::timeout(limit, self.stream.read_buf(&mut self.rbuf));
