@@ -469,6 +469,24 @@ fn flush_loop(inner: std::sync::Weak<Inner>, f: Arc<Flusher>) {
     }
 }
 
+/// Bodies from this size on are written and read with `block_in_place`, so that a 50 MB
+/// write does not stall the other tasks of an async worker.
+const LARGE_BODY: usize = 256 * 1024;
+
+/// Runs blocking file I/O on a large body off the async workers when on a multi-threaded
+/// tokio runtime (elsewhere, such as the CLI's current-thread runtime, inline).
+fn off_the_workers<T>(len: usize, f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi = Handle::try_current()
+        .map(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
+        .unwrap_or(false);
+    if len >= LARGE_BODY && multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 fn io(e: std::io::Error) -> QueueError {
     QueueError::Body(e)
 }
@@ -478,7 +496,7 @@ impl Queue for SledQueue {
     async fn enqueue(&self, meta: &MessageMeta, body: &[u8]) -> Result<(), QueueError> {
         let inner = self.inner()?;
         self.check_room(body.len() as u64)?;
-        let r = inner.bodies.append(body).map_err(io)?;
+        let r = off_the_workers(body.len(), || inner.bodies.append(body)).map_err(io)?;
         if let Err(e) = inner.check(inner.db.insert(key(META, &meta.id), Self::encode(&r, meta))) {
             let _ = inner.bodies.release(&r);
             return Err(e);
@@ -563,7 +581,7 @@ impl Queue for SledQueue {
             return Ok(None);
         };
         let (r, _) = self.decode(id, &v)?;
-        inner.bodies.read(&r).map_err(io)
+        off_the_workers(r.len as usize, || inner.bodies.read(&r)).map_err(io)
     }
 
     fn list(&self) -> Result<Vec<MessageMeta>, QueueError> {
