@@ -606,3 +606,32 @@ fn eight_bit_data_is_not_sent_to_a_seven_bit_peer() {
     let dsn = &s.maildir("sender@localhost")[0];
     assert!(dsn.contains("Status: 5.6.3"), "{dsn}");
 }
+
+/// A DSN to a UTF-8 address travels with SMTPUTF8 (RFC 6531/6533): the bounce of a message
+/// from `jörg@remote.test` reaches the next hop as `MAIL FROM:<> SMTPUTF8`.
+#[test]
+fn a_dsn_to_a_utf8_sender_uses_smtputf8() {
+    let sink = Sink::start();
+    let s = Sluice::start(&route_to(sink.port));
+    s.cli(&["user", "add", "u"], "pw\n");
+    let mut c = tls_auth_client(&s);
+    let r = c.cmd("MAIL FROM:<j\u{f6}rg@remote.test> SMTPUTF8");
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.cmd("RCPT TO:<reject-1@remote.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send_raw(b"Subject: utf8\r\n\r\nhello\r\n.\r\n");
+    assert!(c.read_reply().starts_with("250"));
+    assert!(
+        wait_until(Duration::from_secs(15), || !sink.messages().is_empty()),
+        "log:\n{}",
+        s.log()
+    );
+    let dsn = &sink.messages()[0];
+    assert_eq!(dsn.recipients, ["j\u{f6}rg@remote.test"]);
+    assert!(
+        dsn.mail_line.starts_with("MAIL FROM:<>"),
+        "{}",
+        dsn.mail_line
+    );
+    assert!(dsn.mail_line.contains("SMTPUTF8"), "{}", dsn.mail_line);
+}

@@ -112,7 +112,7 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
             let tls = if broken_tls { "250-STARTTLS\r\n" } else { "" };
             let eight = if seven_bit { "" } else { "250-8BITMIME\r\n" };
             format!(
-                "250-sink.test\r\n{tls}250-PIPELINING\r\n250-SIZE 100000000\r\n{eight}250-DSN\r\n250 ENHANCEDSTATUSCODES"
+                "250-sink.test\r\n{tls}250-PIPELINING\r\n250-SIZE 100000000\r\n{eight}250-DSN\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES"
             )
         } else if upper == "STARTTLS" && broken_tls {
             out.write_all(b"220 2.0.0 go ahead\r\n")?;
