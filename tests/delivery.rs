@@ -635,3 +635,28 @@ fn a_dsn_to_a_utf8_sender_uses_smtputf8() {
     );
     assert!(dsn.mail_line.contains("SMTPUTF8"), "{}", dsn.mail_line);
 }
+
+/// A next hop that reads a big message slowly but steadily gets it: the command timeout
+/// (2 s here) applies to each 64 KB chunk written, not to the whole body, and the reply to
+/// end of data may take longer than the command timeout (RFC 5321 §4.5.3.2).
+#[test]
+fn a_slow_but_steady_next_hop_gets_a_big_message() {
+    let sink = Sink::start_slow_reader();
+    let s = Sluice::start(
+        &route_to(sink.port).replace("[delivery]\n", "[delivery]\ncommand_timeout = \"2s\"\n"),
+    );
+    s.cli(&["user", "add", "u"], "pw\n");
+    let mut c = tls_auth_client(&s);
+    let r = c.send_mail(
+        "sender@localhost",
+        &["big@remote.test"],
+        &message("big and slow", 20_000_000),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    assert!(
+        wait_until(Duration::from_secs(60), || sink.messages().len() == 1),
+        "log:\n{}",
+        s.log()
+    );
+    assert!(!s.log().contains("timed out"), "log:\n{}", s.log());
+}

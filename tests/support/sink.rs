@@ -27,6 +27,8 @@ struct State {
     broken_tls: bool,
     /// Do not announce 8BITMIME.
     seven_bit: bool,
+    /// Read message data slowly (50 ms per 64 KB).
+    slow_reader: bool,
 }
 
 #[derive(Clone)]
@@ -44,6 +46,13 @@ impl Sink {
     pub fn start_broken_tls() -> Sink {
         let sink = Sink::start_on(0);
         sink.state.lock().unwrap().broken_tls = true;
+        sink
+    }
+
+    /// A sink that reads message data at about 1.3 MB/s.
+    pub fn start_slow_reader() -> Sink {
+        let sink = Sink::start_on(0);
+        sink.state.lock().unwrap().slow_reader = true;
         sink
     }
 
@@ -148,11 +157,17 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
             match &current {
                 Some(c) if !c.recipients.is_empty() => {
                     out.write_all(b"354 go ahead\r\n")?;
+                    let slow = state.lock().unwrap().slow_reader;
                     let mut data = String::new();
+                    let mut paced = 0;
                     loop {
                         let mut l = String::new();
                         if reader.read_line(&mut l)? == 0 {
                             return Ok(());
+                        }
+                        if slow && data.len() >= paced + 64 * 1024 {
+                            paced = data.len();
+                            std::thread::sleep(std::time::Duration::from_millis(50));
                         }
                         if l == ".\r\n" {
                             break;
