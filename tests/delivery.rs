@@ -660,3 +660,46 @@ fn a_slow_but_steady_next_hop_gets_a_big_message() {
     );
     assert!(!s.log().contains("timed out"), "log:\n{}", s.log());
 }
+
+/// A tarpit answers every command just within the command timeout: the transaction cap
+/// (`transaction_timeout`, 3 s here) ends the attempt, which is deferred, instead of the
+/// tarpit holding the connection slot for as long as it likes. The retry waits its backoff
+/// (2 s) counted from the end of that long attempt, not from its start.
+#[test]
+fn a_tarpit_cannot_hold_a_delivery_for_ever() {
+    let sink = Sink::start_tarpit(Duration::from_millis(900));
+    let s = Sluice::start(
+        &route_to(sink.port)
+            .replace("retry_initial = \"1s\"", "retry_initial = \"2s\"")
+            .replace("retry_max = \"1s\"", "retry_max = \"2s\"")
+            .replace(
+                "[delivery]\n",
+                "[delivery]\ncommand_timeout = \"2s\"\ntransaction_timeout = \"3s\"\n",
+            ),
+    );
+    s.cli(&["user", "add", "u"], "pw\n");
+    let rcpts: Vec<String> = (0..8).map(|i| format!("r{i}@remote.test")).collect();
+    let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let r = send_authenticated(&s, "sender@localhost", &rcpts, "tarpit");
+    assert!(r.starts_with("250"), "{r}");
+    assert!(
+        wait_until(Duration::from_secs(30), || s
+            .log()
+            .contains("attempt abandoned")),
+        "log:\n{}",
+        s.log()
+    );
+    assert!(s.log().contains("status=Deferred"), "log:\n{}", s.log());
+    assert!(
+        wait_until(Duration::from_secs(30), || sink.connection_times().len()
+            >= 2),
+        "no retry; log:\n{}",
+        s.log()
+    );
+    // EHLO 0.9 s + the 3 s cap, then a 2 s backoff in whole seconds (at least 1 s after
+    // truncation): at least 4.9 s between the connections. Counted from the attempt's start
+    // the retry would be due before the attempt ended, about 3.9 s.
+    let t = sink.connection_times();
+    let gap = t[1] - t[0];
+    assert!(gap >= Duration::from_millis(4600), "retried after {gap:?}");
+}

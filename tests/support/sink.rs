@@ -29,6 +29,10 @@ struct State {
     seven_bit: bool,
     /// Read message data slowly (50 ms per 64 KB).
     slow_reader: bool,
+    /// Wait this long before every reply after the greeting (a tarpit).
+    tarpit: Option<std::time::Duration>,
+    /// When each connection arrived.
+    connected_at: Vec<std::time::Instant>,
 }
 
 #[derive(Clone)]
@@ -46,6 +50,13 @@ impl Sink {
     pub fn start_broken_tls() -> Sink {
         let sink = Sink::start_on(0);
         sink.state.lock().unwrap().broken_tls = true;
+        sink
+    }
+
+    /// A sink that waits `delay` before every reply after the greeting.
+    pub fn start_tarpit(delay: std::time::Duration) -> Sink {
+        let sink = Sink::start_on(0);
+        sink.state.lock().unwrap().tarpit = Some(delay);
         sink
     }
 
@@ -88,6 +99,11 @@ impl Sink {
         self.state.lock().unwrap().connections
     }
 
+    /// When each connection arrived, in order.
+    pub fn connection_times(&self) -> Vec<std::time::Instant> {
+        self.state.lock().unwrap().connected_at.clone()
+    }
+
     /// Every RCPT address tried, in order, accepted or not.
     pub fn rcpt_attempts(&self) -> Vec<String> {
         self.state.lock().unwrap().rcpt_attempts.clone()
@@ -101,7 +117,11 @@ fn address(line: &str) -> String {
 }
 
 fn serve(stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
-    state.lock().unwrap().connections += 1;
+    {
+        let mut st = state.lock().unwrap();
+        st.connections += 1;
+        st.connected_at.push(std::time::Instant::now());
+    }
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     out.write_all(b"220 sink.test ESMTP test sink\r\n")?;
@@ -192,6 +212,10 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
         } else {
             "500 5.5.2 unknown command".into()
         };
+        let tarpit = state.lock().unwrap().tarpit;
+        if let Some(d) = tarpit {
+            std::thread::sleep(d);
+        }
         out.write_all(reply.as_bytes())?;
         out.write_all(b"\r\n")?;
     }

@@ -245,6 +245,7 @@ impl Compiler<'_> {
             idle_timeout: d.idle_timeout,
             connect_timeout: d.connect_timeout,
             command_timeout: d.command_timeout,
+            transaction_timeout: d.transaction_timeout,
             retry_initial: d.retry_initial,
             retry_max: d.retry_max,
             event_retry_initial: d.event_retry_initial,

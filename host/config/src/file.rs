@@ -142,9 +142,14 @@ pub struct DeliveryFile {
     /// Timeout for connecting to the next hop.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Timeout for each reply of the next hop.
+    /// Timeout for each reply of the next hop, and for writing each 64 KB of message data
+    /// (the reply to end of data may take 10 minutes, RFC 5321 §4.5.3.2).
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// Longest one message's transaction on a connection may take, however slowly the next
+    /// hop answers within its timeouts (a tarpit cannot hold a connection slot for ever).
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
     /// First retry delay after a temporary failure; doubled after every attempt.
     #[serde(with = "humantime_serde")]
     pub retry_initial: Duration,
@@ -187,6 +192,7 @@ impl Default for DeliveryFile {
             idle_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(300),
+            transaction_timeout: Duration::from_secs(30 * 60),
             retry_initial: Duration::from_secs(300),
             retry_max: Duration::from_secs(3600),
             expire: Duration::from_secs(5 * 86400),

@@ -128,6 +128,7 @@ pub struct DeliverySettings {
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+    pub transaction_timeout: Duration,
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub expire: Duration,

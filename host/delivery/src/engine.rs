@@ -25,10 +25,6 @@ use tokio::sync::{Semaphore, watch};
 /// How long a shutdown waits for delivery attempts in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Longest one message's transaction on a connection may take (the final reply alone may
-/// take 10 minutes).
-const ATTEMPT_CAP: Duration = Duration::from_secs(30 * 60);
-
 /// Connections to one destination: a concurrency limit and idle connections for reuse.
 struct Pool {
     slots: Arc<Semaphore>,
@@ -654,7 +650,8 @@ impl Engine {
             };
             // An overall cap: a tarpit answering a byte at a time cannot hold this slot
             // for ever.
-            let sent = tokio::time::timeout(ATTEMPT_CAP, conn.send(meta, &idx, body))
+            let cap = self.settings.delivery.transaction_timeout;
+            let sent = tokio::time::timeout(cap, conn.send(meta, &idx, body))
                 .await
                 .unwrap_or_else(|_| {
                     Err(Reply::new(
