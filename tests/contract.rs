@@ -258,3 +258,38 @@ fn held_and_dropped_recipients_count_toward_the_recipient_limit() {
     let reply = c.cmd("RCPT TO:<bob@localhost>");
     assert!(reply.starts_with("452 4.5.3"), "{reply}");
 }
+
+/// A `quarantine` verdict at the delivery stage is honoured: the message is held, not
+/// delivered, not retried, and still held after a restart (`sluice queue list` shows it).
+#[test]
+fn a_delivery_stage_quarantine_holds_the_message() {
+    let sink = Sink::start();
+    let policy = step("hold", PROBE, "stages = [\"delivery\"]", "mode = \"hold\"");
+    let mut s = start(&policy, Some(&sink));
+    let mut c = Client::connect(s.mx_port);
+    c.cmd("EHLO client.test");
+    let r = c.send_mail("a@example.com", &["bob@example.net"], HTML);
+    assert!(r.starts_with("250"), "{r}");
+    assert!(
+        wait_until(Duration::from_secs(10), || s
+            .log()
+            .contains("message quarantined at delivery")),
+        "{}",
+        s.log()
+    );
+    s.stop();
+    s.restart();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(sink.messages().is_empty(), "a held message was delivered");
+    assert_eq!(
+        s.log().matches("message quarantined at delivery").count(),
+        1,
+        "held messages are not attempted again"
+    );
+    s.stop();
+    let list = String::from_utf8_lossy(&s.cli(&["queue", "list"], "").stdout).into_owned();
+    assert!(
+        list.contains("quarantined: held at delivery by probe"),
+        "{list}"
+    );
+}

@@ -19,6 +19,7 @@
 //!   and defers the first `config.times` runs of each event.
 //! - `rcpt` (rcpt): quarantines `hold…@` recipients, discards `drop…@` ones.
 //! - `envelope` (data): adds the recipient `config.value`.
+//! - `hold` (delivery): quarantines every message at the delivery stage.
 
 use serde::Deserialize;
 use sluice_plugin_sdk::{
@@ -62,6 +63,7 @@ impl Filter for Probe {
         Stage::Rcpt,
         Stage::Data,
         Stage::Queued,
+        Stage::Delivery,
         Stage::Render,
         Stage::Event,
     ];
@@ -70,7 +72,7 @@ impl Filter for Probe {
         let c: Config = serde_json::from_str(c).map_err(|e| format!("bad config: {e}"))?;
         const MODES: &[&str] = &[
             "parts", "compose", "kv", "data", "blob", "emit", "render", "queued", "events", "rcpt",
-            "envelope",
+            "envelope", "hold",
         ];
         if !MODES.contains(&c.mode.as_str()) {
             return Err(format!("unknown mode `{}`", c.mode));
@@ -90,6 +92,14 @@ impl Filter for Probe {
             Outcome::cont().verdict(Verdict::Quarantine("held by probe".into()))
         } else if rcpt.starts_with("drop") {
             Outcome::cont().verdict(Verdict::Discard)
+        } else {
+            Outcome::cont()
+        }
+    }
+
+    fn on_delivery(_m: &Message, _recipients: Vec<String>) -> Outcome {
+        if config().mode == "hold" {
+            Outcome::cont().verdict(Verdict::Quarantine("held at delivery by probe".into()))
         } else {
             Outcome::cont()
         }
