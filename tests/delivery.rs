@@ -5,23 +5,7 @@ mod support;
 
 use std::collections::HashSet;
 use std::time::Duration;
-use support::{Client, Sink, Sluice, TlsClient, message, wait_until};
-
-fn route_to(port: u16) -> String {
-    format!(
-        r#"
-[delivery]
-retry_initial = "1s"
-retry_max = "1s"
-
-[[route]]
-domain = "remote.test"
-via = "smarthost"
-host = "127.0.0.1:{port}"
-tls = "none"
-"#
-    )
-}
+use support::{Client, Sink, Sluice, TlsClient, message, route_to, wait_until};
 
 #[test]
 fn temporary_failure_is_retried_until_accepted() {
@@ -374,17 +358,24 @@ fn queue_commands_on_a_stopped_server() {
     assert!(sink.messages()[0].data.contains("Subject: first"));
 }
 
+/// A sink, the test DNS server and Sluice delivering by MX through both (plus `extra`
+/// TOML), with the user `u`.
+fn mx_setup(extra: &str) -> (Sink, support::dns::Dns, Sluice) {
+    let sink = Sink::start();
+    let dns = support::dns::Dns::start();
+    let s = Sluice::start(&format!(
+        "[delivery]\nnameservers = [\"127.0.0.1:{}\"]\nmx_port = {}\ntls = \"none\"\nretry_initial = \"1s\"\nretry_max = \"1s\"\n{extra}",
+        dns.port, sink.port
+    ));
+    s.cli(&["user", "add", "u"], "pw\n");
+    (sink, dns, s)
+}
+
 /// MX routing against a real DNS server on loopback: MX records, the implicit MX, the null
 /// MX and a domain that does not exist.
 #[test]
 fn delivers_by_mx_and_bounces_what_dns_refuses() {
-    let sink = Sink::start();
-    let dns = support::dns::Dns::start();
-    let s = Sluice::start(&format!(
-        "[delivery]\nnameservers = [\"127.0.0.1:{}\"]\nmx_port = {}\ntls = \"none\"\nretry_initial = \"1s\"\nretry_max = \"1s\"\n",
-        dns.port, sink.port
-    ));
-    s.cli(&["user", "add", "u"], "pw\n");
+    let (sink, _dns, s) = mx_setup("");
     let mut c = tls_auth_client(&s);
     let r = c.send_mail(
         "sender@localhost",
@@ -428,13 +419,7 @@ fn delivers_by_mx_and_bounces_what_dns_refuses() {
 /// recipient's own domain.
 #[test]
 fn dns_failures_defer_and_wildcard_routes_use_the_recipients_mx() {
-    let sink = Sink::start();
-    let dns = support::dns::Dns::start();
-    let s = Sluice::start(&format!(
-        "[delivery]\nnameservers = [\"127.0.0.1:{}\"]\nmx_port = {}\ntls = \"none\"\nretry_initial = \"1s\"\nretry_max = \"1s\"\n\n[[route]]\ndomain = \"*\"\nvia = \"mx\"\n",
-        dns.port, sink.port
-    ));
-    s.cli(&["user", "add", "u"], "pw\n");
+    let (sink, _dns, s) = mx_setup("\n[[route]]\ndomain = \"*\"\nvia = \"mx\"\n");
     let mut c = tls_auth_client(&s);
     let r = c.send_mail(
         "sender@localhost",

@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{Sink, Sluice, TlsClient, message, wait_until};
+use support::{Sink, Sluice, TlsClient, message, route_to, wait_until};
 
 /// The power-cut filesystem, mounted for the life of the value.
 struct LazyFs {
@@ -92,22 +92,6 @@ impl Drop for LazyFs {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn route_to(port: u16) -> String {
-    format!(
-        r#"
-[delivery]
-retry_initial = "1s"
-retry_max = "1s"
-
-[[route]]
-domain = "remote.test"
-via = "smarthost"
-host = "127.0.0.1:{port}"
-tls = "none"
-"#
-    )
 }
 
 /// Sends from `clients` threads until `stop`; returns the subjects that got a 250.

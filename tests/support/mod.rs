@@ -295,6 +295,24 @@ impl Client {
     }
 }
 
+/// Delivery settings with fast retries and a smarthost route for `remote.test` to
+/// 127.0.0.1:`port` without TLS.
+pub fn route_to(port: u16) -> String {
+    format!(
+        r#"
+[delivery]
+retry_initial = "1s"
+retry_max = "1s"
+
+[[route]]
+domain = "remote.test"
+via = "smarthost"
+host = "127.0.0.1:{port}"
+tls = "none"
+"#
+    )
+}
+
 pub fn message(subject: &str, size: usize) -> String {
     let mut body =
         format!("From: a@example.com\r\nTo: b@example.net\r\nSubject: {subject}\r\n\r\n");
