@@ -18,6 +18,17 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add wasm32-wasip2 >/dev/null
+# promtool (Prometheus's checker) for the metrics test: the binary alone, from Debian's
+# prometheus package, kept in ~/.cache/sluice-tools.
+tools="$HOME/.cache/sluice-tools"
+if [ ! -x "$tools/promtool" ]; then
+    mkdir -p "$tools"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && { apt-get download prometheus >/dev/null 2>&1 ||
+        { apt-get update -qq && apt-get download prometheus >/dev/null; }; } &&
+        dpkg-deb -x prometheus_*.deb root && cp root/usr/bin/promtool "$tools/")
+    rm -rf "$tmp"
+fi
 python3 -c 'import fuse' 2>/dev/null || python3 -m pip install --quiet fusepy==3.0.1
 # Builds the Python test plugin (plugins/python) into a component.
 if ! componentize-py --version 2>/dev/null | grep -q "0.25.1"; then

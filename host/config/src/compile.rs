@@ -238,6 +238,19 @@ impl Compiler<'_> {
                 ),
             }
         }
+        let http_bind = f
+            .http
+            .as_ref()
+            .and_then(|h| match h.bind.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.problem(
+                        "http.bind".into(),
+                        format!("`{}` is not an address:port such as 127.0.0.1:8025", h.bind),
+                    );
+                    None
+                }
+            });
         let delivery = DeliverySettings {
             max_connections: d.max_connections,
             max_connections_per_destination: d.max_connections_per_destination,
@@ -282,6 +295,7 @@ impl Compiler<'_> {
             delivery,
             routes,
             policies: f.policies.clone(),
+            http_bind,
         }
     }
 

@@ -28,6 +28,8 @@ pub struct ConfigFile {
     pub auth: AuthFile,
     /// SMTP listeners.
     pub listener: Vec<ListenerFile>,
+    /// The HTTP listener (`/healthz`, `/readyz`, `/metrics`). Without it, none.
+    pub http: Option<HttpFile>,
     /// Outbound delivery.
     pub delivery: DeliveryFile,
     /// Routes by recipient domain, tried in order; the first match wins. Without a match
@@ -50,11 +52,21 @@ impl Default for ConfigFile {
             tls: TlsFile::default(),
             auth: AuthFile::default(),
             listener: Vec::new(),
+            http: None,
             delivery: DeliveryFile::default(),
             route: Vec::new(),
             policies: None,
         }
     }
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFile {
+    /// Address and port to listen on, such as `127.0.0.1:8025`. Bind it to loopback or a
+    /// private network: `/metrics` has no authentication.
+    pub bind: String,
 }
 
 /// STARTTLS certificate.

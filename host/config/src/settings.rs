@@ -19,6 +19,8 @@ pub struct Settings {
     pub tls_cert: Option<(PathBuf, PathBuf)>,
     pub users_file: PathBuf,
     pub listeners: Vec<ListenerSettings>,
+    /// Where the HTTP listener binds, when there is one.
+    pub http_bind: Option<SocketAddr>,
     pub delivery: DeliverySettings,
     pub routes: Vec<Route>,
     /// Policy files, resolved against the configuration file's folder.

@@ -153,7 +153,10 @@ impl Engine {
         let mut in_flight: HashSet<String> = HashSet::new();
         let mut attempts = tokio::task::JoinSet::new();
         let mut reaper = tokio::time::interval(Duration::from_secs(1));
+        let m = sluice_metrics::global();
         loop {
+            m.queue_scheduled.set(timers.len() as i64);
+            m.queue_in_flight.set(attempts.len() as i64);
             let room = attempts.len() < max_in_flight;
             let next = timers.peek().map(|Reverse((due, _))| *due);
             let sleep = async {
@@ -803,6 +806,17 @@ impl Engine {
                     }
                 }
             };
+            let m = sluice_metrics::global();
+            let outcome = match kind {
+                EventKind::Delivered => {
+                    m.delivery_latency_seconds
+                        .observe(now_secs().saturating_sub(meta.received_at) as f64);
+                    "delivered"
+                }
+                EventKind::Deferred => "deferred",
+                _ => "bounced",
+            };
+            m.deliveries.with_label_values(&[outcome]).inc();
             tracing::info!(
                 id = %meta.id,
                 to = %r.recipient.address,

@@ -106,6 +106,10 @@ impl Outbox {
     /// with [`Outbox::discard`] if it never is). A crash in between leaves them due a moment
     /// later, never lost.
     pub(crate) fn publish_after(&self, event: Event, delay_ms: u64) -> Result<(), QueueError> {
+        sluice_metrics::global()
+            .events_published
+            .with_label_values(&[sluice_metrics::event_kind(event.kind.name())])
+            .inc();
         let ttl = self.ttl.load(std::sync::atomic::Ordering::Relaxed);
         let now = now_ms();
         let entry = OutboxEntry {

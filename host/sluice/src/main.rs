@@ -18,6 +18,7 @@ use sluice_smtp::{ServerContext, Users};
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Sluice mail transfer agent")]
@@ -232,6 +233,24 @@ async fn serve(settings: Settings) -> Result<()> {
         .with_context(|| format!("cannot write {}", pid_file.display()))?;
     let (queued_tx, queued_rx) = sluice_queue::handoff(1024);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let readiness = Arc::new(sluice_http::Readiness {
+        queue: queue.clone(),
+        listeners_bound: AtomicBool::new(false),
+        // Policies, when configured, were loaded above.
+        policies_loaded: AtomicBool::new(true),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(bind) = settings.http_bind {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("HTTP listener: cannot bind {bind}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
+        tasks.spawn(sluice_http::serve(
+            listener,
+            readiness.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     let ctx = Arc::new(ServerContext {
         settings: settings.clone(),
         queue: queue.clone(),
@@ -248,7 +267,6 @@ async fn serve(settings: Settings) -> Result<()> {
         let e = engine.clone();
         tokio::task::spawn_blocking(move || e.load()).await?
     };
-    let mut tasks = tokio::task::JoinSet::new();
     for l in &settings.listeners {
         let listener = tokio::net::TcpListener::bind(l.bind)
             .await
@@ -261,6 +279,7 @@ async fn serve(settings: Settings) -> Result<()> {
             shutdown_rx.clone(),
         ));
     }
+    readiness.listeners_bound.store(true, Ordering::Relaxed);
     tasks.spawn(sluice_delivery::events::dispatch(
         outbox,
         pipelines.clone(),

@@ -41,7 +41,13 @@ pub async fn serve_listener(
             Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
         };
         let (mut stream, peer) = match accepted {
-            Ok(a) => a,
+            Ok(a) => {
+                sluice_metrics::global()
+                    .smtp_connections
+                    .with_label_values(&[settings.name.as_str()])
+                    .inc();
+                a
+            }
             Err(e) => {
                 tracing::warn!(listener = %settings.name, error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -79,6 +79,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// The transaction ends here whatever the outcome.
     pub(super) async fn end_of_data(&mut self) -> Reply {
+        let started = std::time::Instant::now();
+        let reply = self.end_of_data_reply().await;
+        let m = sluice_metrics::global();
+        m.end_of_data_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if reply.code >= 400 {
+            m.messages_refused
+                .with_label_values(&[self.cfg.name.as_str(), sluice_metrics::class(reply.code)])
+                .inc();
+        }
+        reply
+    }
+
+    async fn end_of_data_reply(&mut self) -> Reply {
         let Some(tx) = self.tx.take() else {
             return Reply::new(503, "5.5.1", "No transaction");
         };
@@ -250,6 +264,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             tracing::error!(error = %e, "cannot queue message");
             return Err(storage_reply(&e));
         }
+        sluice_metrics::global()
+            .messages_queued
+            .with_label_values(&[
+                self.cfg.name.as_str(),
+                if meta.quarantine.is_some() {
+                    "quarantined"
+                } else {
+                    "normal"
+                },
+            ])
+            .inc();
         tracing::info!(
             id = %meta.id,
             sender = %meta.sender,

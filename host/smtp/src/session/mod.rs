@@ -254,6 +254,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if reply.code >= 400 && reply.code != 421 {
             self.errors += 1;
         }
+        let m = sluice_metrics::global();
+        let listener = self.cfg.name.as_str();
+        m.smtp_replies
+            .with_label_values(&[listener, sluice_metrics::class(reply.code)])
+            .inc();
+        // 235 and 535 are only ever AUTH's answers.
+        match reply.code {
+            235 => m.auth.with_label_values(&[listener, "success"]).inc(),
+            535 => m.auth.with_label_values(&[listener, "failure"]).inc(),
+            _ => {}
+        }
         reply.write_to(&mut self.out);
     }
 
@@ -471,7 +482,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return false;
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(self.ctx.tls.clone().expect("tls"));
-        match tokio::time::timeout(self.cfg.command_timeout, acceptor.accept(plain)).await {
+        let result = tokio::time::timeout(self.cfg.command_timeout, acceptor.accept(plain)).await;
+        let ok = matches!(result, Ok(Ok(_)));
+        sluice_metrics::global()
+            .tls_handshakes
+            .with_label_values(&[self.cfg.name.as_str(), if ok { "ok" } else { "failed" }])
+            .inc();
+        match result {
             Ok(Ok(tls)) => {
                 self.stream = MaybeTls::Tls(Box::new(tls.into()));
                 self.info.tls = self.stream.tls_info();

@@ -1,0 +1,105 @@
+//! The HTTP listener: `/healthz` (the process is alive), `/readyz` (queue open, listeners
+//! bound, policies loaded) and `/metrics` (Prometheus text format). The admin API and the
+//! tracking endpoints are to be mounted on this same listener.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde::Serialize;
+use sluice_queue::Queue;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::watch;
+
+/// What `/readyz` checks, set by the server as it starts.
+pub struct Readiness {
+    pub queue: Arc<dyn Queue>,
+    /// Every SMTP listener is bound.
+    pub listeners_bound: AtomicBool,
+    /// The policies (if any) are loaded.
+    pub policies_loaded: AtomicBool,
+}
+
+#[derive(Serialize)]
+struct Ready {
+    ready: bool,
+    queue: &'static str,
+    listeners: &'static str,
+    policies: &'static str,
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(r): State<Arc<Readiness>>) -> impl IntoResponse {
+    let queue = match r.queue.has_room(0) {
+        Ok(()) => "ok",
+        Err(e) if e.is_no_space() => "disk full",
+        Err(_) => "unavailable",
+    };
+    let listeners = if r.listeners_bound.load(Ordering::Relaxed) {
+        "ok"
+    } else {
+        "starting"
+    };
+    let policies = if r.policies_loaded.load(Ordering::Relaxed) {
+        "ok"
+    } else {
+        "loading"
+    };
+    let ready = queue == "ok" && listeners == "ok" && policies == "ok";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Ready {
+            ready,
+            queue,
+            listeners,
+            policies,
+        }),
+    )
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        sluice_metrics::global().render(),
+    )
+}
+
+/// The routes.
+pub fn router(readiness: Arc<Readiness>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(readiness)
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    readiness: Arc<Readiness>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, router(readiness))
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %e, "HTTP listener failed");
+    }
+}

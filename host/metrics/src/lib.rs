@@ -1,0 +1,210 @@
+//! Sluice's Prometheus metrics: one registry for the process, with every metric declared
+//! here, its help text and its labels. Labels only ever carry bounded values (listener
+//! names, reply classes, stages, outcomes), never addresses or message ids.
+//!
+//! The SMTP session, the queue's users and delivery update them through [`global`]; the HTTP
+//! listener (`sluice-http`) renders [`Metrics::render`] at `/metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+use std::sync::OnceLock;
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Registry,
+    /// SMTP connections accepted, by listener.
+    pub smtp_connections: IntCounterVec,
+    /// SMTP replies sent, by listener and class (`2xx`, `3xx`, `4xx`, `5xx`).
+    pub smtp_replies: IntCounterVec,
+    /// STARTTLS handshakes, by listener and result (`ok`, `failed`).
+    pub tls_handshakes: IntCounterVec,
+    /// AUTH attempts, by listener and result (`success`, `failure`).
+    pub auth: IntCounterVec,
+    /// Messages queued after a 250, by listener and kind (`normal`, `quarantined`).
+    pub messages_queued: IntCounterVec,
+    /// Messages refused at end of data, by listener and reply class (`4xx`, `5xx`).
+    pub messages_refused: IntCounterVec,
+    /// Time from the end of the client's data to the reply, seconds.
+    pub end_of_data_seconds: Histogram,
+    /// Recipient delivery outcomes (`delivered`, `deferred`, `bounced`).
+    pub deliveries: IntCounterVec,
+    /// Time from a message's arrival to its delivery to one recipient, seconds.
+    pub delivery_latency_seconds: Histogram,
+    /// Messages waiting in the delivery schedule.
+    pub queue_scheduled: IntGauge,
+    /// Delivery attempts running.
+    pub queue_in_flight: IntGauge,
+    /// Events put on the event bus.
+    pub events_published: IntCounterVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("registered once");
+    h
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let fast = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let slow = vec![
+            0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0,
+        ];
+        Metrics {
+            smtp_connections: counter(
+                &r,
+                "sluice_smtp_connections_total",
+                "SMTP connections accepted, by listener.",
+                &["listener"],
+            ),
+            smtp_replies: counter(
+                &r,
+                "sluice_smtp_replies_total",
+                "SMTP replies sent, by listener and reply class.",
+                &["listener", "class"],
+            ),
+            tls_handshakes: counter(
+                &r,
+                "sluice_smtp_tls_handshakes_total",
+                "STARTTLS handshakes, by listener and result.",
+                &["listener", "result"],
+            ),
+            auth: counter(
+                &r,
+                "sluice_smtp_auth_total",
+                "SMTP AUTH attempts, by listener and result.",
+                &["listener", "result"],
+            ),
+            messages_queued: counter(
+                &r,
+                "sluice_messages_queued_total",
+                "Messages queued (answered 250), by listener and kind.",
+                &["listener", "kind"],
+            ),
+            messages_refused: counter(
+                &r,
+                "sluice_messages_refused_total",
+                "Messages refused at end of data, by listener and reply class.",
+                &["listener", "class"],
+            ),
+            end_of_data_seconds: histogram(
+                &r,
+                "sluice_smtp_end_of_data_seconds",
+                "Time from the end of a client's message data to the reply (checks, policy, durable enqueue).",
+                fast,
+            ),
+            deliveries: counter(
+                &r,
+                "sluice_deliveries_total",
+                "Recipient delivery attempt outcomes.",
+                &["outcome"],
+            ),
+            delivery_latency_seconds: histogram(
+                &r,
+                "sluice_delivery_latency_seconds",
+                "Time from a message's arrival to its delivery to a recipient.",
+                slow,
+            ),
+            queue_scheduled: gauge(
+                &r,
+                "sluice_queue_scheduled",
+                "Messages waiting in the delivery schedule.",
+            ),
+            queue_in_flight: gauge(&r, "sluice_queue_in_flight", "Delivery attempts running."),
+            events_published: counter(
+                &r,
+                "sluice_events_published_total",
+                "Events put on the event bus, by kind.",
+                &["kind"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding of registered metrics");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// The class of an SMTP reply code: `2xx`, `3xx`, `4xx` or `5xx`.
+pub fn class(code: u16) -> &'static str {
+    match code / 100 {
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Event kinds with a bounded label: the contract's kinds, `other` for the rest.
+pub fn event_kind(kind: &str) -> &'static str {
+    match kind {
+        "queued" => "queued",
+        "delivered" => "delivered",
+        "deferred" => "deferred",
+        "bounced" => "bounced",
+        "rejected" => "rejected",
+        "quarantined" => "quarantined",
+        "opened" => "opened",
+        "clicked" => "clicked",
+        "unsubscribed" => "unsubscribed",
+        "complained" => "complained",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_has_help_and_counts_show() {
+        let m = global();
+        m.smtp_connections.with_label_values(&["mx"]).inc();
+        m.deliveries.with_label_values(&["delivered"]).inc_by(2);
+        let text = m.render();
+        assert!(
+            text.contains("sluice_smtp_connections_total{listener=\"mx\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_deliveries_total{outcome=\"delivered\"} 2"),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let name = line.split_whitespace().nth(2).unwrap();
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "no help for {name}"
+            );
+        }
+    }
+}
