@@ -114,3 +114,62 @@ fn health_readiness_and_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Plugin steps show in the metrics: call durations, verdicts, and failures by kind.
+#[test]
+fn plugin_steps_are_measured() {
+    use sluice_test_plugins::{HOSTILE, PROBE};
+    let http = support::free_port();
+    let s = Sluice::configure_with(
+        "policies = \"policy.toml\"",
+        "",
+        &format!("[http]\nbind = \"127.0.0.1:{http}\"\n"),
+    );
+    let step = |name: &str, p: sluice_test_plugins::Plugin, extra: &str, config: &str| {
+        format!(
+            "[[pipeline.step]]\nname = \"{name}\"\nplugin = \"{}\"\nsha256 = \"{}\"\n{extra}\n[pipeline.step.config]\n{config}\n",
+            p.path, p.sha256
+        )
+    };
+    std::fs::write(
+        s.dir.path().join("policy.toml"),
+        format!(
+            "[[pipeline]]\nname = \"inbound\"\n{}{}",
+            step("gate", PROBE, "stages = [\"rcpt\"]", "mode = \"rcpt\""),
+            step(
+                "crash",
+                HOSTILE,
+                "stages = [\"data\"]\non_error = \"skip\"",
+                "mode = \"trap\""
+            ),
+        ),
+    )
+    .unwrap();
+    let s = s.spawn();
+    let mut c = Client::connect(s.mx_port);
+    c.cmd("EHLO client.test");
+    let r = c.send_mail("a@example.com", &["bob@localhost"], "Subject: m\r\n\r\nhi");
+    assert!(r.starts_with("250"), "{r}");
+    let m = get(http, "/metrics").1;
+    assert!(
+        sample(
+            &m,
+            "sluice_plugin_call_seconds_count{chain=\"inbound\",stage=\"rcpt\",step=\"gate\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "sluice_plugin_verdicts_total{chain=\"inbound\",step=\"gate\",verdict=\"continue\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "sluice_plugin_errors_total{chain=\"inbound\",kind=\"trap\",step=\"crash\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+}

@@ -81,11 +81,16 @@ pub async fn dispatch(
 
 fn settle(outbox: &Outbox, settings: &Settings, entry: OutboxEntry, outcome: EventOutcome) {
     let id = entry.event.id.clone();
+    let handled = &sluice_metrics::global().events_handled;
     let result = match outcome {
-        EventOutcome::Ack => outbox.ack(&entry),
+        EventOutcome::Ack => {
+            handled.with_label_values(&["acknowledged"]).inc();
+            outbox.ack(&entry)
+        }
         EventOutcome::Retry(reply) => {
             let now = now_ms();
             if now >= entry.expires_ms {
+                handled.with_label_values(&["expired"]).inc();
                 tracing::warn!(%id, kind = entry.event.kind.name(), attempts = entry.attempts + 1, %reply, "event expired unacknowledged");
                 outbox.ack(&entry)
             } else {
@@ -95,6 +100,7 @@ fn settle(outbox: &Outbox, settings: &Settings, entry: OutboxEntry, outcome: Eve
                     .event_retry_initial
                     .saturating_mul(factor)
                     .min(d.event_retry_max);
+                handled.with_label_values(&["deferred"]).inc();
                 tracing::info!(%id, kind = entry.event.kind.name(), %reply, retry_in = ?wait, "event deferred");
                 outbox
                     .retry(&entry, now + wait.as_millis() as u64)

@@ -6,7 +6,8 @@
 //! listener (`sluice-http`) renders [`Metrics::render`] at `/metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 use std::sync::OnceLock;
 
@@ -37,6 +38,15 @@ pub struct Metrics {
     pub queue_in_flight: IntGauge,
     /// Events put on the event bus.
     pub events_published: IntCounterVec,
+    /// Events the event chain acknowledged, deferred (retried later) or let expire.
+    pub events_handled: IntCounterVec,
+    /// Plugin step calls, seconds, by chain, step and stage.
+    pub plugin_call_seconds: HistogramVec,
+    /// Plugin step verdicts, by chain, step and verdict.
+    pub plugin_verdicts: IntCounterVec,
+    /// Plugin step failures, by chain, step and kind (`timeout`, `wall_timeout`, `memory`,
+    /// `trap`, `edit`, `oversized`, `symbols`).
+    pub plugin_errors: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -133,6 +143,40 @@ impl Metrics {
                 "sluice_events_published_total",
                 "Events put on the event bus, by kind.",
                 &["kind"],
+            ),
+            events_handled: counter(
+                &r,
+                "sluice_events_handled_total",
+                "Events the event chain acknowledged, deferred or let expire.",
+                &["result"],
+            ),
+            plugin_call_seconds: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "sluice_plugin_call_seconds",
+                        "Plugin step calls, by chain, step and stage.",
+                    )
+                    .buckets(vec![
+                        0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01,
+                        0.1, 1.0,
+                    ]),
+                    &["chain", "step", "stage"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("registered once");
+                h
+            },
+            plugin_verdicts: counter(
+                &r,
+                "sluice_plugin_verdicts_total",
+                "Plugin step verdicts, by chain, step and verdict.",
+                &["chain", "step", "verdict"],
+            ),
+            plugin_errors: counter(
+                &r,
+                "sluice_plugin_errors_total",
+                "Plugin step failures, by chain, step and kind.",
+                &["chain", "step", "kind"],
             ),
             registry: r,
         }

@@ -227,6 +227,33 @@ pub enum StepError {
     TooManySymbols(usize),
 }
 
+impl StepError {
+    /// A bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StepError::Timeout => "timeout",
+            StepError::WallTimeout(_) => "wall_timeout",
+            StepError::Edit(_) => "edit",
+            StepError::Trap(t) if t.contains("memory") => "memory",
+            StepError::Trap(_) => "trap",
+            StepError::Oversized(..) => "oversized",
+            StepError::TooManySymbols(_) => "symbols",
+        }
+    }
+}
+
+/// A verdict's name, as a metric label.
+fn verdict_name(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Continue => "continue",
+        Verdict::Accept => "accept",
+        Verdict::Reject(_) => "reject",
+        Verdict::Defer(_) => "defer",
+        Verdict::Discard => "discard",
+        Verdict::Quarantine(_) => "quarantine",
+    }
+}
+
 impl Chain {
     /// Whether this chain applies, given what is known at this point of the session.
     pub fn matches(
@@ -299,6 +326,16 @@ impl Chain {
                 Err(e) => Err(e),
             };
             let elapsed = start.elapsed();
+            let m = sluice_metrics::global();
+            let stage_name = format!("{stage:?}").to_ascii_lowercase();
+            m.plugin_call_seconds
+                .with_label_values(&[&self.name, &*step.name, &stage_name])
+                .observe(elapsed.as_secs_f64());
+            if let Err(e) = &outcome {
+                m.plugin_errors
+                    .with_label_values(&[&self.name, &*step.name, e.kind()])
+                    .inc();
+            }
             let (verdict, trace) = match outcome {
                 Ok(o) => {
                     let verdict = to_verdict(&o.verdict);
@@ -348,6 +385,9 @@ impl Chain {
                     (verdict, trace)
                 }
             };
+            m.plugin_verdicts
+                .with_label_values(&[&self.name, &*step.name, verdict_name(&verdict)])
+                .inc();
             result.trace.push(trace);
             if verdict != Verdict::Continue {
                 result.verdict = verdict;
