@@ -173,3 +173,27 @@ fn plugin_steps_are_measured() {
         "{m}"
     );
 }
+
+/// The Grafana dashboard in `contrib/grafana/sluice.json` only queries metrics Sluice
+/// declares (a renamed metric breaks this test, not the operators' dashboards).
+#[test]
+fn the_grafana_dashboard_uses_existing_metrics() {
+    let declared = sluice_metrics::global().names();
+    let dashboard =
+        std::fs::read_to_string(support::repo_root().join("contrib/grafana/sluice.json")).unwrap();
+    let mut used = 0;
+    for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if let Some(name) = word.strip_prefix("sluice_") {
+            let base = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_count")
+                .trim_end_matches("_sum");
+            assert!(
+                declared.contains(&format!("sluice_{base}")),
+                "the dashboard queries sluice_{name}, which Sluice does not export"
+            );
+            used += 1;
+        }
+    }
+    assert!(used >= 10, "{used} metric references");
+}

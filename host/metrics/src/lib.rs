@@ -182,6 +182,39 @@ impl Metrics {
         }
     }
 
+    /// The name of every metric declared, whether or not it has samples yet.
+    pub fn names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let all: [&dyn Collector; 15] = [
+            &self.smtp_connections,
+            &self.smtp_replies,
+            &self.tls_handshakes,
+            &self.auth,
+            &self.messages_queued,
+            &self.messages_refused,
+            &self.end_of_data_seconds,
+            &self.deliveries,
+            &self.delivery_latency_seconds,
+            &self.queue_scheduled,
+            &self.queue_in_flight,
+            &self.events_published,
+            &self.events_handled,
+            &self.plugin_call_seconds,
+            &self.plugin_verdicts,
+        ];
+        let mut names: Vec<String> = all
+            .iter()
+            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
+            .collect();
+        names.extend(
+            self.plugin_errors
+                .desc()
+                .into_iter()
+                .map(|d| d.fq_name.clone()),
+        );
+        names
+    }
+
     /// Every metric in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
