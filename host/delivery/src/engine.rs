@@ -54,16 +54,6 @@ pub struct Schedule {
     timers: BinaryHeap<Reverse<(u64, Box<str>)>>,
 }
 
-impl Schedule {
-    pub fn len(&self) -> usize {
-        self.timers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.timers.is_empty()
-    }
-}
-
 /// What one attempt leaves to the scheduler.
 struct AttemptResult {
     /// Still queued, due again at this unix time.

@@ -328,7 +328,7 @@ impl Chain {
             let elapsed = start.elapsed();
             let m = sluice_metrics::global();
             m.plugin_call_seconds
-                .with_label_values(&[&self.name, &*step.name, crate::policy::stage_name(stage)])
+                .with_label_values(&[&self.name, &*step.name, stage_name(stage)])
                 .observe(elapsed.as_secs_f64());
             if let Err(e) = &outcome {
                 m.plugin_errors

@@ -272,21 +272,6 @@ pub struct PolicyTest {
     pub line: usize,
 }
 
-/// A stage's name as written in policies (the inverse of [`parse_stage`]).
-pub fn stage_name(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Connect => "connect",
-        Stage::Ehlo => "ehlo",
-        Stage::Mail => "mail",
-        Stage::Rcpt => "rcpt",
-        Stage::Data => "data",
-        Stage::Queued => "queued",
-        Stage::Delivery => "delivery",
-        Stage::Render => "render",
-        Stage::Event => "event",
-    }
-}
-
 pub fn parse_stage(s: &str) -> Option<Stage> {
     Some(match s {
         "connect" => Stage::Connect,

@@ -84,18 +84,9 @@ fn seg_path(dir: &Path, id: u64) -> PathBuf {
 use sluice_core::durable::sync_dir;
 
 impl BodyLog {
-    /// Opens the folder; `live` are the bodies the queue still points at. Segments nobody
-    /// points at are deleted, and appends go to a new segment.
-    pub fn open(dir: &Path, live: impl Iterator<Item = BodyRef>) -> std::io::Result<BodyLog> {
-        let mut refs: HashMap<u64, u64> = HashMap::new();
-        for r in live {
-            *refs.entry(r.segment).or_default() += 1;
-        }
-        Self::open_counted(dir, refs)
-    }
-
-    /// Like [`BodyLog::open`], with the live bodies already counted per segment.
-    pub fn open_counted(dir: &Path, refs: HashMap<u64, u64>) -> std::io::Result<BodyLog> {
+    /// Opens the folder; `refs` counts the bodies the queue still points at, per segment.
+    /// Segments nobody points at are deleted, and appends go to a new segment.
+    pub fn open(dir: &Path, refs: HashMap<u64, u64>) -> std::io::Result<BodyLog> {
         sluice_core::durable::create_dir_all(dir)?;
         let mut max_id = 0;
         for entry in std::fs::read_dir(dir)? {
@@ -279,7 +270,7 @@ mod tests {
     #[test]
     fn open_segment_files_stay_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = BodyLog::open(dir.path(), std::iter::empty()).unwrap();
+        let mut log = BodyLog::open(dir.path(), HashMap::new()).unwrap();
         log.segment_bytes = 100;
         let refs: Vec<BodyRef> = (0..200)
             .map(|i| log.append(format!("{i:0>150}").as_bytes()).unwrap())

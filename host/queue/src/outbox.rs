@@ -253,7 +253,9 @@ impl Outbox {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.tree()
+            .map(|t| t.scan_prefix(ENTRY).next().is_none())
+            .unwrap_or(true)
     }
 }
 

@@ -189,7 +189,7 @@ impl Inner {
                 }
             }
         }
-        let bodies = BodyLog::open_counted(&dir.join("bodies"), live).map_err(io)?;
+        let bodies = BodyLog::open(&dir.join("bodies"), live).map_err(io)?;
         outbox.attach(&db)?;
         db.flush()?;
         let files = crate::sled_sync::SledFiles::open(&dir.join("db")).map_err(io)?;
