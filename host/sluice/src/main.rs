@@ -6,6 +6,7 @@
 //! - `trace.rs`: `sluice trace`, one message through a policy offline.
 
 mod queue_cmd;
+mod spam_cmd;
 mod trace;
 
 use anyhow::{Context, Result, bail};
@@ -53,6 +54,14 @@ enum Command {
     Trace(trace::TraceArgs),
     /// Tells the running server to reload its policies (same as SIGHUP).
     Reload,
+    /// Builds and evaluates spam models for the `spam-score` plugin.
+    Spam {
+        #[command(subcommand)]
+        command: spam_cmd::SpamCommand,
+    },
+    /// Runs a policy's data stage over many messages and prints, per message, its path,
+    /// score and verdict (TAB separated).
+    Score(spam_cmd::ScoreArgs),
 }
 
 #[derive(Subcommand)]
@@ -125,6 +134,15 @@ fn main() -> Result<()> {
             .build()?
             .block_on(trace::run(args));
     }
+    if let Command::Score(args) = cli.command {
+        return tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(spam_cmd::score(args));
+    }
+    if let Command::Spam { command } = cli.command {
+        return spam_cmd::run(command);
+    }
     let settings = load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve => tokio::runtime::Builder::new_multi_thread()
@@ -152,7 +170,9 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Reload => reload(&settings),
-        Command::Trace(_) => unreachable!("handled above"),
+        Command::Trace(_) | Command::Score(_) | Command::Spam { .. } => {
+            unreachable!("handled above")
+        }
         Command::Queue { command } => queue_cmd::run(&settings, command),
         Command::User { command } => user(&settings, command),
         Command::DefaultConfig => {

@@ -1,0 +1,862 @@
+//! Features of a message: each is a namespaced token hashed to 64 bits (FNV-1a with a final
+//! mix, stable across platforms), deduplicated. Heuristics are also features (namespace
+//! `sym`), so the trainer learns their weights, and are reported by name.
+
+/// The message as the plugin contract exposes it (`headers`, `text-parts`, `html-parts`,
+/// `attachments`, `parts`), decoded by the host.
+#[derive(Debug, Default, Clone)]
+pub struct View<'a> {
+    /// Header fields in order, names as written, values unfolded and RFC 2047 decoded.
+    pub headers: Vec<(&'a str, &'a str)>,
+    /// Decoded text bodies (an HTML-only message gives its text rendering here).
+    pub text_parts: Vec<&'a str>,
+    /// Decoded HTML bodies.
+    pub html_parts: Vec<&'a str>,
+    /// Content types of every MIME part, lowercase.
+    pub part_types: Vec<&'a str>,
+    /// Charsets the parts declare.
+    pub charsets: Vec<&'a str>,
+    /// Attachments: file name, content type, size.
+    pub attachments: Vec<(Option<&'a str>, &'a str, u64)>,
+}
+
+/// What [`extract`] found.
+#[derive(Debug, Default, Clone)]
+pub struct Features {
+    /// Hashed features, sorted and deduplicated.
+    pub hashes: Vec<u64>,
+    /// The heuristics that fired, in a fixed order.
+    pub symbols: Vec<&'static str>,
+}
+
+/// Text read per message at most (bytes of body text, of HTML): spam puts its words early,
+/// and the cost must stay bounded.
+const MAX_TEXT: usize = 64 * 1024;
+/// Word bigrams are taken from the first words only.
+const MAX_BIGRAM_WORDS: usize = 3000;
+
+/// Headers whose values are read. Everything else (`Received`, `To`, `Cc`, `Delivered-To`,
+/// `Return-Path`, `List-*`, `X-Spam-*`, `X-Keywords`, ...) describes the recipient's mailbox
+/// or the path the mail took to it, not the message, and is never read.
+const READ: [&str; 10] = [
+    "subject",
+    "from",
+    "reply-to",
+    "message-id",
+    "date",
+    "x-mailer",
+    "user-agent",
+    "content-type",
+    "x-priority",
+    "x-msmail-priority",
+];
+
+struct Acc {
+    hashes: Vec<u64>,
+    symbols: Vec<&'static str>,
+}
+
+impl Acc {
+    fn add(&mut self, ns: &str, token: &str) {
+        self.hashes.push(hash(ns, token));
+    }
+
+    fn sym(&mut self, name: &'static str) {
+        if !self.symbols.contains(&name) {
+            self.symbols.push(name);
+            self.add("sym", name);
+        }
+    }
+
+    /// Adds the words of a text and bigrams of its first `max_bigrams` words; returns how
+    /// many words had bigrams.
+    fn words(&mut self, ns: &str, ns2: &str, text: &str, max_bigrams: usize) -> usize {
+        let mut prev: Option<String> = None;
+        let mut n = 0;
+        let mut pair = String::new();
+        for w in words(text).flat_map(ideographic) {
+            let w = normalize(w);
+            self.add(ns, &w);
+            if n < max_bigrams {
+                if let Some(p) = &prev {
+                    pair.clear();
+                    pair.push_str(p);
+                    pair.push(' ');
+                    pair.push_str(&w);
+                    self.add(ns2, &pair);
+                }
+                n += 1;
+            }
+            prev = Some(w);
+        }
+        n
+    }
+}
+
+/// FNV-1a over the namespace, a separator and the token, then the splitmix64 finalizer so
+/// that low and high bits both mix well.
+pub fn hash(ns: &str, token: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in ns.as_bytes().iter().chain(&[0xff]).chain(token.as_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Computes the features of a message.
+pub fn extract(view: &View<'_>) -> Features {
+    let mut acc = Acc {
+        hashes: Vec::with_capacity(2048),
+        symbols: Vec::new(),
+    };
+    headers(&mut acc, view);
+    bodies(&mut acc, view);
+    acc.hashes.sort_unstable();
+    acc.hashes.dedup();
+    Features {
+        hashes: acc.hashes,
+        symbols: acc.symbols,
+    }
+}
+
+fn header<'a>(view: &View<'a>, name: &str) -> Option<&'a str> {
+    debug_assert!(READ.contains(&name));
+    view.headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| *v)
+}
+
+fn headers(acc: &mut Acc, view: &View<'_>) {
+    match header(view, "subject") {
+        None => acc.sym("SUBJ_MISSING"),
+        Some(s) if s.trim().is_empty() => acc.sym("SUBJ_EMPTY"),
+        Some(s) => subject(acc, s),
+    }
+    let from = header(view, "from").unwrap_or("");
+    // Raw 8-bit bytes in a header are not allowed (RFC 2047 exists for that); the parser
+    // leaves replacement characters where they were.
+    if from.contains('\u{fffd}') || header(view, "subject").is_some_and(|s| s.contains('\u{fffd}'))
+    {
+        acc.sym("HEADER_RAW_8BIT");
+    }
+    let (name, addr) = split_address(from);
+    let from_domain = addr.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
+    if name.is_empty() {
+        acc.sym("FROM_NO_NAME");
+    } else {
+        acc.words("fn", "fn2", name, 8);
+        if name.contains('@') {
+            acc.sym("FROM_NAME_HAS_ADDRESS");
+        }
+    }
+    match addr.rsplit_once('@') {
+        Some((local, domain)) => {
+            let domain = domain.to_ascii_lowercase();
+            acc.add("fd", registered_domain(&domain));
+            acc.add("ft", tld(&domain));
+            acc.add("fl", &shape(local));
+            if local.bytes().filter(u8::is_ascii_digit).count() >= 3 {
+                acc.sym("FROM_LOCAL_DIGITS");
+            }
+        }
+        None => acc.sym("FROM_NO_ADDRESS"),
+    }
+    if let Some(rt) = header(view, "reply-to") {
+        let (_, a) = split_address(rt);
+        let rd = a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
+        if rd.as_deref().map(registered_domain) != from_domain.as_deref().map(registered_domain) {
+            acc.sym("REPLYTO_OTHER_DOMAIN");
+        }
+    }
+    match header(view, "message-id") {
+        None => acc.sym("MSGID_MISSING"),
+        Some(id) => {
+            let id = id.trim().trim_start_matches('<').trim_end_matches('>');
+            match id.rsplit_once('@') {
+                None => acc.sym("MSGID_NO_DOMAIN"),
+                Some((local, d)) => {
+                    acc.add("ml", &shape(local));
+                    let d = d.to_ascii_lowercase();
+                    if from_domain.as_deref().map(registered_domain) == Some(registered_domain(&d))
+                    {
+                        acc.sym("MSGID_FROM_DOMAIN");
+                    }
+                }
+            }
+        }
+    }
+    match header(view, "date") {
+        None => acc.sym("DATE_MISSING"),
+        Some(d) => {
+            if !plausible_zone(d) {
+                acc.sym("DATE_BAD_ZONE");
+            }
+        }
+    }
+    let mailer = header(view, "x-mailer").or_else(|| header(view, "user-agent"));
+    match mailer {
+        None => acc.add("xm", "-none-"),
+        Some(m) => {
+            for w in words(m).take(6) {
+                acc.add("xm", &normalize(w));
+            }
+        }
+    }
+    if let Some(ct) = header(view, "content-type") {
+        let lower = ct.to_ascii_lowercase();
+        let ty = lower.split(';').next().unwrap_or("").trim();
+        acc.add("ct", ty);
+        if let Some(cs) = param(&lower, "charset") {
+            acc.add("cs", &cs);
+        }
+    } else {
+        acc.add("ct", "-none-");
+    }
+    for name in ["x-priority", "x-msmail-priority"] {
+        if let Some(v) = header(view, name) {
+            acc.add("xp", &format!("{name}={}", v.trim().to_ascii_lowercase()));
+        }
+    }
+}
+
+fn subject(acc: &mut Acc, s: &str) {
+    // A leading `[tag]` is a mailing list's mark: which lists a mailbox reads says nothing
+    // about whether a message is spam.
+    let s = match s
+        .trim_start()
+        .strip_prefix('[')
+        .and_then(|r| r.split_once(']'))
+    {
+        Some((tag, rest)) if tag.len() <= 30 && !tag.contains(' ') => rest,
+        _ => s,
+    };
+    acc.words("s", "s2", s, 64);
+    let letters: Vec<char> = s.chars().filter(|c| c.is_alphabetic()).collect();
+    let upper = letters.iter().filter(|c| c.is_uppercase()).count();
+    if letters.len() >= 8 && upper * 10 >= letters.len() * 8 {
+        acc.sym("SUBJ_ALL_CAPS");
+    }
+    if s.contains('!') {
+        acc.sym("SUBJ_EXCLAIM");
+    }
+    if s.contains('$') || s.contains('%') {
+        acc.sym("SUBJ_MONEY");
+    }
+    // Bulk senders end the subject with a tracking number or a random tag.
+    let last = s.trim_end().rsplit(|c: char| c.is_whitespace()).next();
+    if let Some(last) = last {
+        let t = last.trim_matches(|c: char| "[]()#-_.".contains(c));
+        let digits = t.bytes().filter(u8::is_ascii_digit).count();
+        if t.len() >= 4 && digits >= 3 && s.trim_end().len() > t.len() {
+            acc.sym("SUBJ_TRAILING_ID");
+        }
+    }
+    if s.chars().any(|c| !c.is_ascii()) {
+        acc.sym("SUBJ_8BIT");
+    }
+}
+
+fn bodies(acc: &mut Acc, view: &View<'_>) {
+    let mut text_len = 0;
+    let mut left = MAX_TEXT;
+    let mut bigrams = MAX_BIGRAM_WORDS;
+    let mut urls = 0;
+    for t in &view.text_parts {
+        let t = cut(t, left);
+        left -= t.len();
+        text_len += t.len();
+        bigrams -= acc.words("b", "b2", t, bigrams);
+        urls += links(acc, t);
+        emails(acc, t);
+        text_shape(acc, t);
+    }
+    let has_plain = view.part_types.contains(&"text/plain");
+    let has_html = !view.html_parts.is_empty();
+    if has_html && !has_plain {
+        acc.sym("HTML_ONLY");
+    }
+    let mut left = MAX_TEXT;
+    for h in &view.html_parts {
+        let h = cut(h, left);
+        left -= h.len();
+        urls += html(acc, h);
+    }
+    acc.add("un", &bin(urls).to_string());
+    acc.add("len", &bin(text_len).to_string());
+    if text_len < 20 && view.attachments.is_empty() {
+        acc.sym("BODY_EMPTY");
+    }
+    for t in &view.part_types {
+        acc.add("pt", t);
+    }
+    for c in &view.charsets {
+        acc.add("cs", &c.to_ascii_lowercase());
+    }
+    acc.add("np", &bin(view.part_types.len()).to_string());
+    for (name, ty, size) in &view.attachments {
+        acc.add("at", &ty.to_ascii_lowercase());
+        acc.add("as", &bin(*size as usize).to_string());
+        if let Some(ext) = name.and_then(|n| n.rsplit_once('.')).map(|(_, e)| e) {
+            let ext = ext.to_ascii_lowercase();
+            acc.add("ax", &ext);
+            if ["exe", "scr", "pif", "bat", "com", "vbs", "js", "cpl", "lnk"].contains(&&*ext) {
+                acc.sym("ATTACH_EXECUTABLE");
+            }
+        }
+    }
+}
+
+/// Counts of things in plain text that spam overuses.
+fn text_shape(acc: &mut Acc, t: &str) {
+    let exclaim = t.matches('!').count();
+    if exclaim >= 10 {
+        acc.sym("BODY_MANY_EXCLAIM");
+    }
+    let mut caps_words = 0;
+    let mut all_words = 0;
+    for w in words(t).take(4000) {
+        if w.chars().count() >= 3 && w.chars().any(char::is_alphabetic) {
+            all_words += 1;
+            if w.chars().all(|c| !c.is_lowercase()) {
+                caps_words += 1;
+            }
+        }
+    }
+    if all_words >= 20 && caps_words * 4 >= all_words {
+        acc.sym("BODY_SHOUTING");
+    }
+    // How much of the text is outside ASCII, binned: 0, <1%, <5%, <20%, more.
+    let letters = t.chars().filter(|c| c.is_alphabetic()).count().max(1);
+    let wide = t
+        .chars()
+        .filter(|c| c.is_alphabetic() && !c.is_ascii())
+        .count();
+    let share = match wide * 100 / letters {
+        0 if wide == 0 => "0",
+        0 => "1",
+        1..=4 => "5",
+        5..=19 => "20",
+        _ => "more",
+    };
+    acc.add("na", share);
+    let money = t.matches('$').count();
+    if money >= 3 {
+        acc.sym("BODY_MONEY");
+    }
+}
+
+/// Features of the http(s) and `www.` links in a text; returns how many it found.
+fn links(acc: &mut Acc, text: &str) -> usize {
+    let lower = text.to_ascii_lowercase();
+    let mut n = 0;
+    let mut from = 0;
+    while let Some(i) = next_link(&lower, from) {
+        let (host, rest_at) = link_host(&lower, i);
+        from = rest_at.max(i + 1);
+        if host.is_empty() {
+            continue;
+        }
+        n += 1;
+        if n > 200 {
+            break;
+        }
+        url_host(acc, host);
+        let path: String = lower[rest_at..]
+            .chars()
+            .take_while(|c| !c.is_whitespace() && !"\"'<>()".contains(*c))
+            .take(120)
+            .collect();
+        for w in path
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.len() >= 2)
+            .take(8)
+        {
+            acc.add("up", &normalize(w));
+        }
+    }
+    n
+}
+
+fn next_link(lower: &str, from: usize) -> Option<usize> {
+    ["http://", "https://", "www."]
+        .iter()
+        .filter_map(|p| lower[from..].find(p).map(|i| i + from))
+        .min()
+}
+
+/// The host of the link at `i` and where the rest of it starts.
+fn link_host(lower: &str, i: usize) -> (&str, usize) {
+    let start = if lower[i..].starts_with("http://") {
+        i + 7
+    } else if lower[i..].starts_with("https://") {
+        i + 8
+    } else {
+        i
+    };
+    let end = lower[start..]
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '@'))
+        .map_or(lower.len(), |e| start + e);
+    let host = &lower[start..end];
+    // user@host: the part after the last `@` is the host.
+    let host = host.rsplit('@').next().unwrap_or(host).trim_matches('.');
+    (host, end)
+}
+
+fn url_host(acc: &mut Acc, host: &str) {
+    if host.split('.').count() == 4 && host.split('.').all(|p| p.parse::<u8>().is_ok()) {
+        acc.sym("URL_NUMERIC_IP");
+        return;
+    }
+    acc.add("uh", host);
+    acc.add("ud", registered_domain(host));
+    acc.add("ut", tld(host));
+    if host.split('.').count() >= 5 {
+        acc.sym("URL_DEEP_HOST");
+    }
+}
+
+/// Domains of e-mail addresses in a text (never the local part: a mailbox's own address
+/// must not be learned).
+fn emails(acc: &mut Acc, text: &str) {
+    let bytes = text.as_bytes();
+    for (i, _) in text.match_indices('@').take(200) {
+        let before = bytes[..i]
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_alphanumeric() || b"._-+".contains(b))
+            .count();
+        if before == 0 {
+            continue;
+        }
+        let domain: String = text[i + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-')
+            .collect::<String>()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if domain.contains('.') {
+            acc.add("ed", registered_domain(&domain));
+        }
+    }
+}
+
+/// Features of an HTML body: tags, attribute names, links (with the anchor text compared to
+/// the target), images, comments and how much text there is; returns how many links.
+fn html(acc: &mut Acc, h: &str) -> usize {
+    let lower = h.to_ascii_lowercase();
+    let mut links = 0;
+    let mut images = 0;
+    let mut comments = 0;
+    let mut markup = 0;
+    let mut i = 0;
+    let b = lower.as_bytes();
+    let mut open_href: Option<String> = None;
+    let mut anchor_text = String::new();
+    while let Some(off) = lower[i..].find('<') {
+        let start = i + off;
+        if lower[start..].starts_with("<!--") {
+            comments += 1;
+            let end = lower[start..]
+                .find("-->")
+                .map_or(lower.len(), |e| start + e + 3);
+            markup += end - start;
+            i = end;
+            continue;
+        }
+        let end = lower[start..]
+            .find('>')
+            .map_or(lower.len(), |e| start + e + 1);
+        if open_href.is_some() {
+            anchor_text.push_str(&h[i..start]);
+        }
+        let tag = &lower[start + 1..end.saturating_sub(1).max(start + 1)];
+        markup += end - start;
+        i = end;
+        let name: String = tag
+            .trim_start_matches('/')
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .take(12)
+            .collect();
+        if name.is_empty() {
+            continue;
+        }
+        if tag.starts_with('/') {
+            if name == "a" {
+                if let Some(href) = open_href.take() {
+                    anchor_mismatch(acc, &href, &anchor_text);
+                }
+                anchor_text.clear();
+            }
+            continue;
+        }
+        acc.add("h", &name);
+        for attr in attributes(tag).take(16) {
+            acc.add("ha", &format!("{name}.{attr}"));
+        }
+        match name.as_str() {
+            "a" => {
+                if let Some(href) = attr_value(tag, "href") {
+                    if href.starts_with("http") || href.starts_with("www.") {
+                        links += 1;
+                        let (host, rest) = link_host(href, 0);
+                        if !host.is_empty() {
+                            url_host(acc, host);
+                        }
+                        for w in href[rest..]
+                            .split(|c: char| !c.is_alphanumeric())
+                            .filter(|w| w.len() >= 2)
+                            .take(8)
+                        {
+                            acc.add("up", &normalize(w));
+                        }
+                        open_href = Some(host.to_string());
+                        anchor_text.clear();
+                    } else if href.starts_with("mailto:") {
+                        acc.add("h", "a-mailto");
+                    }
+                }
+            }
+            "img" => images += 1,
+            "style" | "script" => {
+                let close = format!("</{name}");
+                let skip = lower[i..].find(&close).map_or(lower.len(), |e| i + e);
+                markup += skip - i;
+                i = skip;
+            }
+            _ => {}
+        }
+        if tag.contains("display:none") || tag.contains("visibility:hidden") {
+            acc.sym("HTML_HIDDEN_TEXT");
+        }
+        if tag.contains("color=\"#ffffff\"") || tag.contains("color=#ffffff") {
+            acc.sym("HTML_WHITE_TEXT");
+        }
+    }
+    let _ = b;
+    let text = h.len().saturating_sub(markup);
+    if h.len() > 500 && text * 10 < h.len() {
+        acc.sym("HTML_LITTLE_TEXT");
+    }
+    if images > 0 && text < 400 {
+        acc.sym("HTML_IMAGE_ONLY");
+    }
+    if comments >= 10 {
+        acc.sym("HTML_MANY_COMMENTS");
+    }
+    acc.add("hi", &bin(images).to_string());
+    links
+}
+
+/// Anchor text that shows a link to another domain than the one it goes to.
+fn anchor_mismatch(acc: &mut Acc, href_host: &str, text: &str) {
+    let t = text.trim().to_ascii_lowercase();
+    if let Some(i) = next_link(&t, 0) {
+        let (shown, _) = link_host(&t, i);
+        if !shown.is_empty()
+            && !href_host.is_empty()
+            && registered_domain(shown) != registered_domain(href_host)
+        {
+            acc.sym("HTML_LINK_MISMATCH");
+        }
+    }
+}
+
+/// Attribute names in a tag's text (after the tag name).
+fn attributes(tag: &str) -> impl Iterator<Item = &str> {
+    let mut rest = tag
+        .trim_start_matches(|c: char| c.is_ascii_alphanumeric())
+        .trim_end_matches('/');
+    std::iter::from_fn(move || {
+        loop {
+            rest = rest.trim_start();
+            if rest.is_empty() {
+                return None;
+            }
+            let n = rest
+                .find(|c: char| c == '=' || c.is_whitespace())
+                .unwrap_or(rest.len());
+            let name = &rest[..n];
+            rest = &rest[n..];
+            if let Some(r) = rest.trim_start().strip_prefix('=') {
+                let r = r.trim_start();
+                rest = match r.chars().next() {
+                    Some(q @ ('"' | '\'')) => r[1..].find(q).map_or("", |e| &r[e + 2..]),
+                    _ => r.find(char::is_whitespace).map_or("", |e| &r[e..]),
+                };
+            }
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                return Some(name);
+            }
+        }
+    })
+}
+
+fn attr_value<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let mut at = 0;
+    while let Some(off) = tag[at..].find(name) {
+        let i = at + off;
+        at = i + name.len();
+        let before_ok = i == 0 || tag.as_bytes()[i - 1].is_ascii_whitespace();
+        let rest = tag[at..].trim_start();
+        if !before_ok || !rest.starts_with('=') {
+            continue;
+        }
+        let v = rest[1..].trim_start();
+        return Some(match v.chars().next() {
+            Some(q @ ('"' | '\'')) => v[1..].split(q).next().unwrap_or(""),
+            _ => v.split(char::is_whitespace).next().unwrap_or(""),
+        });
+    }
+    None
+}
+
+/// Words: runs of letters, digits and `$ ' -` (inner); ASCII ones at most 40 bytes.
+fn words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '$' || c == '\'' || c == '-'))
+        .map(|w| w.trim_matches(|c| c == '\'' || c == '-'))
+        .filter(|w| !w.is_empty() && (w.len() <= 40 || !w.is_ascii()))
+}
+
+/// Scripts written without spaces (Chinese, Japanese, Korean) give no words: runs of their
+/// characters become overlapping character pairs, the usual unit for them.
+fn ideographic(w: &str) -> Box<dyn Iterator<Item = &str> + '_> {
+    if w.is_ascii() || !w.chars().any(is_cjk) {
+        return Box::new(std::iter::once(w).filter(|w| w.len() <= 40));
+    }
+    let idx: Vec<usize> = w.char_indices().map(|(i, _)| i).chain([w.len()]).collect();
+    let n = idx.len() - 1;
+    Box::new((0..n.saturating_sub(1).max(1)).take(200).map(move |i| {
+        let end = idx[(i + 2).min(n)];
+        &w[idx[i]..end]
+    }))
+}
+
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x3040..=0x30ff | 0x3400..=0x4dbf | 0x4e00..=0x9fff | 0xac00..=0xd7af | 0xf900..=0xfaff | 0xff00..=0xffef)
+}
+
+/// Lowercase; digits collapsed so that amounts and ids generalise (`$1000` and `$5000`
+/// are the same word, `mp3` stays apart from `mp`).
+fn normalize(w: &str) -> String {
+    let mut out = String::with_capacity(w.len());
+    let mut last_digit = false;
+    for c in w.chars() {
+        if c.is_ascii_digit() {
+            if !last_digit {
+                out.push('0');
+            }
+            last_digit = true;
+        } else {
+            last_digit = false;
+            out.extend(c.to_lowercase());
+        }
+    }
+    out
+}
+
+/// The character classes of a string: `a` letters, `0` digits, other characters as they
+/// are; runs collapsed (`12a1mailbot1` → `0a0a0`).
+fn shape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars().take(64) {
+        let k = if c.is_alphabetic() {
+            'a'
+        } else if c.is_ascii_digit() {
+            '0'
+        } else {
+            c
+        };
+        if !out.ends_with(k) {
+            out.push(k);
+        }
+    }
+    out
+}
+
+/// A display name and address from a `From`-like value.
+fn split_address(v: &str) -> (&str, &str) {
+    match (v.rfind('<'), v.rfind('>')) {
+        (Some(a), Some(b)) if a < b => (v[..a].trim().trim_matches('"').trim(), v[a + 1..b].trim()),
+        _ => {
+            // `addr (Name)` or a bare address.
+            let (addr, name) = match v.find('(') {
+                Some(p) => (v[..p].trim(), v[p..].trim_matches(['(', ')', ' '])),
+                None => (v.trim(), ""),
+            };
+            (name, addr)
+        }
+    }
+}
+
+fn param(ct: &str, name: &str) -> Option<String> {
+    ct.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        (k.trim() == name).then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+/// The last two labels (three under a two-letter second level such as `co.uk`).
+pub fn registered_domain(host: &str) -> &str {
+    let host = host.trim_end_matches('.');
+    let mut dots = host.rmatch_indices('.').map(|(i, _)| i);
+    let (Some(last), Some(second)) = (dots.next(), dots.next()) else {
+        return host;
+    };
+    let sld = &host[second + 1..last];
+    if sld.len() <= 3 && ["co", "com", "net", "org", "ac", "gov", "ne", "or"].contains(&sld) {
+        match dots.next() {
+            Some(third) => &host[third + 1..],
+            None => host,
+        }
+    } else {
+        &host[second + 1..]
+    }
+}
+
+fn tld(host: &str) -> &str {
+    host.rsplit('.').next().unwrap_or(host)
+}
+
+/// A numeric zone east or west of UTC by at most 14 hours and a whole quarter hour.
+fn plausible_zone(date: &str) -> bool {
+    let Some(z) = date
+        .split_whitespace()
+        .find(|w| (w.starts_with('+') || w.starts_with('-')) && w.len() == 5)
+    else {
+        return true;
+    };
+    let (Ok(h), Ok(m)) = (z[1..3].parse::<u32>(), z[3..5].parse::<u32>()) else {
+        return false;
+    };
+    h <= 14 && m % 15 == 0
+}
+
+/// log2 bins: 0, 1, 2-3, 4-7, ...
+fn bin(n: usize) -> u32 {
+    usize::BITS - n.leading_zeros()
+}
+
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view<'a>(headers: &[(&'a str, &'a str)], text: &'a str) -> View<'a> {
+        View {
+            headers: headers.to_vec(),
+            text_parts: vec![text],
+            part_types: vec!["text/plain"],
+            ..View::default()
+        }
+    }
+
+    #[test]
+    fn hashes_are_stable() {
+        // The model files depend on these values: changing the hash invalidates them.
+        assert_eq!(hash("b", "free"), 0x48d9_f644_8570_0dd9);
+    }
+
+    #[test]
+    fn collection_headers_are_not_read() {
+        let a = extract(&view(&[("Subject", "hi")], "hello there"));
+        let b = extract(&view(
+            &[
+                ("Subject", "hi"),
+                ("To", "zzzz@example.com"),
+                ("X-Keywords", ""),
+                ("List-Id", "<x.example>"),
+                ("Received", "from a by b"),
+                ("X-Spam-Status", "Yes"),
+            ],
+            "hello there",
+        ));
+        assert_eq!(a.hashes, b.hashes);
+    }
+
+    #[test]
+    fn address_local_parts_are_not_learned() {
+        let a = extract(&view(&[], "mail zzzz@example.com now"));
+        let b = extract(&view(&[], "mail yyyy@example.com now"));
+        let a2: Vec<_> = a.hashes.iter().filter(|h| !b.hashes.contains(h)).collect();
+        // Only the body words differ (`zzzz` vs `yyyy` as words), not the address feature.
+        assert!(a.hashes.contains(&hash("ed", "example.com")));
+        assert!(a2.len() <= 3, "{a2:?}");
+    }
+
+    #[test]
+    fn heuristics_fire() {
+        let f = extract(&View {
+            headers: vec![
+                ("Subject", "MAKE MONEY FAST!!! 48213"),
+                ("From", "12a1mailbot1@web.de"),
+                ("Date", "Wed, 21 Aug 2002 20:31:57 -1600"),
+            ],
+            html_parts: vec![
+                "<html><body><a href=\"http://1.2.3.4/x\">http://www.paypal.com</a>\
+                 <a href=\"http://evil.example/login\">www.bank.com</a><img src=x></body></html>",
+            ],
+            part_types: vec!["text/html"],
+            ..View::default()
+        });
+        for s in [
+            "SUBJ_ALL_CAPS",
+            "SUBJ_EXCLAIM",
+            "SUBJ_TRAILING_ID",
+            "FROM_NO_NAME",
+            "FROM_LOCAL_DIGITS",
+            "MSGID_MISSING",
+            "DATE_BAD_ZONE",
+            "HTML_ONLY",
+            "URL_NUMERIC_IP",
+            "HTML_LINK_MISMATCH",
+            "HTML_IMAGE_ONLY",
+        ] {
+            assert!(f.symbols.contains(&s), "{s} missing from {:?}", f.symbols);
+        }
+    }
+
+    #[test]
+    fn registered_domains() {
+        assert_eq!(registered_domain("www.example.co.uk"), "example.co.uk");
+        assert_eq!(registered_domain("a.b.example.com"), "example.com");
+        assert_eq!(registered_domain("example.com"), "example.com");
+        assert_eq!(registered_domain("localhost"), "localhost");
+    }
+
+    #[test]
+    fn words_and_shapes() {
+        assert_eq!(normalize("$1000"), "$0");
+        assert_eq!(normalize("MP3"), "mp0");
+        assert_eq!(shape("12a1mailbot1"), "0a0a0");
+        let w: Vec<_> = words("Hello, world -- it's $5 'quoted'").collect();
+        assert_eq!(w, ["Hello", "world", "it's", "$5", "quoted"]);
+    }
+
+    #[test]
+    fn attribute_names() {
+        let a: Vec<_> = attributes("font color=\"#ff0000\" face='a b' size=5 bold").collect();
+        assert_eq!(a, ["color", "face", "size", "bold"]);
+        assert_eq!(
+            attr_value("a href=\"http://x.example/\"", "href"),
+            Some("http://x.example/")
+        );
+    }
+}
