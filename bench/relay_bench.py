@@ -89,6 +89,21 @@ def noop_policy(path, steps):
             f.write(f'[[pipeline.step]]\nname = "noop{i}"\nplugin = "{NOOP}"\nsha256 = "{digest}"\n')
 
 
+SPAM_SCORE = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "spam_score.wasm")
+SPAM_MODEL = os.path.join(ROOT, "target", "plugins", "spam.model")
+
+
+def spam_policy(path):
+    """The spam-score plugin with the model scripts/build-plugins.sh trains; no thresholds
+    (every message is relayed), X-Spam-* headers added."""
+    import hashlib
+    digest = lambda p: hashlib.sha256(open(p, "rb").read()).hexdigest()
+    with open(path, "w") as f:
+        f.write(f'[[pipeline]]\nname = "bench"\n[[pipeline.step]]\nname = "spam"\n'
+                f'plugin = "{SPAM_SCORE}"\nsha256 = "{digest(SPAM_SCORE)}"\n'
+                f'[pipeline.step.data]\nmodel = {{ path = "{SPAM_MODEL}", sha256 = "{digest(SPAM_MODEL)}" }}\n')
+
+
 class Sluice:
     name = "sluice"
 
@@ -99,7 +114,10 @@ class Sluice:
         sub = free_port()
         conf = os.path.join(self.dir, "sluice.toml")
         policies = ""
-        if steps:
+        if steps == "spam":
+            spam_policy(os.path.join(self.dir, "policy.toml"))
+            policies = 'policies = "policy.toml"'
+        elif steps:
             noop_policy(os.path.join(self.dir, "policy.toml"), steps)
             policies = 'policies = "policy.toml"'
         with open(conf, "w") as f:
@@ -277,12 +295,14 @@ def probe(port, size, stop, latencies, sent):
         print("probe:", e, file=sys.stderr)
 
 
-def run_one(kind, workdir, size, n, sessions, binary, baseline=None):
+def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_file=None):
     sink = Sink(workdir)
     if kind == "sluice":
         server = Sluice(workdir, sink.port, binary)
     elif kind == "baseline":
         server = Sluice(workdir, sink.port, baseline)
+    elif kind == "sluice+spam":
+        server = Sluice(workdir, sink.port, binary, steps="spam")
     elif kind.startswith("sluice+"):
         server = Sluice(workdir, sink.port, binary, steps=int(kind.split("+")[1]))
     elif kind == "postfix":
@@ -296,7 +316,8 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None):
         t = threading.Thread(target=probe, args=(server.port, size, stop, latencies, sent))
         t0 = time.perf_counter()
         t.start()
-        subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(n), "-l", str(size),
+        payload = ["-F", message_file] if message_file else ["-l", str(size)]
+        subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(n), *payload,
                         "-f", "load@bench.test", "-t", "rcpt@bench.test",
                         f"127.0.0.1:{server.port}"], check=True)
         accepted_s = time.perf_counter() - t0
@@ -329,7 +350,10 @@ def main():
     ap.add_argument("--sizes", default="5000,50000")
     ap.add_argument("--relays", default="direct,sluice,sluice+6,postfix",
                     help="comma-separated: direct, sluice, sluice+N (N no-op plugin steps), postfix, "
+                         "sluice+spam (the spam-score plugin and model), "
                          "baseline (another sluice binary, --baseline)")
+    ap.add_argument("--message-file", help="send this message (headers and body, LF line ends) "
+                    "instead of smtp-source's generated text; --sizes is then ignored")
     ap.add_argument("--baseline", help="path of an older sluice binary to compare with")
     ap.add_argument("--no-build", action="store_true")
     a = ap.parse_args()
@@ -342,11 +366,15 @@ def main():
             subprocess.run(["scripts/build-plugins.sh"], cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target", "release", "sluice")
     rows = []
-    for size in (int(s) for s in a.sizes.split(",")):
+    sizes = [int(s) for s in a.sizes.split(",")]
+    if a.message_file:
+        sizes = [os.path.getsize(a.message_file)]
+    for size in sizes:
         for kind in a.relays.split(","):
             with tempfile.TemporaryDirectory() as workdir:
                 os.chmod(workdir, 0o755)
-                r = run_one(kind, workdir, size, a.messages, a.sessions, binary, a.baseline)
+                r = run_one(kind, workdir, size, a.messages, a.sessions, binary, a.baseline,
+                            a.message_file)
                 rows.append(r)
                 print(f"{kind} {size} B: {r}", file=sys.stderr)
     print(f"| relay | size | messages | accepted msg/s | delivered msg/s | CPU s / 1000 msgs | p50 ms | p99 ms |")

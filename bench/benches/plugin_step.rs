@@ -1,13 +1,15 @@
 //! Cost of a plugin step per message: the `data` stage with no step, one no-op step and six
 //! no-op steps (a fresh instance each), for 5 KB and 50 KB messages, measured side by side;
-//! a step reading a 50 MB read-only data file (contract 0.2 `data`) against a no-op step.
+//! a step reading a 50 MB read-only data file (contract 0.2 `data`) against a no-op step;
+//! the `spam-score` plugin with the trained model on real 5 KB messages of the corpus
+//! (needs `scripts/build-plugins.sh` first: it trains `target/plugins/spam.model`).
 //!
 //! `cargo bench -p sluice-bench --bench plugin_step`
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sluice_core::{Envelope, Recipient, SessionInfo};
 use sluice_plugin::{Runtime, WasmPipeline};
-use sluice_test_plugins::{NOOP, PROBE, PY_SPAM_WORDS};
+use sluice_test_plugins::{NOOP, PROBE, PY_SPAM_WORDS, SPAM_SCORE};
 use std::sync::Arc;
 
 fn policy(steps: usize) -> String {
@@ -115,6 +117,8 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
 
+    spam_score(c, &rt, &runtime, dir.path(), &session);
+
     // A Python plugin (componentize-py): a fresh instance per message against warm ones.
     let mut group = c.benchmark_group("python_step");
     for mode in ["fresh", "warm"] {
@@ -139,6 +143,92 @@ fn bench(c: &mut Criterion) {
             &session,
             &msg,
         );
+    }
+    group.finish();
+}
+
+/// The spam-score plugin with the model `scripts/build-plugins.sh` trains, on a real spam and
+/// a real ham of about 5 KB from the corpus, against a no-op step.
+fn spam_score(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    runtime: &Arc<Runtime>,
+    dir: &std::path::Path,
+    session: &SessionInfo,
+) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model = root.join("target/plugins/spam.model");
+    let corpus = std::env::var("SLUICE_CORPUS_DIR").map_or_else(
+        |_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap())
+                .join(".cache/sluice/spam-assassin")
+        },
+        std::path::PathBuf::from,
+    );
+    let Ok(bytes) = std::fs::read(&model) else {
+        eprintln!(
+            "spam_score: no {} (run scripts/build-plugins.sh): skipped",
+            model.display()
+        );
+        return;
+    };
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    // The first message of each group between 4.5 and 5.5 KB, as SMTP carries it.
+    let pick = |group: &str| -> Vec<u8> {
+        let mut files: Vec<_> = std::fs::read_dir(corpus.join(group))
+            .unwrap_or_else(|e| panic!("{group}: {e} (run scripts/spam-corpus.sh)"))
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let raw = files
+            .iter()
+            .map(|f| std::fs::read(f).unwrap())
+            .find(|b| (4_500..5_500).contains(&b.len()))
+            .unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        let text = text.split_once('\n').map_or(&*text, |(_, rest)| rest);
+        text.replace("\r\n", "\n")
+            .replace('\n', "\r\n")
+            .into_bytes()
+    };
+    let mut group = c.benchmark_group("spam_score");
+    for (name, step) in [
+        (
+            "noop",
+            format!(
+                "[[pipeline.step]]\nname = \"s\"\nplugin = \"{}\"\nsha256 = \"{}\"\n",
+                NOOP.path, NOOP.sha256
+            ),
+        ),
+        (
+            "spam_score",
+            format!(
+                "[[pipeline.step]]\nname = \"s\"\nplugin = \"{}\"\nsha256 = \"{}\"\n[pipeline.step.data.model]\npath = \"{}\"\nsha256 = \"{sha}\"\n",
+                SPAM_SCORE.path,
+                SPAM_SCORE.sha256,
+                model.display()
+            ),
+        ),
+    ] {
+        let path = dir.join(format!("spam-{name}.toml"));
+        std::fs::write(&path, format!("[[pipeline]]\nname = \"d\"\n{step}")).unwrap();
+        let pipeline: Arc<WasmPipeline> = rt
+            .block_on(WasmPipeline::load(runtime.clone(), &path, None))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        for kind in ["spam-1", "easy-ham-1"] {
+            let msg = pick(kind);
+            stage_bench(
+                &mut group,
+                BenchmarkId::new(name, kind),
+                rt,
+                &pipeline,
+                session,
+                &msg,
+            );
+        }
     }
     group.finish();
 }

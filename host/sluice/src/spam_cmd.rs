@@ -388,12 +388,11 @@ pub fn run(command: SpamCommand) -> Result<()> {
 }
 
 /// Prints lines; a closed pipe (`| head`) ends the output quietly.
-fn lines(it: impl Iterator<Item = String>) -> Result<()> {
+fn lines(mut it: impl Iterator<Item = String>) -> Result<()> {
     use std::io::Write as _;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let r = it
-        .map(|l| writeln!(out, "{l}"))
-        .collect::<std::io::Result<()>>()
+        .try_for_each(|l| writeln!(out, "{l}"))
         .and_then(|()| out.flush());
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

@@ -257,7 +257,7 @@ fn subject(acc: &mut Acc, s: &str) {
             acc.sym("SUBJ_TRAILING_ID");
         }
     }
-    if s.chars().any(|c| !c.is_ascii()) {
+    if !s.is_ascii() {
         acc.sym("SUBJ_8BIT");
     }
 }
