@@ -40,9 +40,12 @@ model = {{ path = "{}", sha256 = "{sha}" }}
     )
 }
 
-/// `path TAB score` lines of `sluice spam score`.
+/// `path TAB score` lines of `sluice spam score` with the corpus model.
 fn model_scores(paths: &[PathBuf]) -> HashMap<String, f64> {
-    let (model, _) = spam_model();
+    model_scores_with(&spam_model().0, paths)
+}
+
+fn model_scores_with(model: &Path, paths: &[PathBuf]) -> HashMap<String, f64> {
     let mut args = vec![
         "spam".to_string(),
         "score".into(),
@@ -299,4 +302,83 @@ fn damaged_or_mismatched_models_are_refused_at_load() {
     let err = check(&policy(&not_model, &nsha, ""));
     assert!(err.contains("not a Sluice spam model"), "{err}");
     let _ = sha;
+}
+
+/// A retrained model (new file, new sha256 in the policy) is used after `sluice reload`,
+/// and a session open across the reload goes on without a failed reply.
+#[test]
+fn a_retrained_model_is_picked_up_by_reload_without_dropping_a_session() {
+    let c = spam_corpus();
+    let (model, sha) = spam_model();
+    let s = Sluice::configure_with("policies = \"policy.toml\"", "", "");
+    let policy_path = s.dir.path().join("policy.toml");
+    std::fs::write(&policy_path, policy(&model, &sha, "")).unwrap();
+    // A second model from the same corpus with other settings: other scores.
+    let other = s.dir.path().join("retrained.model");
+    let out = std::process::Command::new(sluice_bin())
+        .args(["spam", "train", "--epochs", "2", "--ham"])
+        .arg(c.join("hard-ham-1"))
+        .arg("--spam")
+        .arg(c.join("spam-1"))
+        .arg("-o")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let other_sha = printed
+        .split("sha256 = \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    let s = s.spawn();
+    let body = smtp_body(
+        &c.join("easy-ham-1/00001.7c53336b37003a9286aba55d2945844c.txt")
+            .display()
+            .to_string(),
+    )
+    .unwrap();
+    let header = |mail: &str| -> String {
+        mail.split("X-Spam-Score: ")
+            .nth(1)
+            .and_then(|r| r.split("\r\n").next())
+            .unwrap()
+            .to_string()
+    };
+    let mut client = Client::connect(s.mx_port);
+    client.cmd("EHLO client.test");
+    assert!(data_reply(&mut client, &body, "before@localhost").starts_with("250"));
+    std::fs::write(&policy_path, policy(&other, &other_sha, "")).unwrap();
+    let out = s.cli(&["reload"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(wait_until(Duration::from_secs(20), || s
+        .log()
+        .contains("policies reloaded")));
+    // Same session, after the reload.
+    assert!(data_reply(&mut client, &body, "after@localhost").starts_with("250"));
+    assert!(client.cmd("QUIT").starts_with("221"));
+    assert!(wait_until(Duration::from_secs(10), || {
+        s.maildir("before@localhost").len() == 1 && s.maildir("after@localhost").len() == 1
+    }));
+    let before = header(&s.maildir("before@localhost")[0]);
+    let after = header(&s.maildir("after@localhost")[0]);
+    let want_after = model_scores_with(
+        &other,
+        &[c.join("easy-ham-1/00001.7c53336b37003a9286aba55d2945844c.txt")],
+    );
+    let want_after = *want_after.values().next().unwrap();
+    assert_ne!(before, after, "the same score before and after the reload");
+    assert!(
+        (after.parse::<f64>().unwrap() - want_after).abs() < 0.06,
+        "after the reload {after}, the retrained model gives {want_after}"
+    );
 }

@@ -52,6 +52,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             smtputf8,
             meta: Vec::new(),
         };
+        // Each transaction runs with the policies current at its MAIL FROM: a reload reaches
+        // sessions already open at their next transaction, and no transaction mixes two
+        // generations of the policies.
+        self.pipeline = self.ctx.pipelines.current();
         match self.pipeline.mail(&self.info, &envelope).await {
             Verdict::Reject(r) | Verdict::Defer(r) => return r,
             _ => {}
