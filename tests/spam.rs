@@ -296,6 +296,17 @@ fn damaged_or_mismatched_models_are_refused_at_load() {
     let err = check(&policy(&truncated, &tsha, ""));
     assert!(err.contains("damaged model: 1000 bytes"), "{err}");
 
+    let mut old = std::fs::read(&model).unwrap();
+    old[28] = 99;
+    let old_path = dir.path().join("old.model");
+    std::fs::write(&old_path, &old).unwrap();
+    let osha = hex::encode(sha2::Sha256::digest(&old));
+    let err = check(&policy(&old_path, &osha, ""));
+    assert!(
+        err.contains("model trained on features version 99") && err.contains("retrain"),
+        "{err}"
+    );
+
     let not_model = dir.path().join("notes.txt");
     std::fs::write(&not_model, b"just some text, not a model at all").unwrap();
     let nsha = hex::encode(sha2::Sha256::digest(b"just some text, not a model at all"));

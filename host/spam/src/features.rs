@@ -2,6 +2,11 @@
 //! mix, stable across platforms), deduplicated. Heuristics are also features (namespace
 //! `sym`), so the trainer learns their weights, and are reported by name.
 
+/// The version of what [`extract`] computes, written into every model: change it with any
+/// change to the features or the hash, so that older models are refused instead of scoring
+/// nonsense.
+pub const VERSION: u32 = 1;
+
 /// The message as the plugin contract exposes it (`headers`, `text-parts`, `html-parts`,
 /// `attachments`, `parts`), decoded by the host.
 #[derive(Debug, Default, Clone)]

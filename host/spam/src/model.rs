@@ -8,7 +8,8 @@
 //! 12  4  bias (f32)
 //! 16  8  FNV-1a 64 of the weight bytes (damage check)
 //! 24  4  messages the model was trained on (u32)
-//! 28  4  reserved (0)
+//! 28  4  features version (u32): the model's weights mean something only for the
+//!        features it was trained on (`features::VERSION`)
 //! ```
 
 use crate::features::Features;
@@ -30,6 +31,8 @@ pub enum ModelError {
     Size { expected: u64, actual: u64 },
     /// The weights do not match the header's checksum.
     Checksum,
+    /// Trained on other features than this code computes.
+    Version { model: u32, code: u32 },
 }
 
 impl std::fmt::Display for ModelError {
@@ -42,6 +45,10 @@ impl std::fmt::Display for ModelError {
                 "damaged model: {actual} bytes where its header says {expected}"
             ),
             ModelError::Checksum => write!(f, "damaged model: the weights fail their checksum"),
+            ModelError::Version { model, code } => write!(
+                f,
+                "model trained on features version {model}, this plugin computes version {code}: retrain it with `sluice spam train`"
+            ),
         }
     }
 }
@@ -66,6 +73,13 @@ impl ModelHeader {
         let bits = u32_at(8);
         if !(10..=26).contains(&bits) {
             return Err(ModelError::BadBits(bits));
+        }
+        let version = u32_at(28);
+        if version != crate::features::VERSION {
+            return Err(ModelError::Version {
+                model: version,
+                code: crate::features::VERSION,
+            });
         }
         Ok(ModelHeader {
             bits,
@@ -197,7 +211,7 @@ impl Model {
         out.extend_from_slice(&h.bias.to_le_bytes());
         out.extend_from_slice(&h.checksum.to_le_bytes());
         out.extend_from_slice(&h.trained_on.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&crate::features::VERSION.to_le_bytes());
         for w in &self.weights {
             out.extend_from_slice(&w.to_le_bytes());
         }
