@@ -15,6 +15,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Distinct free ports (held together while picked, so two are never the same).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -65,7 +73,7 @@ impl Sluice {
     /// `["localhost"]`.
     pub fn configure_with(top: &str, mx_extra: &str, extra: &str) -> Sluice {
         let dir = tempfile::tempdir().unwrap();
-        let (mx_port, submission_port) = (free_port(), free_port());
+        let [mx_port, submission_port] = free_ports();
         let config = dir.path().join("sluice.toml");
         let text = format!(
             r#"hostname = "sluice.test"
