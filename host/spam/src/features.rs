@@ -273,7 +273,7 @@ fn bodies(acc: &mut Acc, view: &View<'_>) {
     let mut bigrams = MAX_BIGRAM_WORDS;
     let mut urls = 0;
     for t in &view.text_parts {
-        let t = cut(t, left);
+        let t = without_list_footers(cut(t, left));
         left -= t.len();
         text_len += t.len();
         bigrams -= acc.words("b", "b2", t, bigrams);
@@ -315,6 +315,37 @@ fn bodies(acc: &mut Acc, view: &View<'_>) {
             }
         }
     }
+}
+
+/// Marks of mailing-list software in a footer.
+const LIST_MARKS: [&str; 7] = [
+    "listinfo",
+    "mailman",
+    "majordomo",
+    "listserv",
+    "yahoogroups",
+    "groups.yahoo.com",
+    "lists.sourceforge.net",
+];
+
+/// The text without the footers mailing lists append (a separator line of `_`, `-` or `=`,
+/// then at most 1,500 bytes naming the list software): which lists a mailbox reads says
+/// nothing about whether a message is spam, and spam sent through a list carries them too.
+fn without_list_footers(mut t: &str) -> &str {
+    for _ in 0..3 {
+        let Some(sep) = t.rmatch_indices('\n').take(40).map(|(i, _)| i).find(|&i| {
+            let line = t[i + 1..].lines().next().unwrap_or("").trim();
+            line.len() >= 10 && line.chars().all(|c| matches!(c, '_' | '-' | '='))
+        }) else {
+            break;
+        };
+        let tail = t[sep..].to_ascii_lowercase();
+        if tail.len() > 1500 || !LIST_MARKS.iter().any(|m| tail.contains(m)) {
+            break;
+        }
+        t = &t[..sep];
+    }
+    t
 }
 
 /// Counts of things in plain text that spam overuses.
@@ -836,6 +867,14 @@ mod tests {
         ] {
             assert!(f.symbols.contains(&s), "{s} missing from {:?}", f.symbols);
         }
+    }
+
+    #[test]
+    fn list_footers_are_dropped() {
+        let t = "Buy now\nreally\n_______________________________________________\nIrish Linux Users' Group: ilug@linux.ie\nhttp://www.linux.ie/mailman/listinfo/ilug for (un)subscription information.\n";
+        assert_eq!(without_list_footers(t), "Buy now\nreally");
+        let own = "Hello\n----------\nTo unsubscribe click here\n";
+        assert_eq!(without_list_footers(own), own);
     }
 
     #[test]

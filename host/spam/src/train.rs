@@ -28,7 +28,7 @@ impl Default for Params {
             epochs: 12,
             rate: 1.0,
             l2: 5e-5,
-            ham_weight: 2.0,
+            ham_weight: 1.5,
             seed: 0x5eed,
         }
     }
