@@ -169,6 +169,9 @@ fn headers(acc: &mut Acc, view: &View<'_>) {
             if local.bytes().filter(u8::is_ascii_digit).count() >= 3 {
                 acc.sym("FROM_LOCAL_DIGITS");
             }
+            if consonant_run(local) >= 5 {
+                acc.sym("FROM_LOCAL_RANDOM");
+            }
         }
         None => acc.sym("FROM_NO_ADDRESS"),
     }
@@ -717,6 +720,22 @@ fn shape(s: &str) -> String {
     out
 }
 
+/// The longest run of consonants (ASCII letters other than vowels and `y`): generated
+/// mailbox names (`smgrdphcv`, `vcqztr`) have long ones, people's names rarely five.
+fn consonant_run(s: &str) -> usize {
+    let mut best = 0;
+    let mut run = 0;
+    for c in s.chars() {
+        if c.is_ascii_alphabetic() && !"aeiouyAEIOUY".contains(c) {
+            run += 1;
+            best = best.max(run);
+        } else {
+            run = 0;
+        }
+    }
+    best
+}
+
 /// A display name and address from a `From`-like value.
 fn split_address(v: &str) -> (&str, &str) {
     match (v.rfind('<'), v.rfind('>')) {
@@ -875,6 +894,12 @@ mod tests {
         assert_eq!(without_list_footers(t), "Buy now\nreally");
         let own = "Hello\n----------\nTo unsubscribe click here\n";
         assert_eq!(without_list_footers(own), own);
+    }
+
+    #[test]
+    fn generated_mailbox_names() {
+        assert!(consonant_run("smgrdphcv") >= 5 && consonant_run("vcqztr_2gk1525") >= 5);
+        assert!(consonant_run("schmidt") < 5 && consonant_run("jm") < 5);
     }
 
     #[test]
