@@ -165,6 +165,10 @@ fn the_plugin_scores_as_the_trainer_and_sluice_score_is_stable() {
             "{}: plugin {s}, trainer {want}",
             f[0]
         );
+        // Printed to 0.01: a score that rounds onto a threshold may fall either side.
+        if [9.0, 15.0].iter().any(|t| (s - t).abs() < 0.006) {
+            continue;
+        }
         let verdict = if s >= 15.0 {
             "reject"
         } else if s >= 9.0 {
