@@ -32,6 +32,11 @@ impl Settings {
         self.data_dir.join("queue")
     }
 
+    /// The admin API's keys (`sluice api-key`), hashed.
+    pub fn api_keys_file(&self) -> PathBuf {
+        self.data_dir.join("api-keys.json")
+    }
+
     pub fn maildir(&self) -> PathBuf {
         self.data_dir.join("maildir")
     }

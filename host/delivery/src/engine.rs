@@ -20,7 +20,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 /// How long a shutdown waits for delivery attempts in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -60,6 +60,44 @@ struct AttemptResult {
     due: Option<(u64, String)>,
     /// New messages (DSNs) to schedule.
     new: Vec<Queued>,
+}
+
+/// An operator's request to the running engine (admin API).
+#[derive(Debug)]
+pub enum Command {
+    /// Make the message's deferred recipients due now.
+    Retry(String),
+    /// Delete the message without notice to its sender.
+    Delete(String),
+}
+
+/// What became of a [`Command`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    Done,
+    NotFound,
+    Failed(String),
+}
+
+/// Sends [`Command`]s to [`Engine::run`].
+#[derive(Clone)]
+pub struct Control(mpsc::Sender<(Command, oneshot::Sender<Answer>)>);
+
+/// The engine's end of [`Control`].
+pub struct ControlRx(mpsc::Receiver<(Command, oneshot::Sender<Answer>)>);
+
+/// A channel for operator requests; `None` from [`Control::send`] when the engine stopped.
+pub fn control() -> (Control, ControlRx) {
+    let (tx, rx) = mpsc::channel(64);
+    (Control(tx), ControlRx(rx))
+}
+
+impl Control {
+    pub async fn send(&self, command: Command) -> Option<Answer> {
+        let (tx, rx) = oneshot::channel();
+        self.0.send((command, tx)).await.ok()?;
+        rx.await.ok()
+    }
 }
 
 pub struct Engine {
@@ -131,6 +169,7 @@ impl Engine {
         self: Arc<Self>,
         schedule: Schedule,
         mut incoming: HandoffRx,
+        mut control: ControlRx,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut timers = schedule.timers;
@@ -141,6 +180,8 @@ impl Engine {
             .saturating_mul(2)
             .max(8);
         let mut in_flight: HashSet<String> = HashSet::new();
+        // Deleted while an attempt ran: removed when the attempt ends.
+        let mut cancelled: HashSet<String> = HashSet::new();
         let mut attempts = tokio::task::JoinSet::new();
         let mut reaper = tokio::time::interval(Duration::from_secs(1));
         let m = sluice_metrics::global();
@@ -198,11 +239,20 @@ impl Engine {
                         });
                     }
                 }
+                Some((command, reply)) = control.0.recv() => {
+                    let answer = self.command(command, &in_flight, &mut cancelled, &mut timers);
+                    let _ = reply.send(answer);
+                }
                 Some(done) = attempts.join_next(), if !attempts.is_empty() => {
                     match done {
                         Ok((id, result)) => {
                             in_flight.remove(&id);
-                            if let Some((due, id)) = result.due {
+                            if cancelled.remove(&id) {
+                                if let Err(e) = self.queue.remove(&id) {
+                                    tracing::error!(%id, error = %e, "cannot delete message");
+                                }
+                                tracing::info!(%id, "message deleted by the operator after its attempt");
+                            } else if let Some((due, id)) = result.due {
                                 timers.push(Reverse((due, id.into_boxed_str())));
                             }
                             // DSNs: due now; they start as soon as there is room.
@@ -470,6 +520,54 @@ impl Engine {
         let mut new = Vec::new();
         let recorded = self.apply(&mut meta, outcomes, now, &body, &mut new).await;
         self.finish(meta, now, new, recorded)
+    }
+
+    /// Applies an operator's request between attempts: only the engine writes queue
+    /// records while delivery runs, so a request never races an attempt's own write.
+    fn command(
+        &self,
+        command: Command,
+        in_flight: &HashSet<String>,
+        cancelled: &mut HashSet<String>,
+        timers: &mut BinaryHeap<Reverse<(u64, Box<str>)>>,
+    ) -> Answer {
+        let (Command::Retry(id) | Command::Delete(id)) = &command;
+        let meta = match self.queue.get(id) {
+            Ok(Some(m)) => m,
+            Ok(None) => return Answer::NotFound,
+            Err(e) => return Answer::Failed(e.to_string()),
+        };
+        match command {
+            Command::Delete(id) if in_flight.contains(&id) => {
+                // An attempt is under way: what it delivers is delivered; the record goes
+                // when it ends.
+                cancelled.insert(id);
+                Answer::Done
+            }
+            Command::Delete(id) => match self.queue.remove(&id) {
+                Ok(()) => {
+                    tracing::info!(%id, "message deleted by the operator");
+                    Answer::Done
+                }
+                Err(e) => Answer::Failed(e.to_string()),
+            },
+            // Being attempted right now: nothing to hurry.
+            Command::Retry(id) if in_flight.contains(&id) => Answer::Done,
+            Command::Retry(id) => {
+                let mut meta = meta;
+                let now = now_secs();
+                for r in &mut meta.recipients {
+                    if let Status::Deferred { next_attempt } = &mut r.status {
+                        *next_attempt = now;
+                    }
+                }
+                if let Err(e) = self.queue.update(&meta) {
+                    return Answer::Failed(e.to_string());
+                }
+                timers.push(Reverse((now, id.into_boxed_str())));
+                Answer::Done
+            }
+        }
     }
 
     /// Writes an attempt's result back: removes a finished message, or keeps it with its

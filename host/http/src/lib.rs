@@ -1,6 +1,10 @@
 //! The HTTP listener: `/healthz` (the process is alive), `/readyz` (queue open, listeners
-//! bound, policies loaded) and `/metrics` (Prometheus text format). The admin API and the
-//! tracking endpoints are to be mounted on this same listener.
+//! bound, policies loaded), `/metrics` (Prometheus text format) and the admin API under
+//! `/api/v1` ([`api`], with the API keys of [`keys`]). The tracking endpoints are to be
+//! mounted on this same listener.
+
+pub mod api;
+pub mod keys;
 
 use axum::Json;
 use axum::Router;
@@ -79,24 +83,29 @@ async fn metrics() -> impl IntoResponse {
 }
 
 /// The routes.
-pub fn router(readiness: Arc<Readiness>) -> Router {
-    Router::new()
+pub fn router(readiness: Arc<Readiness>, api: Option<Arc<api::ApiState>>) -> Router {
+    let base = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(readiness)
+        .with_state(readiness);
+    match api {
+        Some(state) => base.merge(api::router(state)),
+        None => base,
+    }
 }
 
 /// Serves until `shutdown` turns true.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     readiness: Arc<Readiness>,
+    api: Option<Arc<api::ApiState>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, router(readiness))
+    if let Err(e) = axum::serve(listener, router(readiness, api))
         .with_graceful_shutdown(stop)
         .await
     {

@@ -54,6 +54,11 @@ enum Command {
     Trace(trace::TraceArgs),
     /// Tells the running server to reload its policies (same as SIGHUP).
     Reload,
+    /// Manages the admin API's keys (the running server sees changes at once).
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
     /// Builds and evaluates spam models for the `spam-score` plugin.
     Spam {
         #[command(subcommand)]
@@ -72,6 +77,150 @@ enum UserCommand {
     Remove { name: String },
     /// Lists user names.
     List,
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Creates a key and prints it (only this once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// read (GET requests only) or admin.
+        #[arg(long, default_value = "read")]
+        scope: sluice_http::keys::Scope,
+    },
+    /// Lists keys (id, name, scope, expiry; never the secrets).
+    List,
+    /// Replaces a key with a new one; the old one keeps working for the grace period.
+    Rotate {
+        id: String,
+        /// How long the old key keeps working, in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        grace: u64,
+    },
+    /// Removes a key at once.
+    Revoke { id: String },
+}
+
+fn api_key(settings: &Settings, command: ApiKeyCommand) -> Result<()> {
+    use sluice_http::keys;
+    let path = settings.api_keys_file();
+    match command {
+        ApiKeyCommand::Create { name, scope } => {
+            let (k, token) = keys::create(&path, &name, scope)?;
+            println!(
+                "created key {} ({:?}); it is shown only now:\n{token}",
+                k.id, k.scope
+            );
+        }
+        ApiKeyCommand::List => {
+            for k in keys::list(&path)? {
+                println!(
+                    "{}  {:<6}  {}{}",
+                    k.id,
+                    format!("{:?}", k.scope).to_lowercase(),
+                    k.name,
+                    k.expires
+                        .map(|e| format!("  (expires at unix time {e})"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        ApiKeyCommand::Rotate { id, grace } => {
+            let (k, token) = keys::rotate(&path, &id, grace)?;
+            println!(
+                "key {id} works for {grace} more seconds; its replacement {} is shown only now:\n{token}",
+                k.id
+            );
+        }
+        ApiKeyCommand::Revoke { id } => {
+            keys::revoke(&path, &id)?;
+            println!("key {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+use sluice_http::api::BoxFuture;
+
+/// The admin API's view of the running server.
+struct ServerControl {
+    wasm: Option<Arc<WasmPipeline>>,
+    engine: sluice_delivery::engine::Control,
+}
+
+impl sluice_http::api::Control for ServerControl {
+    fn policies(&self) -> Vec<sluice_http::api::PolicyInfo> {
+        use sluice_http::api::{PolicyInfo, StepInfo};
+        let Some(w) = &self.wasm else {
+            return Vec::new();
+        };
+        w.snapshot()
+            .set
+            .chains
+            .iter()
+            .map(|c| PolicyInfo {
+                name: c.name.clone(),
+                listeners: c.conditions.listeners.clone(),
+                steps: c
+                    .steps
+                    .iter()
+                    .map(|s| {
+                        let mut stages: Vec<String> = s
+                            .stages
+                            .iter()
+                            .map(|st| sluice_plugin::chain::stage_name(*st).to_string())
+                            .collect();
+                        stages.sort();
+                        StepInfo {
+                            name: s.name.to_string(),
+                            plugin: s.plugin.to_string(),
+                            stages,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn reload(&self) -> BoxFuture<'_, Result<usize, Vec<String>>> {
+        Box::pin(async move {
+            match &self.wasm {
+                None => Err(vec!["no policies are configured".to_string()]),
+                Some(w) => match w.reload().await {
+                    Ok(n) => {
+                        tracing::info!(chains = n, "policies reloaded (API)");
+                        Ok(n)
+                    }
+                    Err(problems) => Err(problems.iter().map(ToString::to_string).collect()),
+                },
+            }
+        })
+    }
+
+    fn retry(&self, id: String) -> BoxFuture<'_, sluice_http::api::QueueAction> {
+        Box::pin(self.queue_command(sluice_delivery::engine::Command::Retry(id)))
+    }
+
+    fn delete(&self, id: String) -> BoxFuture<'_, sluice_http::api::QueueAction> {
+        Box::pin(self.queue_command(sluice_delivery::engine::Command::Delete(id)))
+    }
+}
+
+impl ServerControl {
+    async fn queue_command(
+        &self,
+        command: sluice_delivery::engine::Command,
+    ) -> sluice_http::api::QueueAction {
+        use sluice_delivery::engine::Answer;
+        use sluice_http::api::QueueAction;
+        match self.engine.send(command).await {
+            Some(Answer::Done) => QueueAction::Done,
+            Some(Answer::NotFound) => QueueAction::NotFound,
+            Some(Answer::Failed(e)) => QueueAction::Failed(e),
+            None => QueueAction::Unavailable,
+        }
+    }
 }
 
 fn load(config: Option<&Path>) -> Result<Settings> {
@@ -170,6 +319,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Reload => reload(&settings),
+        Command::ApiKey { command } => api_key(&settings, command),
         Command::Trace(_) | Command::Score(_) | Command::Spam { .. } => {
             unreachable!("handled above")
         }
@@ -260,7 +410,16 @@ async fn serve(settings: Settings) -> Result<()> {
         policies_loaded: AtomicBool::new(true),
     });
     let mut tasks = tokio::task::JoinSet::new();
+    let (engine_control, engine_control_rx) = sluice_delivery::engine::control();
     if let Some(bind) = settings.http_bind {
+        let api = Arc::new(sluice_http::api::ApiState {
+            queue: queue.clone(),
+            keys: Arc::new(sluice_http::keys::KeyStore::new(settings.api_keys_file())),
+            control: Arc::new(ServerControl {
+                wasm: wasm.clone(),
+                engine: engine_control.clone(),
+            }),
+        });
         let listener = tokio::net::TcpListener::bind(bind)
             .await
             .with_context(|| format!("HTTP listener: cannot bind {bind}"))?;
@@ -268,6 +427,7 @@ async fn serve(settings: Settings) -> Result<()> {
         tasks.spawn(sluice_http::serve(
             listener,
             readiness.clone(),
+            Some(api),
             shutdown_rx.clone(),
         ));
     }
@@ -306,7 +466,8 @@ async fn serve(settings: Settings) -> Result<()> {
         settings.clone(),
         shutdown_rx.clone(),
     ));
-    tasks.spawn(engine.run(schedule, queued_rx, shutdown_rx.clone()));
+    drop(engine_control);
+    tasks.spawn(engine.run(schedule, queued_rx, engine_control_rx, shutdown_rx.clone()));
     drop(ctx);
 
     wait_for_signal(wasm).await?;
