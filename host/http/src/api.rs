@@ -406,11 +406,12 @@ async fn policies(State(s): State<Arc<ApiState>>) -> Response {
     Json(s.control.policies()).into_response()
 }
 
-/// Reloads the policies from disk (like SIGHUP); on any problem the running ones stay.
+/// Reloads the policies from disk (like SIGHUP); on any problem the running ones stay and
+/// the answer is 409 with the problems.
 #[utoipa::path(post, path = "/api/v1/policies/reload", tag = "policies",
     security(("api_key" = [])),
     responses((status = 200, body = Reloaded), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn reload(State(s): State<Arc<ApiState>>) -> Response {
     match s.control.reload().await {
         Ok(chains) => Json(Reloaded {
@@ -418,7 +419,7 @@ async fn reload(State(s): State<Arc<ApiState>>) -> Response {
         })
         .into_response(),
         Err(problems) => error(
-            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::CONFLICT,
             format!(
                 "reload refused, the running policies stay: {}",
                 problems.join("; ")
@@ -451,6 +452,7 @@ impl utoipa::Modify for Security {
 #[openapi(
     info(title = "Sluice admin API", description = "Operate a running Sluice: queue and policies. Every error is JSON `{\"error\": message}`; 401 without a valid key, 403 when the key's scope does not allow the request."),
     paths(queue_list, queue_show, queue_retry, queue_delete, policies, reload),
+    components(schemas(StateFilter)),
     modifiers(&Security)
 )]
 pub struct ApiDoc;

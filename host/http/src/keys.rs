@@ -178,11 +178,14 @@ pub enum Refusal {
     Expired,
 }
 
+/// Modification time, size and inode: a rewrite (atomic rename) changes at least one.
+type FileStamp = (SystemTime, u64, u64);
+
 /// The server's view of the key file, re-read when it changes.
 pub struct KeyStore {
     path: PathBuf,
-    /// (file identity when read: mtime, size, inode; the keys).
-    cache: Mutex<(Option<(SystemTime, u64, u64)>, Vec<KeyEntry>)>,
+    /// The file's identity when read, and its keys.
+    cache: Mutex<(Option<FileStamp>, Vec<KeyEntry>)>,
 }
 
 impl KeyStore {

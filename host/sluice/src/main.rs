@@ -223,6 +223,27 @@ impl ServerControl {
     }
 }
 
+/// The admin key `sluice queue` uses while the server runs, in `<data_dir>/cli.key` (mode
+/// 0600: whoever can read it could open the queue itself). A new one each start; the
+/// previous one is revoked.
+fn local_cli_key(settings: &Settings) -> Result<()> {
+    use sluice_http::keys;
+    let path = settings.api_keys_file();
+    let file = settings.data_dir.join("cli.key");
+    if let Ok(old) = std::fs::read_to_string(&file)
+        && let Some(id) = old
+            .trim()
+            .strip_prefix("sluice_")
+            .and_then(|r| r.split('_').next())
+    {
+        let _ = keys::revoke(&path, id);
+    }
+    let (_, token) = keys::create(&path, "local cli (sluice queue)", keys::Scope::Admin)?;
+    sluice_core::durable::write_atomic(&file, token.as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    Ok(())
+}
+
 fn load(config: Option<&Path>) -> Result<Settings> {
     Ok(match config {
         Some(path) => sluice_config::load(path)?,
@@ -412,6 +433,7 @@ async fn serve(settings: Settings) -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     let (engine_control, engine_control_rx) = sluice_delivery::engine::control();
     if let Some(bind) = settings.http_bind {
+        local_cli_key(&settings)?;
         let api = Arc::new(sluice_http::api::ApiState {
             queue: queue.clone(),
             keys: Arc::new(sluice_http::keys::KeyStore::new(settings.api_keys_file())),

@@ -1,7 +1,9 @@
 //! `sluice queue`: list, show, retry and delete queued messages.
 //!
-//! These open the queue directly, so the server must be stopped (sled holds a lock). The
-//! HTTP API (a later issue) will offer the same on a running server.
+//! With the server stopped these open the queue directly. While it runs (sled holds a lock)
+//! they go through its admin API (`[http]` must be configured), authenticated with the
+//! local key the server writes to `<data_dir>/cli.key` (readable only by its owner, like
+//! the queue itself).
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
@@ -24,12 +26,20 @@ pub enum QueueCommand {
 }
 
 pub fn run(settings: &Settings, command: QueueCommand) -> Result<()> {
-    let queue = SledQueue::open(&settings.queue_dir()).with_context(|| {
-        format!(
-            "cannot open the queue in {} (stop the running server first)",
-            settings.queue_dir().display()
-        )
-    })?;
+    let queue = match SledQueue::open(&settings.queue_dir()) {
+        Ok(q) => q,
+        Err(e) => {
+            let Some(bind) = settings.http_bind else {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot open the queue in {} (is the server running? stop it, or configure [http] so that this command can use its API)",
+                        settings.queue_dir().display()
+                    )
+                });
+            };
+            return online(settings, bind, command);
+        }
+    };
     match command {
         QueueCommand::List => {
             let all = queue.list()?;
@@ -128,5 +138,129 @@ fn flush(queue: &SledQueue) -> Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .build()?
         .block_on(queue.sync())?;
+    Ok(())
+}
+
+/// The same commands through the running server's admin API.
+fn online(settings: &Settings, bind: std::net::SocketAddr, command: QueueCommand) -> Result<()> {
+    let key_file = settings.data_dir.join("cli.key");
+    let key = std::fs::read_to_string(&key_file).with_context(|| {
+        format!(
+            "the queue is locked by the running server, and its API key {} cannot be read",
+            key_file.display()
+        )
+    })?;
+    let host = if bind.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], bind.port()))
+    } else {
+        bind
+    };
+    let base = format!("http://{host}/api/v1");
+    let auth = format!("Bearer {}", key.trim());
+    let agent = ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(60))
+        .build();
+    let call = |method: &str, path: &str| -> Result<serde_json::Value> {
+        let url = format!("{base}{path}");
+        match agent
+            .request(method, &url)
+            .set("Authorization", &auth)
+            .call()
+        {
+            Ok(r) => Ok(r.into_json()?),
+            Err(ureq::Error::Status(code, r)) => {
+                let body: serde_json::Value = r.into_json().unwrap_or_default();
+                bail!(
+                    "{method} {url}: {code} {}",
+                    body["error"].as_str().unwrap_or("(no message)")
+                )
+            }
+            Err(e) => bail!("{method} {url}: {e}"),
+        }
+    };
+    let list_all = || -> Result<Vec<serde_json::Value>> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let q = match &after {
+                Some(a) => format!("/queue?limit=1000&after={a}"),
+                None => "/queue?limit=1000".to_string(),
+            };
+            let page = call("GET", &q)?;
+            all.extend(page["messages"].as_array().cloned().unwrap_or_default());
+            match page["next"].as_str() {
+                Some(n) => after = Some(n.to_string()),
+                None => return Ok(all),
+            }
+        }
+    };
+    match command {
+        QueueCommand::List => {
+            let all = list_all()?;
+            for m in &all {
+                println!(
+                    "{}  {:>8}  <{}>  {} recipient(s), {} pending{}",
+                    m["id"].as_str().unwrap_or(""),
+                    m["size"],
+                    m["sender"].as_str().unwrap_or(""),
+                    m["recipients"],
+                    m["pending"],
+                    m["quarantine"]
+                        .as_str()
+                        .map(|q| format!(", quarantined: {q}"))
+                        .unwrap_or_default()
+                );
+            }
+            println!("{} message(s)", all.len());
+        }
+        QueueCommand::Show { id } => {
+            let m = call("GET", &format!("/queue/{id}"))?;
+            println!(
+                "id: {}\nsender: <{}>\nsize: {}\nreceived: {}",
+                m["id"].as_str().unwrap_or(""),
+                m["sender"].as_str().unwrap_or(""),
+                m["size"],
+                m["received_at"]
+            );
+            if let Some(envid) = m["envid"].as_str() {
+                println!("envid: {envid}");
+            }
+            if let Some(q) = m["quarantine"].as_str() {
+                println!("quarantined: {q}");
+            }
+            for r in m["recipients"].as_array().into_iter().flatten() {
+                println!(
+                    "recipient <{}>: {}, {} attempt(s){}",
+                    r["address"].as_str().unwrap_or(""),
+                    r["status"].as_str().unwrap_or(""),
+                    r["attempts"],
+                    r["last_reply"]
+                        .as_str()
+                        .map(|x| format!(", last: {x}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        QueueCommand::Retry { ids } => {
+            let ids = if ids.is_empty() {
+                list_all()?
+                    .iter()
+                    .filter_map(|m| m["id"].as_str().map(str::to_string))
+                    .collect()
+            } else {
+                ids
+            };
+            for id in &ids {
+                call("POST", &format!("/queue/{id}/retry"))?;
+            }
+            println!("{} message(s) due now", ids.len());
+        }
+        QueueCommand::Delete { ids } => {
+            for id in &ids {
+                call("DELETE", &format!("/queue/{id}"))?;
+            }
+            println!("{} message(s) deleted", ids.len());
+        }
+    }
     Ok(())
 }
