@@ -496,3 +496,151 @@ fn schemathesis_finds_no_server_error_or_schema_violation() {
     );
     assert!(!s.log().contains("panicked"), "{}", s.log());
 }
+
+/// One session that fails AUTH once (STARTTLS first: AUTH is only offered over TLS); the
+/// 535 reply.
+fn fail_auth(port: u16) -> String {
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 1024];
+    let n = raw.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"220"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    raw.write_all(b"EHLO client.test\r\n").unwrap();
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"250 ") || !got.ends_with(b"\r\n") {
+        let n = raw.read(&mut buf).unwrap();
+        got.extend_from_slice(&buf[..n]);
+    }
+    raw.write_all(b"STARTTLS\r\n").unwrap();
+    let n = raw.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"220"));
+    let mut c = support::TlsClient::handshake(raw);
+    c.cmd("EHLO client.test");
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode("\0u\0wrong");
+    c.cmd(&format!("AUTH PLAIN {token}"))
+}
+
+/// The greeting a new connection gets.
+fn greeting(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Too many failed AUTH attempts ban the address at connect; the ban shows in the API, the
+/// CLI and the metrics, expires by itself, and can be lifted.
+#[test]
+fn failed_auth_bans_the_address_until_it_expires_or_is_lifted() {
+    let http = support::free_port();
+    let s = Sluice::start(&format!(
+        "[http]\nbind = \"127.0.0.1:{http}\"\n\n[protection]\nauth_failures = 3\nban_for = \"3s\"\n"
+    ));
+    assert!(s.cli(&["user", "add", "u"], "pw\n").status.success());
+    let key = new_key(&s, "ops", "admin");
+    for _ in 0..3 {
+        assert!(fail_auth(s.submission_port).starts_with("535 5.7.8"));
+    }
+    let g = greeting(s.mx_port);
+    assert!(g.starts_with("421 4.7.1"), "{g}");
+    let bans = json(&call(http, "GET", "/api/v1/bans", Some(&key)).2);
+    assert_eq!(bans[0]["address"], "127.0.0.1", "{bans}");
+    let listed = String::from_utf8_lossy(&s.cli(&["ban", "list"], "").stdout).into_owned();
+    assert!(listed.contains("127.0.0.1"), "{listed}");
+    let metrics = get(http, "/metrics").1;
+    assert!(
+        sample(
+            &metrics,
+            "sluice_smtp_auth_bans_total{listener=\"submission\"}"
+        ) >= 1.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "sluice_smtp_connections_refused_total{listener=\"mx\",reason=\"banned\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+    // Expires by itself.
+    assert!(wait_until(Duration::from_secs(10), || greeting(s.mx_port)
+        .starts_with("220")));
+    // Banned again, then lifted from the CLI.
+    for _ in 0..3 {
+        fail_auth(s.submission_port);
+    }
+    assert!(greeting(s.mx_port).starts_with("421 4.7.1"));
+    let out = s.cli(&["ban", "lift", "127.0.0.1"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(greeting(s.mx_port).starts_with("220"));
+    let (status, _, body) = call(http, "DELETE", "/api/v1/bans/127.0.0.1", Some(&key));
+    assert_eq!(status, 404, "{body}");
+    let (status, _, body) = call(http, "DELETE", "/api/v1/bans/not-an-ip", Some(&key));
+    assert_eq!(status, 404);
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("not an IP address")
+    );
+}
+
+/// More connections per minute than allowed from one address get 421 at connect.
+#[test]
+fn connection_rate_per_address_is_limited() {
+    let s = Sluice::start("[protection]\nconnections_per_minute = 20\n");
+    // Starting the server probed its listeners: a few of the 20 are used already.
+    let greetings: Vec<String> = (0..25).map(|_| greeting(s.mx_port)).collect();
+    let accepted = greetings.iter().filter(|g| g.starts_with("220")).count();
+    assert!(
+        (15..=20).contains(&accepted),
+        "{accepted} accepted: {greetings:?}"
+    );
+    let refused = greetings.last().unwrap();
+    assert!(
+        refused.starts_with("421 4.7.0") && refused.contains("your address"),
+        "{refused}"
+    );
+}
+
+/// `--log-format json`: one JSON object per line, and the accepted message and its delivery
+/// attempt each on a line with the queue id.
+#[test]
+fn json_logs_follow_a_message_by_its_queue_id() {
+    let s = Sluice::configure_with("", "", "");
+    let mut s = s;
+    s.set_env("SLUICE_LOG_FORMAT", "json");
+    s.restart();
+    let mut c = Client::connect(s.mx_port);
+    c.cmd("EHLO client.test");
+    let r = c.send_mail(
+        "a@example.com",
+        &["bob@localhost"],
+        "Subject: x\r\n\r\nhello",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let id = r.rsplit(' ').next().unwrap().to_string();
+    assert!(wait_until(Duration::from_secs(10), || s
+        .log()
+        .contains("\"delivery\"")));
+    let lines: Vec<serde_json::Value> = s.log().lines().map(json).collect();
+    let about: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["id"] == id.as_str())
+        .collect();
+    let messages: Vec<&str> = about
+        .iter()
+        .filter_map(|l| l["fields"]["message"].as_str())
+        .collect();
+    assert!(messages.contains(&"queued"), "{about:?}");
+    assert!(messages.contains(&"delivery"), "{about:?}");
+}

@@ -65,6 +65,7 @@ pub struct Sluice {
     pub config: PathBuf,
     data: PathBuf,
     child: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 impl Sluice {
@@ -120,6 +121,7 @@ role = "submission"
             config,
             data,
             child: None,
+            env: Vec::new(),
         }
     }
 
@@ -132,6 +134,11 @@ role = "submission"
         std::fs::write(&self.config, text.replace(&old, &new)).unwrap();
         self.data = path.to_path_buf();
         self
+    }
+
+    /// An environment variable for the server (from the next start).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.into(), value.into()));
     }
 
     pub fn spawn(mut self) -> Sluice {
@@ -151,6 +158,7 @@ role = "submission"
             .arg(&self.config)
             .arg("serve")
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

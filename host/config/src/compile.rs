@@ -272,6 +272,21 @@ impl Compiler<'_> {
             dsn_max_original: d.dsn_max_original,
         };
 
+        let p = &f.protection;
+        if p.auth_failures > 0 && p.auth_window.is_zero() {
+            self.problem(
+                "protection.auth_window".into(),
+                "must be greater than 0 when auth_failures is set",
+            );
+        }
+        let protection = ProtectionSettings {
+            auth_failures: p.auth_failures,
+            auth_window: p.auth_window,
+            ban_for: p.ban_for,
+            connections_per_minute: p.connections_per_minute,
+            network_connections_per_minute: p.network_connections_per_minute,
+        };
+
         let routes = f
             .route
             .iter()
@@ -292,6 +307,7 @@ impl Compiler<'_> {
             relay_domains,
             tls_cert,
             listeners,
+            protection,
             delivery,
             routes,
             policies: f.policies.clone(),

@@ -30,6 +30,8 @@ pub struct ConfigFile {
     pub listener: Vec<ListenerFile>,
     /// The HTTP listener (`/healthz`, `/readyz`, `/metrics`). Without it, none.
     pub http: Option<HttpFile>,
+    /// Protection at connect: bans after failed AUTH, connection rates.
+    pub protection: ProtectionFile,
     /// Outbound delivery.
     pub delivery: DeliveryFile,
     /// Routes by recipient domain, tried in order; the first match wins. Without a match
@@ -53,6 +55,7 @@ impl Default for ConfigFile {
             auth: AuthFile::default(),
             listener: Vec::new(),
             http: None,
+            protection: ProtectionFile::default(),
             delivery: DeliveryFile::default(),
             route: Vec::new(),
             policies: None,
@@ -67,6 +70,38 @@ pub struct HttpFile {
     /// Address and port to listen on, such as `127.0.0.1:8025`. Bind it to loopback or a
     /// private network: `/metrics` has no authentication.
     pub bind: String,
+}
+
+/// Protection at connect (what Fail2Ban and per-client rate limits do, built in). Bans are
+/// kept in memory: a restart lifts them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProtectionFile {
+    /// Failed AUTH attempts from one address within `auth_window` that ban it. 0 turns
+    /// banning off.
+    pub auth_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub auth_window: Duration,
+    /// How long a banned address gets `421 4.7.1` at connect.
+    #[serde(with = "humantime_serde")]
+    pub ban_for: Duration,
+    /// New connections per minute from one address; more get `421 4.7.0`. 0: no limit.
+    pub connections_per_minute: u32,
+    /// New connections per minute from one network (/24 for IPv4, /64 for IPv6). 0: no
+    /// limit.
+    pub network_connections_per_minute: u32,
+}
+
+impl Default for ProtectionFile {
+    fn default() -> Self {
+        ProtectionFile {
+            auth_failures: 5,
+            auth_window: Duration::from_secs(600),
+            ban_for: Duration::from_secs(3600),
+            connections_per_minute: 0,
+            network_connections_per_minute: 0,
+        }
+    }
 }
 
 /// STARTTLS certificate.

@@ -21,6 +21,7 @@ pub struct Settings {
     pub listeners: Vec<ListenerSettings>,
     /// Where the HTTP listener binds, when there is one.
     pub http_bind: Option<SocketAddr>,
+    pub protection: ProtectionSettings,
     pub delivery: DeliverySettings,
     pub routes: Vec<Route>,
     /// Policy files, resolved against the configuration file's folder.
@@ -125,6 +126,16 @@ pub enum TlsPolicy {
     Opportunistic,
     Required,
     Verify,
+}
+
+/// See `ProtectionFile`.
+#[derive(Debug, Clone)]
+pub struct ProtectionSettings {
+    pub auth_failures: u32,
+    pub auth_window: Duration,
+    pub ban_for: Duration,
+    pub connections_per_minute: u32,
+    pub network_connections_per_minute: u32,
 }
 
 #[derive(Debug, Clone)]

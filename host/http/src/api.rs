@@ -33,6 +33,17 @@ pub trait Control: Send + Sync {
     fn retry(&self, id: String) -> BoxFuture<'_, QueueAction>;
     /// Deletes a queued message without notice to the sender.
     fn delete(&self, id: String) -> BoxFuture<'_, QueueAction>;
+    /// Addresses banned after failed AUTH attempts.
+    fn bans(&self) -> Vec<Ban>;
+    /// Lifts a ban; false when the address was not banned.
+    fn lift_ban(&self, ip: std::net::IpAddr) -> bool;
+}
+
+/// A client address banned at connect.
+#[derive(Serialize, ToSchema)]
+pub struct Ban {
+    pub address: String,
+    pub seconds_left: u64,
 }
 
 /// What became of a retry or delete.
@@ -428,6 +439,46 @@ async fn reload(State(s): State<Arc<ApiState>>) -> Response {
     }
 }
 
+/// Client addresses banned after too many failed AUTH attempts.
+#[utoipa::path(get, path = "/api/v1/bans", tag = "protection",
+    security(("api_key" = [])),
+    responses((status = 200, body = Vec<Ban>), (status = 401, body = ErrorBody)))]
+async fn bans(State(s): State<Arc<ApiState>>) -> Response {
+    Json(s.control.bans()).into_response()
+}
+
+/// Lifts the ban of one address.
+#[utoipa::path(delete, path = "/api/v1/bans/{address}", tag = "protection",
+    params(("address" = String, Path, description = "IPv4 or IPv6 address")),
+    security(("api_key" = [])),
+    responses((status = 200, body = Done), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn lift_ban(
+    State(s): State<Arc<ApiState>>,
+    address: Result<Path<String>, PathRejection>,
+) -> Response {
+    let Path(address) = match address {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    // Not an address: no such ban either (a resource that does not exist).
+    let Ok(ip) = address.parse::<std::net::IpAddr>() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("`{address}` is not an IP address, so not banned"),
+        );
+    };
+    if s.control.lift_ban(ip) {
+        Json(Done {
+            id: address,
+            done: true,
+        })
+        .into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, format!("{address} is not banned"))
+    }
+}
+
 struct Security;
 
 impl utoipa::Modify for Security {
@@ -451,7 +502,7 @@ impl utoipa::Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Sluice admin API", description = "Operate a running Sluice: queue and policies. Every error is JSON `{\"error\": message}`; 401 without a valid key, 403 when the key's scope does not allow the request."),
-    paths(queue_list, queue_show, queue_retry, queue_delete, policies, reload),
+    paths(queue_list, queue_show, queue_retry, queue_delete, policies, reload, bans, lift_ban),
     components(schemas(StateFilter)),
     modifiers(&Security)
 )]
@@ -519,6 +570,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/queue/{id}/retry", post(queue_retry))
         .route("/api/v1/policies", get(policies))
         .route("/api/v1/policies/reload", post(reload))
+        .route("/api/v1/bans", get(bans))
+        .route("/api/v1/bans/{address}", axum::routing::delete(lift_ban))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,

@@ -22,6 +22,11 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     /// AUTH attempts, by listener and result (`success`, `failure`).
     pub auth: IntCounterVec,
+    /// Connections refused at connect, by listener and reason (`banned`, `address_rate`,
+    /// `network_rate`).
+    pub connections_refused: IntCounterVec,
+    /// Addresses banned after failed AUTH attempts.
+    pub auth_bans: IntCounterVec,
     /// Messages queued after a 250, by listener and kind (`normal`, `quarantined`).
     pub messages_queued: IntCounterVec,
     /// Messages refused at end of data, by listener and reply class (`4xx`, `5xx`).
@@ -101,6 +106,18 @@ impl Metrics {
                 "sluice_smtp_auth_total",
                 "SMTP AUTH attempts, by listener and result.",
                 &["listener", "result"],
+            ),
+            connections_refused: counter(
+                &r,
+                "sluice_smtp_connections_refused_total",
+                "SMTP connections refused at connect, by listener and reason (banned, address_rate, network_rate).",
+                &["listener", "reason"],
+            ),
+            auth_bans: counter(
+                &r,
+                "sluice_smtp_auth_bans_total",
+                "Client addresses banned after too many failed AUTH attempts, by listener.",
+                &["listener"],
             ),
             messages_queued: counter(
                 &r,
@@ -185,11 +202,13 @@ impl Metrics {
     /// The name of every metric declared, whether or not it has samples yet.
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let all: [&dyn Collector; 15] = [
+        let all: [&dyn Collector; 17] = [
             &self.smtp_connections,
             &self.smtp_replies,
             &self.tls_handshakes,
             &self.auth,
+            &self.connections_refused,
+            &self.auth_bans,
             &self.messages_queued,
             &self.messages_refused,
             &self.end_of_data_seconds,

@@ -5,6 +5,7 @@
 //! - `queue_cmd.rs`: `sluice queue list|show|retry|delete`.
 //! - `trace.rs`: `sluice trace`, one message through a policy offline.
 
+mod api_client;
 mod queue_cmd;
 mod spam_cmd;
 mod trace;
@@ -28,6 +29,10 @@ struct Cli {
     /// and :2587, data in ./data).
     #[arg(long, short, global = true, env = "SLUICE_CONFIG")]
     config: Option<PathBuf>,
+    /// Log format on standard error: `human`, or `json` (one object per line, for log
+    /// shippers).
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +64,11 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// Addresses banned after failed AUTH attempts (running server, through its API).
+    Ban {
+        #[command(subcommand)]
+        command: BanCommand,
+    },
     /// Builds and evaluates spam models for the `spam-score` plugin.
     Spam {
         #[command(subcommand)]
@@ -77,6 +87,35 @@ enum UserCommand {
     Remove { name: String },
     /// Lists user names.
     List,
+}
+
+#[derive(Subcommand)]
+enum BanCommand {
+    /// Banned addresses and the time each ban has left.
+    List,
+    /// Lets an address in again.
+    Lift { address: std::net::IpAddr },
+}
+
+fn ban(settings: &Settings, command: BanCommand) -> Result<()> {
+    let api = api_client::ApiClient::new(settings)?;
+    match command {
+        BanCommand::List => {
+            let bans = api.call("GET", "/bans")?;
+            for b in bans.as_array().into_iter().flatten() {
+                println!(
+                    "{}  {} s left",
+                    b["address"].as_str().unwrap_or(""),
+                    b["seconds_left"]
+                );
+            }
+        }
+        BanCommand::Lift { address } => {
+            api.call("DELETE", &format!("/bans/{address}"))?;
+            println!("{address} may connect again");
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -147,6 +186,7 @@ use sluice_http::api::BoxFuture;
 struct ServerControl {
     wasm: Option<Arc<WasmPipeline>>,
     engine: sluice_delivery::engine::Control,
+    guard: Arc<sluice_smtp::protect::Guard>,
 }
 
 impl sluice_http::api::Control for ServerControl {
@@ -204,6 +244,21 @@ impl sluice_http::api::Control for ServerControl {
 
     fn delete(&self, id: String) -> BoxFuture<'_, sluice_http::api::QueueAction> {
         Box::pin(self.queue_command(sluice_delivery::engine::Command::Delete(id)))
+    }
+
+    fn bans(&self) -> Vec<sluice_http::api::Ban> {
+        self.guard
+            .bans()
+            .into_iter()
+            .map(|(ip, left)| sluice_http::api::Ban {
+                address: ip.to_string(),
+                seconds_left: left.as_secs().max(1),
+            })
+            .collect()
+    }
+
+    fn lift_ban(&self, ip: std::net::IpAddr) -> bool {
+        self.guard.lift(ip)
     }
 }
 
@@ -291,13 +346,16 @@ fn tune_allocator() {
 fn main() -> Result<()> {
     tune_allocator();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
     if let Command::Trace(args) = cli.command {
         return tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -341,6 +399,7 @@ fn main() -> Result<()> {
         }
         Command::Reload => reload(&settings),
         Command::ApiKey { command } => api_key(&settings, command),
+        Command::Ban { command } => ban(&settings, command),
         Command::Trace(_) | Command::Score(_) | Command::Spam { .. } => {
             unreachable!("handled above")
         }
@@ -432,6 +491,9 @@ async fn serve(settings: Settings) -> Result<()> {
     });
     let mut tasks = tokio::task::JoinSet::new();
     let (engine_control, engine_control_rx) = sluice_delivery::engine::control();
+    let guard = Arc::new(sluice_smtp::protect::Guard::new(
+        settings.protection.clone(),
+    ));
     if let Some(bind) = settings.http_bind {
         local_cli_key(&settings)?;
         let api = Arc::new(sluice_http::api::ApiState {
@@ -440,6 +502,7 @@ async fn serve(settings: Settings) -> Result<()> {
             control: Arc::new(ServerControl {
                 wasm: wasm.clone(),
                 engine: engine_control.clone(),
+                guard: guard.clone(),
             }),
         });
         let listener = tokio::net::TcpListener::bind(bind)
@@ -460,6 +523,7 @@ async fn serve(settings: Settings) -> Result<()> {
         tls: Some(tls),
         users: Arc::new(Users::new(&settings.users_file)),
         queued: queued_tx,
+        guard: guard.clone(),
     });
 
     // The queue is scanned before any listener accepts: a message accepted during the

@@ -29,15 +29,15 @@ pub fn run(settings: &Settings, command: QueueCommand) -> Result<()> {
     let queue = match SledQueue::open(&settings.queue_dir()) {
         Ok(q) => q,
         Err(e) => {
-            let Some(bind) = settings.http_bind else {
+            if settings.http_bind.is_none() {
                 return Err(e).with_context(|| {
                     format!(
                         "cannot open the queue in {} (is the server running? stop it, or configure [http] so that this command can use its API)",
                         settings.queue_dir().display()
                     )
                 });
-            };
-            return online(settings, bind, command);
+            }
+            return online(settings, command);
         }
     };
     match command {
@@ -142,42 +142,9 @@ fn flush(queue: &SledQueue) -> Result<()> {
 }
 
 /// The same commands through the running server's admin API.
-fn online(settings: &Settings, bind: std::net::SocketAddr, command: QueueCommand) -> Result<()> {
-    let key_file = settings.data_dir.join("cli.key");
-    let key = std::fs::read_to_string(&key_file).with_context(|| {
-        format!(
-            "the queue is locked by the running server, and its API key {} cannot be read",
-            key_file.display()
-        )
-    })?;
-    let host = if bind.ip().is_unspecified() {
-        std::net::SocketAddr::from(([127, 0, 0, 1], bind.port()))
-    } else {
-        bind
-    };
-    let base = format!("http://{host}/api/v1");
-    let auth = format!("Bearer {}", key.trim());
-    let agent = ureq::AgentBuilder::new()
-        .timeout(std::time::Duration::from_secs(60))
-        .build();
-    let call = |method: &str, path: &str| -> Result<serde_json::Value> {
-        let url = format!("{base}{path}");
-        match agent
-            .request(method, &url)
-            .set("Authorization", &auth)
-            .call()
-        {
-            Ok(r) => Ok(r.into_json()?),
-            Err(ureq::Error::Status(code, r)) => {
-                let body: serde_json::Value = r.into_json().unwrap_or_default();
-                bail!(
-                    "{method} {url}: {code} {}",
-                    body["error"].as_str().unwrap_or("(no message)")
-                )
-            }
-            Err(e) => bail!("{method} {url}: {e}"),
-        }
-    };
+fn online(settings: &Settings, command: QueueCommand) -> Result<()> {
+    let api = crate::api_client::ApiClient::new(settings)?;
+    let call = |method: &str, path: &str| api.call(method, path);
     let list_all = || -> Result<Vec<serde_json::Value>> {
         let mut all = Vec::new();
         let mut after: Option<String> = None;

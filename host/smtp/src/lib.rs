@@ -13,6 +13,7 @@
 //! - [`tls`]: the certificate (from config, or self-signed and kept in the data folder).
 //! - [`users`]: the AUTH users file of argon2id hashes.
 
+pub mod protect;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -21,6 +21,8 @@ pub struct ServerContext {
     pub users: Arc<Users>,
     /// Newly queued messages, for the delivery scheduler.
     pub queued: sluice_queue::Handoff,
+    /// Bans after failed AUTH and connection rates, checked at connect.
+    pub guard: Arc<crate::protect::Guard>,
 }
 
 /// Serves one listener until `shutdown` turns true, then waits for its sessions to end.
@@ -55,6 +57,18 @@ pub async fn serve_listener(
             }
         };
         let _ = stream.set_nodelay(true);
+        if let Err(refusal) = ctx.guard.admit(peer.ip()) {
+            sluice_metrics::global()
+                .connections_refused
+                .with_label_values(&[settings.name.as_str(), refusal.label()])
+                .inc();
+            tracing::info!(listener = %settings.name, %peer, reason = refusal.label(), "connection refused");
+            sessions.spawn(async move {
+                let _ = stream.write_all(refusal.reply().as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(listener = %settings.name, %peer, "connection limit reached");
             sessions.spawn(async move {

@@ -120,6 +120,9 @@ async fn run_session(input: Vec<Vec<u8>>, chunk: usize) -> Result<(), String> {
         queue: queue.clone(),
         pipelines: Arc::new(Fixed(Arc::new(PassThrough))),
         tls: None,
+        guard: Arc::new(sluice_smtp::protect::Guard::new(
+            settings.protection.clone(),
+        )),
         users: Arc::new(sluice_smtp::Users::new(std::path::Path::new(
             "/nonexistent/sluice-fuzz/users",
         ))),

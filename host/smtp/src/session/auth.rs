@@ -110,6 +110,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
         } else {
             tracing::warn!(client = %self.info.client_ip, %user, "authentication failed");
+            if self.ctx.guard.auth_failed(self.info.client_ip) {
+                sluice_metrics::global()
+                    .auth_bans
+                    .with_label_values(&[self.cfg.name.as_str()])
+                    .inc();
+                // Banned: this session ends too (after the 535, with 421).
+                self.errors = self.errors.max(self.cfg.max_errors);
+            }
             self.reply(Reply::new(
                 535,
                 "5.7.8",

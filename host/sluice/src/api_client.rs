@@ -1,0 +1,60 @@
+//! The CLI's client for the running server's admin API, authenticated with the local key
+//! the server writes to `<data_dir>/cli.key` at start (readable only by its owner).
+
+use anyhow::{Context, Result, bail};
+use sluice_config::Settings;
+
+pub struct ApiClient {
+    base: String,
+    auth: String,
+    agent: ureq::Agent,
+}
+
+impl ApiClient {
+    /// The client for the server these settings describe; needs `[http]`.
+    pub fn new(settings: &Settings) -> Result<ApiClient> {
+        let Some(bind) = settings.http_bind else {
+            bail!("this needs the running server's admin API: configure [http]");
+        };
+        let key_file = settings.data_dir.join("cli.key");
+        let key = std::fs::read_to_string(&key_file).with_context(|| {
+            format!(
+                "cannot read the server's local API key {} (is the server running?)",
+                key_file.display()
+            )
+        })?;
+        let host = if bind.ip().is_unspecified() {
+            std::net::SocketAddr::from(([127, 0, 0, 1], bind.port()))
+        } else {
+            bind
+        };
+        Ok(ApiClient {
+            base: format!("http://{host}/api/v1"),
+            auth: format!("Bearer {}", key.trim()),
+            agent: ureq::AgentBuilder::new()
+                .timeout(std::time::Duration::from_secs(60))
+                .build(),
+        })
+    }
+
+    /// One request; the JSON answer, or the server's error message.
+    pub fn call(&self, method: &str, path: &str) -> Result<serde_json::Value> {
+        let url = format!("{}{path}", self.base);
+        match self
+            .agent
+            .request(method, &url)
+            .set("Authorization", &self.auth)
+            .call()
+        {
+            Ok(r) => Ok(r.into_json()?),
+            Err(ureq::Error::Status(code, r)) => {
+                let body: serde_json::Value = r.into_json().unwrap_or_default();
+                bail!(
+                    "{method} {url}: {code} {}",
+                    body["error"].as_str().unwrap_or("(no message)")
+                )
+            }
+            Err(e) => bail!("{method} {url}: {e}"),
+        }
+    }
+}
