@@ -11,6 +11,8 @@ command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 # The power-loss test mounts a FUSE filesystem (tests/tools/lazyfs.py, fusepy over libfuse2).
 command -v fusermount >/dev/null || need_apt+=(fuse)
+# The antivirus plugin's test runs a real clamd (signatures written by the test).
+command -v clamd >/dev/null || need_apt+=(clamav-daemon)
 [ -e /usr/lib/x86_64-linux-gnu/libfuse.so.2 ] || ldconfig -p | grep -q 'libfuse.so.2 ' || need_apt+=(libfuse2)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq

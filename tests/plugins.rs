@@ -4,7 +4,7 @@
 
 mod support;
 
-use sluice_test_plugins::{PY_SPAM_WORDS, Plugin, SPAM_SCORE, TAG};
+use sluice_test_plugins::{ANTIVIRUS, PY_SPAM_WORDS, Plugin, SPAM_SCORE, TAG};
 use std::time::Duration;
 use support::{Client, Sluice, message, wait_until};
 
@@ -211,6 +211,8 @@ fn example_policies_are_valid() {
                     PY_SPAM_WORDS
                 } else if line.contains("spam_score") {
                     SPAM_SCORE
+                } else if line.contains("antivirus") {
+                    ANTIVIRUS
                 } else {
                     TAG
                 };

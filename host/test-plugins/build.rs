@@ -12,6 +12,7 @@ const PLUGINS: &[&str] = &[
     "probe",
     "old-contract",
     "spam-score",
+    "antivirus",
 ];
 /// Python plugins, each a folder of `plugins/python` with an `app.py`.
 const PYTHON_PLUGINS: &[&str] = &["spam_words", "tag"];
@@ -26,6 +27,7 @@ fn main() {
         "plugins/testing",
         "plugins/testing/old-contract/wit",
         "plugins/spam-score",
+        "plugins/antivirus",
         "host/spam/src",
         "wit",
     ] {
