@@ -87,6 +87,11 @@ fn health_readiness_and_metrics() {
     assert!(delta("sluice_smtp_replies_total{class=\"2xx\",listener=\"mx\"}") >= 4.0);
     assert!(delta("sluice_smtp_replies_total{class=\"5xx\",listener=\"mx\"}") >= 1.0);
     assert!(delta("sluice_smtp_end_of_data_seconds_count") >= 1.0);
+    // The refused RCPT, by stage.
+    assert!(
+        delta("sluice_smtp_refusals_total{class=\"5xx\",listener=\"mx\",stage=\"rcpt\"}") >= 1.0,
+        "{after}"
+    );
     for line in after.lines().filter(|l| l.starts_with("# TYPE")) {
         let name = line.split_whitespace().nth(2).unwrap();
         assert!(

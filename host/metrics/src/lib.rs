@@ -27,6 +27,10 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Addresses banned after failed AUTH attempts.
     pub auth_bans: IntCounterVec,
+    /// 4xx and 5xx replies by listener, stage and class: what was refused where.
+    pub smtp_refusals: IntCounterVec,
+    /// Expired entries purged from the plugin stores, by store (`kv`, `blobs`).
+    pub purged: IntCounterVec,
     /// Messages queued after a 250, by listener and kind (`normal`, `quarantined`).
     pub messages_queued: IntCounterVec,
     /// Messages refused at end of data, by listener and reply class (`4xx`, `5xx`).
@@ -119,6 +123,18 @@ impl Metrics {
                 "Client addresses banned after too many failed AUTH attempts, by listener.",
                 &["listener"],
             ),
+            smtp_refusals: counter(
+                &r,
+                "sluice_smtp_refusals_total",
+                "SMTP 4xx and 5xx replies, by listener, stage (connect, ehlo, mail, rcpt, data, auth, starttls, other) and class.",
+                &["listener", "stage", "class"],
+            ),
+            purged: counter(
+                &r,
+                "sluice_store_purged_total",
+                "Expired entries purged from the plugin stores, by store (kv, blobs).",
+                &["store"],
+            ),
             messages_queued: counter(
                 &r,
                 "sluice_messages_queued_total",
@@ -202,13 +218,15 @@ impl Metrics {
     /// The name of every metric declared, whether or not it has samples yet.
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let all: [&dyn Collector; 17] = [
+        let all: [&dyn Collector; 19] = [
             &self.smtp_connections,
             &self.smtp_replies,
             &self.tls_handshakes,
             &self.auth,
             &self.connections_refused,
             &self.auth_bans,
+            &self.smtp_refusals,
+            &self.purged,
             &self.messages_queued,
             &self.messages_refused,
             &self.end_of_data_seconds,

@@ -624,6 +624,9 @@ fn spawn_purger(stores: sluice_store::SledStores) {
             .await;
             match done {
                 Ok((Ok(kv), Ok(blobs))) if kv + blobs > 0 => {
+                    let m = sluice_metrics::global();
+                    m.purged.with_label_values(&["kv"]).inc_by(kv as u64);
+                    m.purged.with_label_values(&["blobs"]).inc_by(blobs as u64);
                     tracing::info!(kv, blobs, "expired plugin data purged")
                 }
                 Ok((Ok(_), Ok(_))) => {}

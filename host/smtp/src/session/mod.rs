@@ -86,6 +86,8 @@ pub struct Session<S> {
     receiving: Receiving,
     tx: Option<Transaction>,
     errors: usize,
+    /// The phase the next reply belongs to, for the refusal metrics.
+    stage: &'static str,
     /// Input not yet consumed starts at `rpos`.
     rbuf: Vec<u8>,
     rpos: usize,
@@ -124,6 +126,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             receiving: Receiving::Commands,
             tx: None,
             errors: 0,
+            stage: "connect",
             rbuf: Vec::with_capacity(1024),
             rpos: 0,
             skipping_line: false,
@@ -256,6 +259,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let m = sluice_metrics::global();
         let listener = self.cfg.name.as_str();
+        if reply.code >= 400 {
+            m.smtp_refusals
+                .with_label_values(&[listener, self.stage, sluice_metrics::class(reply.code)])
+                .inc();
+        }
         m.smtp_replies
             .with_label_values(&[listener, sluice_metrics::class(reply.code)])
             .inc();
@@ -388,6 +396,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let request = match Request::parse(&mut line.iter()) {
             Ok(r) => r.into_owned(),
             Err(e) => {
+                self.stage = "other";
                 self.reply(parse_error(e));
                 return Flow::Continue;
             }
@@ -396,6 +405,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn on_request(&mut self, request: Request<String>) -> Flow {
+        self.stage = match &request {
+            Request::Ehlo { .. } | Request::Helo { .. } => "ehlo",
+            Request::Mail { .. } => "mail",
+            Request::Rcpt { .. } => "rcpt",
+            Request::Data | Request::Bdat { .. } => "data",
+            Request::Auth { .. } => "auth",
+            Request::StartTls => "starttls",
+            _ => "other",
+        };
         let reply = match request {
             Request::Ehlo { host } => self.ehlo(host, Greeting::Ehlo).await,
             Request::Helo { host } => self.ehlo(host, Greeting::Helo).await,
