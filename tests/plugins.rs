@@ -4,7 +4,7 @@
 
 mod support;
 
-use sluice_test_plugins::{ANTIVIRUS, PY_SPAM_WORDS, Plugin, SPAM_SCORE, TAG};
+use sluice_test_plugins::{ANTIVIRUS, GREYLIST, PY_SPAM_WORDS, Plugin, SPAM_SCORE, TAG};
 use std::time::Duration;
 use support::{Client, Sluice, message, wait_until};
 
@@ -213,6 +213,8 @@ fn example_policies_are_valid() {
                     SPAM_SCORE
                 } else if line.contains("antivirus") {
                     ANTIVIRUS
+                } else if line.contains("greylist") {
+                    GREYLIST
                 } else {
                     TAG
                 };

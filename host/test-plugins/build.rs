@@ -13,6 +13,7 @@ const PLUGINS: &[&str] = &[
     "old-contract",
     "spam-score",
     "antivirus",
+    "greylist",
 ];
 /// Python plugins, each a folder of `plugins/python` with an `app.py`.
 const PYTHON_PLUGINS: &[&str] = &["spam_words", "tag"];
@@ -28,6 +29,7 @@ fn main() {
         "plugins/testing/old-contract/wit",
         "plugins/spam-score",
         "plugins/antivirus",
+        "plugins/greylist",
         "host/spam/src",
         "wit",
     ] {
