@@ -4,7 +4,9 @@
 
 mod support;
 
-use sluice_test_plugins::{ANTIVIRUS, GREYLIST, PY_SPAM_WORDS, Plugin, SPAM_SCORE, TAG};
+use sluice_test_plugins::{
+    ANTIVIRUS, GREYLIST, PY_SPAM_WORDS, Plugin, SPAM_SCORE, SUPPRESSION, TAG,
+};
 use std::time::Duration;
 use support::{Client, Sluice, message, wait_until};
 
@@ -215,6 +217,8 @@ fn example_policies_are_valid() {
                     ANTIVIRUS
                 } else if line.contains("greylist") {
                     GREYLIST
+                } else if line.contains("suppression") {
+                    SUPPRESSION
                 } else {
                     TAG
                 };

@@ -14,6 +14,7 @@ const PLUGINS: &[&str] = &[
     "spam-score",
     "antivirus",
     "greylist",
+    "suppression",
 ];
 /// Python plugins, each a folder of `plugins/python` with an `app.py`.
 const PYTHON_PLUGINS: &[&str] = &["spam_words", "tag"];
@@ -30,6 +31,7 @@ fn main() {
         "plugins/spam-score",
         "plugins/antivirus",
         "plugins/greylist",
+        "plugins/suppression",
         "host/spam/src",
         "wit",
     ] {

@@ -59,6 +59,8 @@ pub enum QueueAction {
 
 pub struct ApiState {
     pub queue: Arc<dyn Queue>,
+    /// The plugin stores' key-value side (suppressions).
+    pub kv: Arc<dyn sluice_store::KvStore>,
     pub keys: Arc<KeyStore>,
     pub control: Arc<dyn Control>,
 }
@@ -479,6 +481,189 @@ async fn lift_ban(
     }
 }
 
+use crate::suppress::{self, Origin, Reason, Suppression};
+
+#[derive(Serialize, ToSchema)]
+pub struct SuppressionPage {
+    pub entries: Vec<Suppression>,
+    /// Pass as `after` for the next page; absent on the last.
+    pub next: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// Entries after this address (the `next` of the previous page).
+    pub after: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AddQuery {
+    /// Default `manual`.
+    pub reason: Option<Reason>,
+    /// Default `customer`.
+    pub origin: Option<Origin>,
+}
+
+/// The stream and address of a path, checked; the message of a 400 otherwise.
+fn stream_address(
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, String), String> {
+    let Path((stream, address)) = p.map_err(|e| e.body_text())?;
+    let stream = checked_stream(stream)?;
+    let Some(address) = suppress::normalize_address(&address) else {
+        return Err(format!("`{address}` is not an e-mail address"));
+    };
+    Ok((stream, address))
+}
+
+fn stream_only(p: Result<Path<String>, PathRejection>) -> Result<String, String> {
+    let Path(stream) = p.map_err(|e| e.body_text())?;
+    checked_stream(stream)
+}
+
+fn checked_stream(stream: String) -> Result<String, String> {
+    if suppress::valid_stream(&stream) {
+        Ok(stream)
+    } else {
+        Err(format!(
+            "`{stream}` is not a stream name (1 to 64 of a-z, 0-9, - and _)"
+        ))
+    }
+}
+
+/// A stream's suppressed addresses, in address order.
+#[utoipa::path(get, path = "/api/v1/suppressions/{stream}", tag = "suppressions",
+    params(("stream" = String, Path, pattern = "^[a-z0-9_-]{1,64}$"), PageQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = SuppressionPage), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+async fn suppressions(
+    State(s): State<Arc<ApiState>>,
+    stream: Result<Path<String>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Response {
+    let stream = match stream_only(stream) {
+        Ok(x) => x,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000");
+    }
+    let kv = s.kv.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        suppress::list(&*kv, &stream, q.after.as_deref(), limit as usize)
+    })
+    .await;
+    match r {
+        Ok(Ok((entries, next))) => Json(SuppressionPage { entries, next }).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A stream's suppressions as CSV: `address,reason,origin,time`.
+#[utoipa::path(get, path = "/api/v1/suppressions/{stream}/export", tag = "suppressions",
+    params(("stream" = String, Path, pattern = "^[a-z0-9_-]{1,64}$")),
+    security(("api_key" = [])),
+    responses((status = 200, content_type = "text/csv", body = String),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 500, body = ErrorBody)))]
+async fn suppressions_csv(
+    State(s): State<Arc<ApiState>>,
+    stream: Result<Path<String>, PathRejection>,
+) -> Response {
+    let stream = match stream_only(stream) {
+        Ok(x) => x,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    let kv = s.kv.clone();
+    match tokio::task::spawn_blocking(move || suppress::export_csv(&*kv, &stream)).await {
+        Ok(Ok(csv)) => ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Suppresses an address on a stream (replacing an entry already there).
+#[utoipa::path(put, path = "/api/v1/suppressions/{stream}/{address}", tag = "suppressions",
+    params(("stream" = String, Path, pattern = "^[a-z0-9_-]{1,64}$"),
+        ("address" = String, Path, pattern = "^[A-Za-z0-9.!#$%&'*+=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,189}$"), AddQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = Suppression), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 500, body = ErrorBody)))]
+async fn suppress_add(
+    State(s): State<Arc<ApiState>>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<AddQuery>, QueryRejection>,
+) -> Response {
+    let (stream, address) = match stream_address(p) {
+        Ok(x) => x,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let (reason, origin) = (
+        q.reason.unwrap_or(Reason::Manual),
+        q.origin.unwrap_or(Origin::Customer),
+    );
+    let kv = s.kv.clone();
+    match tokio::task::spawn_blocking(move || {
+        suppress::add(&*kv, &stream, &address, reason, origin)
+    })
+    .await
+    {
+        Ok(Ok(e)) => Json(e).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Lets an address receive mail on a stream again.
+#[utoipa::path(delete, path = "/api/v1/suppressions/{stream}/{address}", tag = "suppressions",
+    params(("stream" = String, Path, pattern = "^[a-z0-9_-]{1,64}$"),
+        ("address" = String, Path, pattern = "^[A-Za-z0-9.!#$%&'*+=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,189}$")),
+    security(("api_key" = [])),
+    responses((status = 200, body = Done), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
+async fn suppress_remove(
+    State(s): State<Arc<ApiState>>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    let (stream, address) = match stream_address(p) {
+        Ok(x) => x,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    let kv = s.kv.clone();
+    let a = address.clone();
+    match tokio::task::spawn_blocking(move || suppress::remove(&*kv, &stream, &a)).await {
+        Ok(Ok(true)) => Json(Done {
+            id: address,
+            done: true,
+        })
+        .into_response(),
+        Ok(Ok(false)) => error(
+            StatusCode::NOT_FOUND,
+            format!("{address} is not suppressed"),
+        ),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 struct Security;
 
 impl utoipa::Modify for Security {
@@ -502,8 +687,9 @@ impl utoipa::Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Sluice admin API", description = "Operate a running Sluice: queue and policies. Every error is JSON `{\"error\": message}`; 401 without a valid key, 403 when the key's scope does not allow the request."),
-    paths(queue_list, queue_show, queue_retry, queue_delete, policies, reload, bans, lift_ban),
-    components(schemas(StateFilter)),
+    paths(queue_list, queue_show, queue_retry, queue_delete, policies, reload, bans, lift_ban,
+        suppressions, suppressions_csv, suppress_add, suppress_remove),
+    components(schemas(StateFilter, Reason, Origin)),
     modifiers(&Security)
 )]
 pub struct ApiDoc;
@@ -572,6 +758,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/policies/reload", post(reload))
         .route("/api/v1/bans", get(bans))
         .route("/api/v1/bans/{address}", axum::routing::delete(lift_ban))
+        .route("/api/v1/suppressions/{stream}", get(suppressions))
+        .route(
+            "/api/v1/suppressions/{stream}/export",
+            get(suppressions_csv),
+        )
+        .route(
+            "/api/v1/suppressions/{stream}/{address}",
+            axum::routing::put(suppress_add).delete(suppress_remove),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod keys;
+pub mod suppress;
 
 use axum::Json;
 use axum::Router;

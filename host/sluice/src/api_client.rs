@@ -39,6 +39,15 @@ impl ApiClient {
 
     /// One request; the JSON answer, or the server's error message.
     pub fn call(&self, method: &str, path: &str) -> Result<serde_json::Value> {
+        Ok(self.request(method, path)?.into_json()?)
+    }
+
+    /// One request; the answer as text.
+    pub fn text(&self, method: &str, path: &str) -> Result<String> {
+        Ok(self.request(method, path)?.into_string()?)
+    }
+
+    fn request(&self, method: &str, path: &str) -> Result<ureq::Response> {
         let url = format!("{}{path}", self.base);
         match self
             .agent
@@ -46,7 +55,7 @@ impl ApiClient {
             .set("Authorization", &self.auth)
             .call()
         {
-            Ok(r) => Ok(r.into_json()?),
+            Ok(r) => Ok(r),
             Err(ureq::Error::Status(code, r)) => {
                 let body: serde_json::Value = r.into_json().unwrap_or_default();
                 bail!(

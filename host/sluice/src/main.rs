@@ -8,6 +8,7 @@
 mod api_client;
 mod queue_cmd;
 mod spam_cmd;
+mod suppression_cmd;
 mod trace;
 
 use anyhow::{Context, Result, bail};
@@ -63,6 +64,11 @@ enum Command {
     ApiKey {
         #[command(subcommand)]
         command: ApiKeyCommand,
+    },
+    /// A stream's suppression list (the `suppression` plugin's entries).
+    Suppression {
+        #[command(subcommand)]
+        command: suppression_cmd::SuppressionCommand,
     },
     /// Addresses banned after failed AUTH attempts (running server, through its API).
     Ban {
@@ -400,6 +406,7 @@ fn main() -> Result<()> {
         Command::Reload => reload(&settings),
         Command::ApiKey { command } => api_key(&settings, command),
         Command::Ban { command } => ban(&settings, command),
+        Command::Suppression { command } => suppression_cmd::run(&settings, command),
         Command::Trace(_) | Command::Score(_) | Command::Spam { .. } => {
             unreachable!("handled above")
         }
@@ -459,12 +466,18 @@ async fn serve(settings: Settings) -> Result<()> {
         &settings.hostname,
     )
     .context("TLS certificate")?;
-    let wasm = match &settings.policies {
-        Some(path) => {
-            let dir = settings.data_dir.join("stores");
-            let stores = sluice_store::SledStores::open(&dir)
-                .with_context(|| format!("cannot open the plugin stores in {}", dir.display()))?;
-            spawn_purger(stores.clone());
+    // The plugin stores: for the policies' steps, and for the admin API (suppressions).
+    let stores = if settings.policies.is_some() || settings.http_bind.is_some() {
+        let dir = settings.data_dir.join("stores");
+        let stores = sluice_store::SledStores::open(&dir)
+            .with_context(|| format!("cannot open the plugin stores in {}", dir.display()))?;
+        spawn_purger(stores.clone());
+        Some(stores)
+    } else {
+        None
+    };
+    let wasm = match (&settings.policies, &stores) {
+        (Some(path), Some(stores)) => {
             let services = sluice_plugin::step::Services {
                 kv: stores.kv.clone(),
                 blobs: stores.blobs.clone(),
@@ -472,7 +485,7 @@ async fn serve(settings: Settings) -> Result<()> {
             };
             Some(load_policies(&settings, path, Some(services)).await?)
         }
-        None => None,
+        _ => None,
     };
     let pipelines: Arc<dyn sluice_core::Pipelines> = match &wasm {
         Some(w) => w.clone(),
@@ -498,6 +511,7 @@ async fn serve(settings: Settings) -> Result<()> {
         local_cli_key(&settings)?;
         let api = Arc::new(sluice_http::api::ApiState {
             queue: queue.clone(),
+            kv: stores.as_ref().expect("opened with [http]").kv.clone(),
             keys: Arc::new(sluice_http::keys::KeyStore::new(settings.api_keys_file())),
             control: Arc::new(ServerControl {
                 wasm: wasm.clone(),
