@@ -292,4 +292,68 @@ fn a_delivery_stage_quarantine_holds_the_message() {
         list.contains("quarantined: held at delivery by probe"),
         "{list}"
     );
+    // Released on the stopped server: delivered after the restart, not held again.
+    let id = list.split_whitespace().next().unwrap().to_string();
+    let out = s.cli(&["queue", "release", &id], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.restart();
+    assert!(wait_until(Duration::from_secs(10), || sink.messages().len() == 1));
+}
+
+/// An operator releases a message held at the delivery stage (`sluice queue release`,
+/// through the admin API of the running server): it is delivered, the hold is not applied
+/// again; releasing a message that is not held is refused.
+#[test]
+fn a_released_message_is_delivered_despite_the_hold() {
+    let sink = Sink::start();
+    let http = support::free_port();
+    let s = Sluice::configure_with(
+        "policies = \"policy.toml\"\nrelay_domains = [\"example.net\"]",
+        "",
+        &format!(
+            "[http]\nbind = \"127.0.0.1:{http}\"\n[delivery]\nretry_initial = \"1s\"\nretry_max = \"1s\"\n[[route]]\ndomain = \"example.net\"\nvia = \"smarthost\"\nhost = \"127.0.0.1:{}\"\ntls = \"none\"\n",
+            sink.port
+        ),
+    );
+    std::fs::write(
+        s.dir.path().join("policy.toml"),
+        format!(
+            "[[pipeline]]\nname = \"all\"\n{}",
+            step("hold", PROBE, "stages = [\"delivery\"]", "mode = \"hold\"")
+        ),
+    )
+    .unwrap();
+    let s = s.spawn();
+    let mut c = Client::connect(s.mx_port);
+    c.cmd("EHLO client.test");
+    let r = c.send_mail("a@example.com", &["bob@example.net"], HTML);
+    assert!(r.starts_with("250"), "{r}");
+    let id = r.rsplit(' ').next().unwrap().to_string();
+    assert!(wait_until(Duration::from_secs(10), || s
+        .log()
+        .contains("message quarantined at delivery")));
+    let out = s.cli(&["queue", "release", &id], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || sink.messages().len() == 1),
+        "{}",
+        s.log()
+    );
+    assert!(
+        s.log()
+            .contains("quarantine verdict ignored: released by the operator")
+    );
+    // Delivered and gone: nothing to release any more.
+    let again = s.cli(&["queue", "release", &id], "");
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr).into_owned();
+    assert!(err.contains("404") && err.contains("no message"), "{err}");
 }

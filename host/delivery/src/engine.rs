@@ -69,6 +69,15 @@ pub enum Command {
     Retry(String),
     /// Delete the message without notice to its sender.
     Delete(String),
+    /// Deliver a quarantined message after all.
+    Release(String),
+}
+
+/// Metadata key marking a message an operator released from quarantine.
+pub const RELEASED: &str = "sluice.released";
+
+fn released(meta: &MessageMeta) -> bool {
+    meta.meta.iter().any(|(k, _)| k == RELEASED)
 }
 
 /// What became of a [`Command`].
@@ -76,6 +85,8 @@ pub enum Command {
 pub enum Answer {
     Done,
     NotFound,
+    /// The request does not apply to the message as it is (releasing one not held).
+    Conflict(String),
     Failed(String),
 }
 
@@ -401,7 +412,15 @@ impl Engine {
             envelope: &envelope,
             body: &body,
         };
-        let outcomes: Vec<(usize, Outcome)> = match pipeline.delivery(message, &rcpts).await {
+        let verdict = match pipeline.delivery(message, &rcpts).await {
+            // An operator released it after review: a hold at this stage is not applied again.
+            Verdict::Quarantine(reason) if released(&meta) => {
+                tracing::info!(id = %meta.id, %reason, "quarantine verdict ignored: released by the operator");
+                Verdict::Continue
+            }
+            v => v,
+        };
+        let outcomes: Vec<(usize, Outcome)> = match verdict {
             Verdict::Reject(reply) => due
                 .iter()
                 .map(|&i| {
@@ -531,7 +550,7 @@ impl Engine {
         cancelled: &mut HashSet<String>,
         timers: &mut BinaryHeap<Reverse<(u64, Box<str>)>>,
     ) -> Answer {
-        let (Command::Retry(id) | Command::Delete(id)) = &command;
+        let (Command::Retry(id) | Command::Delete(id) | Command::Release(id)) = &command;
         let meta = match self.queue.get(id) {
             Ok(Some(m)) => m,
             Ok(None) => return Answer::NotFound,
@@ -551,6 +570,20 @@ impl Engine {
                 }
                 Err(e) => Answer::Failed(e.to_string()),
             },
+            Command::Release(id) => {
+                let mut meta = meta;
+                let Some(reason) = meta.quarantine.take() else {
+                    return Answer::Conflict(format!("message {id} is not quarantined"));
+                };
+                meta.meta.retain(|(k, _)| k != RELEASED);
+                meta.meta.push((RELEASED.into(), "1".into()));
+                if let Err(e) = self.queue.update(&meta) {
+                    return Answer::Failed(e.to_string());
+                }
+                tracing::info!(%id, %reason, "released from quarantine by the operator");
+                timers.push(Reverse((now_secs(), id.into_boxed_str())));
+                Answer::Done
+            }
             // Being attempted right now: nothing to hurry.
             Command::Retry(id) if in_flight.contains(&id) => Answer::Done,
             Command::Retry(id) => {

@@ -33,6 +33,8 @@ pub trait Control: Send + Sync {
     fn retry(&self, id: String) -> BoxFuture<'_, QueueAction>;
     /// Deletes a queued message without notice to the sender.
     fn delete(&self, id: String) -> BoxFuture<'_, QueueAction>;
+    /// Delivers a quarantined message after all.
+    fn release(&self, id: String) -> BoxFuture<'_, QueueAction>;
     /// Addresses banned after failed AUTH attempts.
     fn bans(&self) -> Vec<Ban>;
     /// Lifts a ban; false when the address was not banned.
@@ -53,6 +55,8 @@ pub enum QueueAction {
     NotFound,
     /// The delivery engine is not running (shutting down).
     Unavailable,
+    /// The request does not apply to the message as it is.
+    Conflict(String),
     /// The queue store failed.
     Failed(String),
 }
@@ -361,6 +365,7 @@ async fn queue_show(
 fn action(id: String, a: QueueAction) -> Response {
     match a {
         QueueAction::Failed(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        QueueAction::Conflict(e) => error(StatusCode::CONFLICT, e),
         QueueAction::Done => Json(Done { id, done: true }).into_response(),
         QueueAction::NotFound => error(
             StatusCode::NOT_FOUND,
@@ -389,6 +394,26 @@ async fn queue_retry(
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
     let a = s.control.retry(id.clone()).await;
+    action(id, a)
+}
+
+/// Releases a quarantined message: it is delivered, and a hold by the delivery stage is not
+/// applied to it again. 409 when it is not quarantined.
+#[utoipa::path(post, path = "/api/v1/queue/{id}/release", tag = "queue",
+    params(("id" = String, Path, description = "Queue id")),
+    security(("api_key" = [])),
+    responses((status = 200, body = Done), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn queue_release(
+    State(s): State<Arc<ApiState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let Path(id) = match id {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let a = s.control.release(id.clone()).await;
     action(id, a)
 }
 
@@ -687,7 +712,7 @@ impl utoipa::Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Sluice admin API", description = "Operate a running Sluice: queue and policies. Every error is JSON `{\"error\": message}`; 401 without a valid key, 403 when the key's scope does not allow the request."),
-    paths(queue_list, queue_show, queue_retry, queue_delete, policies, reload, bans, lift_ban,
+    paths(queue_list, queue_show, queue_retry, queue_release, queue_delete, policies, reload, bans, lift_ban,
         suppressions, suppressions_csv, suppress_add, suppress_remove),
     components(schemas(StateFilter, Reason, Origin)),
     modifiers(&Security)
@@ -754,6 +779,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/queue", get(queue_list))
         .route("/api/v1/queue/{id}", get(queue_show).delete(queue_delete))
         .route("/api/v1/queue/{id}/retry", post(queue_retry))
+        .route("/api/v1/queue/{id}/release", post(queue_release))
         .route("/api/v1/policies", get(policies))
         .route("/api/v1/policies/reload", post(reload))
         .route("/api/v1/bans", get(bans))

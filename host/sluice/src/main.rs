@@ -252,6 +252,10 @@ impl sluice_http::api::Control for ServerControl {
         Box::pin(self.queue_command(sluice_delivery::engine::Command::Delete(id)))
     }
 
+    fn release(&self, id: String) -> BoxFuture<'_, sluice_http::api::QueueAction> {
+        Box::pin(self.queue_command(sluice_delivery::engine::Command::Release(id)))
+    }
+
     fn bans(&self) -> Vec<sluice_http::api::Ban> {
         self.guard
             .bans()
@@ -278,6 +282,7 @@ impl ServerControl {
         match self.engine.send(command).await {
             Some(Answer::Done) => QueueAction::Done,
             Some(Answer::NotFound) => QueueAction::NotFound,
+            Some(Answer::Conflict(e)) => QueueAction::Conflict(e),
             Some(Answer::Failed(e)) => QueueAction::Failed(e),
             None => QueueAction::Unavailable,
         }

@@ -18,6 +18,12 @@ pub enum QueueCommand {
     Show { id: String },
     /// Makes deferred recipients due now (all messages, or the given ones).
     Retry { ids: Vec<String> },
+    /// Delivers quarantined messages after all (a hold by the delivery stage is not applied
+    /// to them again).
+    Release {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// Deletes messages without any notice to the sender.
     Delete {
         #[arg(required = true)]
@@ -116,6 +122,23 @@ pub fn run(settings: &Settings, command: QueueCommand) -> Result<()> {
             }
             flush(&queue)?;
             println!("{n} message(s) due now");
+        }
+        QueueCommand::Release { ids } => {
+            for id in &ids {
+                let Some(mut m) = queue.get(id)? else {
+                    bail!("no message {id} in the queue")
+                };
+                if m.quarantine.take().is_none() {
+                    bail!("message {id} is not quarantined");
+                }
+                m.meta
+                    .retain(|(k, _)| k != sluice_delivery::engine::RELEASED);
+                m.meta
+                    .push((sluice_delivery::engine::RELEASED.into(), "1".into()));
+                queue.update(&m)?;
+            }
+            flush(&queue)?;
+            println!("{} message(s) released", ids.len());
         }
         QueueCommand::Delete { ids } => {
             for id in &ids {
@@ -221,6 +244,12 @@ fn online(settings: &Settings, command: QueueCommand) -> Result<()> {
                 call("POST", &format!("/queue/{id}/retry"))?;
             }
             println!("{} message(s) due now", ids.len());
+        }
+        QueueCommand::Release { ids } => {
+            for id in &ids {
+                call("POST", &format!("/queue/{id}/release"))?;
+            }
+            println!("{} message(s) released", ids.len());
         }
         QueueCommand::Delete { ids } => {
             for id in &ids {
