@@ -301,7 +301,10 @@ fn a_delivery_stage_quarantine_holds_the_message() {
         String::from_utf8_lossy(&out.stderr)
     );
     s.restart();
-    assert!(wait_until(Duration::from_secs(10), || sink.messages().len() == 1));
+    assert!(wait_until(Duration::from_secs(10), || sink
+        .messages()
+        .len()
+        == 1));
 }
 
 /// An operator releases a message held at the delivery stage (`sluice queue release`,

@@ -5,7 +5,7 @@
 mod support;
 
 use sluice_test_plugins::{
-    ANTIVIRUS, GREYLIST, PY_SPAM_WORDS, Plugin, SPAM_SCORE, SUPPRESSION, TAG,
+    ACCESS, ANTIVIRUS, GREYLIST, PY_SPAM_WORDS, Plugin, SPAM_SCORE, SUPPRESSION, TAG,
 };
 use std::time::Duration;
 use support::{Client, Sluice, message, wait_until};
@@ -219,6 +219,8 @@ fn example_policies_are_valid() {
                     GREYLIST
                 } else if line.contains("suppression") {
                     SUPPRESSION
+                } else if line.contains("access") {
+                    ACCESS
                 } else {
                     TAG
                 };

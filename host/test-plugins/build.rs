@@ -15,6 +15,7 @@ const PLUGINS: &[&str] = &[
     "antivirus",
     "greylist",
     "suppression",
+    "access",
 ];
 /// Python plugins, each a folder of `plugins/python` with an `app.py`.
 const PYTHON_PLUGINS: &[&str] = &["spam_words", "tag"];
@@ -32,6 +33,7 @@ fn main() {
         "plugins/antivirus",
         "plugins/greylist",
         "plugins/suppression",
+        "plugins/access",
         "host/spam/src",
         "wit",
     ] {
