@@ -1,0 +1,173 @@
+//! DKIM signing of sent mail (RFC 6376, RFC 8463): RSA-SHA256 and Ed25519-SHA256 keys per
+//! domain, several selectors at once (key rotation), relaxed/relaxed canonicalization.
+
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
+
+/// Headers signed when the configuration names none. `From` is listed twice: a header
+/// named more often than it occurs is signed as absent ("over-signing"), so a second
+/// `From:` added in transit breaks the signature. Headers absent from the message are
+/// signed as absent too (mail-auth adds them to `h=`), so they cannot be added later.
+pub const DEFAULT_HEADERS: &[&str] = &[
+    "From",
+    "From",
+    "Reply-To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "To",
+    "Cc",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "In-Reply-To",
+    "References",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("not a PEM private key: {0}")]
+    Pem(String),
+    #[error("unusable key: {0}")]
+    Key(String),
+}
+
+enum Key {
+    Rsa(DkimSigner<RsaKey<Sha256>, Done>),
+    Ed25519(DkimSigner<Ed25519Key, Done>),
+}
+
+/// One signing key: a domain and selector (`d=`, `s=`).
+pub struct SignKey {
+    pub domain: String,
+    pub selector: String,
+    key: Key,
+}
+
+impl SignKey {
+    /// From a PEM private key: RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8).
+    pub fn from_pem(
+        domain: &str,
+        selector: &str,
+        pem: &[u8],
+        headers: &[String],
+    ) -> Result<SignKey, KeyError> {
+        let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| KeyError::Pem(e.to_string()))?;
+        let headers: Vec<String> = if headers.is_empty() {
+            DEFAULT_HEADERS.iter().map(|h| h.to_string()).collect()
+        } else {
+            headers.to_vec()
+        };
+        let key = match &der {
+            PrivateKeyDer::Pkcs8(p) => match RsaKey::<Sha256>::from_key_der(der.clone_key()) {
+                Ok(rsa) => Key::Rsa(signer(rsa, domain, selector, &headers)),
+                Err(_) => Key::Ed25519(signer(
+                    Ed25519Key::from_pkcs8_maybe_unchecked_der(p.secret_pkcs8_der())
+                        .map_err(|e| KeyError::Key(e.to_string()))?,
+                    domain,
+                    selector,
+                    &headers,
+                )),
+            },
+            PrivateKeyDer::Pkcs1(_) => Key::Rsa(signer(
+                RsaKey::<Sha256>::from_key_der(der.clone_key())
+                    .map_err(|e| KeyError::Key(e.to_string()))?,
+                domain,
+                selector,
+                &headers,
+            )),
+            _ => return Err(KeyError::Key("neither RSA nor Ed25519".into())),
+        };
+        Ok(SignKey {
+            domain: domain.to_ascii_lowercase(),
+            selector: selector.to_string(),
+            key,
+        })
+    }
+
+    pub fn algorithm(&self) -> &'static str {
+        match self.key {
+            Key::Rsa(_) => "rsa-sha256",
+            Key::Ed25519(_) => "ed25519-sha256",
+        }
+    }
+
+    fn sign(&self, raw: &[u8]) -> Result<String, String> {
+        let signature = match &self.key {
+            Key::Rsa(s) => s.sign(raw),
+            Key::Ed25519(s) => s.sign(raw),
+        };
+        signature.map(|s| s.to_header()).map_err(|e| e.to_string())
+    }
+}
+
+fn signer<T: mail_auth::common::crypto::SigningKey>(
+    key: T,
+    domain: &str,
+    selector: &str,
+    headers: &[String],
+) -> DkimSigner<T, Done> {
+    DkimSigner::from_key(key)
+        .domain(domain)
+        .selector(selector)
+        .headers(headers.iter().cloned())
+        .header_canonicalization(Canonicalization::Relaxed)
+        .body_canonicalization(Canonicalization::Relaxed)
+}
+
+/// Every configured key; signs a message with each key of its `From:` domain.
+#[derive(Default)]
+pub struct Signer {
+    keys: Vec<SignKey>,
+}
+
+impl Signer {
+    pub fn new(keys: Vec<SignKey>) -> Signer {
+        Signer { keys }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The `DKIM-Signature` header fields to put on top of `raw`, one per key of the
+    /// domain of its (single) `From:` address; empty when there is no such key.
+    pub fn sign(&self, raw: &[u8]) -> Result<Vec<u8>, String> {
+        if self.keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(domain) = from_domain(raw) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for key in self.keys.iter().filter(|k| k.domain == domain) {
+            out.extend_from_slice(key.sign(raw)?.as_bytes());
+        }
+        Ok(out)
+    }
+
+    /// Whether a key exists for `raw`'s From: domain.
+    pub fn signs(&self, raw: &[u8]) -> bool {
+        !self.keys.is_empty()
+            && from_domain(raw).is_some_and(|d| self.keys.iter().any(|k| k.domain == d))
+    }
+}
+
+/// The lowercased domain of the one address in `From:` (none for several or none).
+fn from_domain(raw: &[u8]) -> Option<String> {
+    let message = mail_parser::MessageParser::new().parse_headers(raw)?;
+    let from = message.from()?;
+    let mut addresses = from.iter();
+    let first = addresses.next()?.address()?;
+    if addresses.next().is_some() {
+        return None;
+    }
+    first
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('>').to_ascii_lowercase())
+}
