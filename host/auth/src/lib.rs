@@ -11,10 +11,10 @@ mod sign;
 
 pub use sign::{KeyError, SignKey, Signer};
 
+use mail_auth::common::headers::HeaderWriter;
 use mail_auth::hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig, ResolverOpts,
 };
-use mail_auth::common::headers::HeaderWriter;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
     SpfOutput, SpfResult, dmarc::Policy, spf::verify::SpfParameters,
@@ -78,10 +78,21 @@ impl SpfCheck {
     }
 }
 
+/// The result of one DKIM signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureResult {
+    /// `d=` and `s=` (empty when the signature could not be parsed).
+    pub domain: String,
+    pub selector: String,
+    pub result: &'static str,
+}
+
 /// The checks of one message.
 #[derive(Debug, Clone)]
 pub struct Checked {
     pub summary: Summary,
+    /// Every DKIM signature's result, in header order.
+    pub signatures: Vec<SignatureResult>,
     /// The full `Authentication-Results:` header line(s), CRLF terminated.
     pub header: String,
     /// The From: domain DMARC evaluated, when there was one.
@@ -155,8 +166,7 @@ impl Verifier {
         } else {
             SpfParameters::verify_mail_from(ip, helo, &self.host, sender)
         };
-        let output = match tokio::time::timeout(self.deadline, self.auth.verify_spf(params)).await
-        {
+        let output = match tokio::time::timeout(self.deadline, self.auth.verify_spf(params)).await {
             Ok(o) => o,
             Err(_) => SpfOutput::new(String::new()).with_result(SpfResult::TempError),
         };
@@ -192,6 +202,7 @@ impl Verifier {
                 );
                 Checked {
                     summary,
+                    signatures: Vec::new(),
                     header,
                     dmarc_domain: None,
                     dmarc_action: DmarcAction::None,
@@ -215,6 +226,7 @@ impl Verifier {
             );
             return Checked {
                 summary,
+                signatures: Vec::new(),
                 header,
                 dmarc_domain: None,
                 dmarc_action: DmarcAction::None,
@@ -237,15 +249,13 @@ impl Verifier {
             )
             .await;
         let from = message.from().to_string();
-        let mut results = AuthenticationResults::new(&self.authserv_id).with_dkim_results(&dkim, &from);
+        let mut results =
+            AuthenticationResults::new(&self.authserv_id).with_dkim_results(&dkim, &from);
         results = if spf.sender.is_empty() {
             results.with_spf_ehlo_result(&spf.output, ip, &spf.helo)
         } else {
             results.with_spf_mailfrom_result(&spf.output, ip, &spf.sender, &spf.helo)
         };
-        if !matches!(arc.result(), DkimResult::None) {
-            results = results.with_arc_result(&arc, ip);
-        }
         let dmarc_evaluated = !dmarc.domain().is_empty();
         if dmarc_evaluated {
             results = results.with_dmarc_result(&dmarc);
@@ -281,15 +291,41 @@ impl Verifier {
         } else {
             DmarcAction::None
         };
+        let arc_name = arc_cv(arc.result());
         let summary = Summary {
             spf: spf.result().into(),
             dkim: dkim_summary(&dkim).into(),
             dmarc: dmarc_name.into(),
-            arc: dkim_name(arc.result()).into(),
+            arc: arc_name.into(),
         };
+        let mut header = results.to_header();
+        if arc_name != "none" {
+            // RFC 8617 knows three chain results: a chain that does not validate for any
+            // reason (mail-auth's neutral, permerror, temperror) is `fail`.
+            let reason = match arc.result() {
+                DkimResult::Pass | DkimResult::None => String::new(),
+                other => format!(" ({})", comment(&format!("{other:?}"))),
+            };
+            while header.ends_with(['\r', '\n']) {
+                header.pop();
+            }
+            header.push_str(&format!(
+                ";\r\n\tarc={arc_name}{reason} smtp.remote-ip={}\r\n",
+                pvalue_ip(ip)
+            ));
+        }
+        let signatures = dkim
+            .iter()
+            .map(|o| SignatureResult {
+                domain: o.signature().map(|s| s.d.clone()).unwrap_or_default(),
+                selector: o.signature().map(|s| s.s.clone()).unwrap_or_default(),
+                result: dkim_name(o.result()),
+            })
+            .collect();
         Checked {
             summary,
-            header: results.to_header(),
+            signatures,
+            header,
             dmarc_domain: dmarc_evaluated.then(|| dmarc.domain().to_string()),
             dmarc_action,
             dmarc_pct: dmarc.dmarc_record().map_or(100, |r| r.pct()),
@@ -328,6 +364,31 @@ pub fn dkim_name(r: &DkimResult) -> &'static str {
         DkimResult::TempError(_) => "temperror",
         DkimResult::None => "none",
     }
+}
+
+/// The ARC chain validation status (`cv`, RFC 8617): none, pass or fail.
+pub fn arc_cv(r: &DkimResult) -> &'static str {
+    match r {
+        DkimResult::Pass => "pass",
+        DkimResult::None => "none",
+        _ => "fail",
+    }
+}
+
+/// An IP address as an RFC 8601 pvalue (IPv6 has colons: quoted).
+fn pvalue_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"{v6}\""),
+    }
+}
+
+/// Text safe inside an RFC 5322 comment.
+fn comment(s: &str) -> String {
+    s.chars()
+        .filter(|c| !matches!(c, '(' | ')' | '\\' | '\r' | '\n'))
+        .take(120)
+        .collect()
 }
 
 /// One word for all signatures: `pass` when any passed, else the first signature's result.
