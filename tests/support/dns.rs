@@ -112,10 +112,11 @@ impl Zone {
                         60,
                         RData::CNAME(CNAME(fqdn(target))),
                     ));
-                    if t != RecordType::CNAME && depth == 0 {
-                        if let Answer::Records(more) = self.answer(&fqdn(target), t, 1) {
-                            records.extend(more);
-                        }
+                    if t != RecordType::CNAME
+                        && depth == 0
+                        && let Answer::Records(more) = self.answer(&fqdn(target), t, 1)
+                    {
+                        records.extend(more);
                     }
                     continue;
                 }
