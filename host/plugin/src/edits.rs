@@ -29,6 +29,8 @@ pub enum EditError {
     NoSuchPart(u32),
     #[error("replacing parts changed the message structure")]
     Structure,
+    #[error("metadata key `{0}` is reserved for the host")]
+    ReservedMeta(String),
 }
 
 /// The edit's name as in the WIT contract.
@@ -105,6 +107,9 @@ pub fn check(
                 if !null_sender && !valid_address(a) {
                     return Err(EditError::Address(a.chars().take(80).collect()));
                 }
+            }
+            Edit::SetMeta(m) if m.key.starts_with(sluice_core::meta::RESERVED_PREFIX) => {
+                return Err(EditError::ReservedMeta(m.key.chars().take(80).collect()));
             }
             _ => {}
         }

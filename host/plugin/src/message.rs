@@ -14,7 +14,6 @@ pub struct MessageData {
     pub envelope: Envelope,
     /// `None` for mail the host made itself (DSNs).
     pub session: Option<SessionInfo>,
-    pub auth: AuthResults,
     parsed: OnceLock<Message<'static>>,
 }
 
@@ -24,27 +23,19 @@ impl MessageData {
         queue_id: &str,
         envelope: Envelope,
         session: Option<SessionInfo>,
-        auth: AuthResults,
     ) -> Arc<MessageData> {
         Arc::new(MessageData {
             raw,
             queue_id: queue_id.to_string(),
             envelope,
             session,
-            auth,
             parsed: OnceLock::new(),
         })
     }
 
     /// The same message facts with new bytes and envelope (after a step's edits).
     pub fn edited(&self, raw: Arc<Vec<u8>>, envelope: Envelope) -> Arc<MessageData> {
-        MessageData::new(
-            raw,
-            &self.queue_id,
-            envelope,
-            self.session.clone(),
-            self.auth.clone(),
-        )
+        MessageData::new(raw, &self.queue_id, envelope, self.session.clone())
     }
 
     /// The parsed message (parsed on first use).
@@ -248,7 +239,7 @@ impl types::HostMessage for crate::step::StepState {
 
     fn auth_results(&mut self, m: Res) -> AuthResults {
         self.message(&m)
-            .map(|d| d.auth.clone())
+            .map(|d| auth_results_of(&d.envelope))
             .unwrap_or_else(no_auth_results)
     }
 
@@ -332,6 +323,18 @@ pub fn empty_session() -> types::SessionInfo {
 
 /// Until the host verifies SPF/DKIM/DMARC/ARC (the receiving issue), every result is
 /// "none".
+/// The host's results as kept in the envelope's metadata; `none` where there is none.
+pub fn auth_results_of(envelope: &Envelope) -> AuthResults {
+    use sluice_core::meta;
+    let get = |k| envelope.meta(k).unwrap_or("none").to_string();
+    AuthResults {
+        spf: get(meta::SPF),
+        dkim: get(meta::DKIM),
+        dmarc: get(meta::DMARC),
+        arc: get(meta::ARC),
+    }
+}
+
 pub fn no_auth_results() -> AuthResults {
     AuthResults {
         spf: "none".into(),
@@ -376,7 +379,6 @@ mod tests {
             "Q1",
             Envelope::default(),
             None,
-            no_auth_results(),
         );
         let parts = d.parts();
         let summary: Vec<(u32, Option<u32>, &str)> = parts

@@ -5,7 +5,7 @@
 use crate::bindings::host::NewEvent;
 use crate::bindings::types as wit;
 use crate::chain::{Chain, StageInput, StageResult};
-use crate::message::{MessageData, no_auth_results};
+use crate::message::MessageData;
 use crate::policy::{PolicySet, load_policies};
 use crate::runtime::Runtime;
 use crate::step::Services;
@@ -131,16 +131,41 @@ impl Snapshot {
     ) -> Option<StageResult> {
         let rcpts = addresses(&envelope.recipients);
         let chain = self.chain(Some(session), Some(&envelope.sender), Some(&rcpts))?;
+        let dmarc = if chain.dmarc == crate::policy::DmarcMode::Enforce {
+            envelope
+                .meta(sluice_core::meta::DMARC_ACTION)
+                .map(|action| {
+                    let domain = envelope
+                        .meta(sluice_core::meta::DMARC_DOMAIN)
+                        .unwrap_or("the sender's domain");
+                    (action == "reject", format!("DMARC policy of {domain}"))
+                })
+        } else {
+            None
+        };
+        if let Some((true, why)) = &dmarc {
+            tracing::info!(%id, "{why} rejects the message");
+            return Some(StageResult {
+                verdict: Verdict::Reject(sluice_core::Reply::new(
+                    550,
+                    "5.7.1",
+                    format!("Message rejected by the {why}"),
+                )),
+                score: 0.0,
+                symbols: Vec::new(),
+                edits: Vec::new(),
+                trace: Vec::new(),
+            });
+        }
         let raw = Arc::new(std::mem::take(message));
-        let data = MessageData::new(
-            raw.clone(),
-            id,
-            envelope.clone(),
-            Some(session.clone()),
-            no_auth_results(),
-        );
+        let data = MessageData::new(raw.clone(), id, envelope.clone(), Some(session.clone()));
         let mut input = StageInput::Data(data);
-        let result = chain.run(&mut input).await;
+        let mut result = chain.run(&mut input).await;
+        if let Some((false, why)) = dmarc
+            && matches!(result.verdict, Verdict::Continue | Verdict::Accept)
+        {
+            result.verdict = Verdict::Quarantine(why);
+        }
         let kept = matches!(
             result.verdict,
             Verdict::Continue | Verdict::Accept | Verdict::Quarantine(_)
@@ -303,13 +328,7 @@ fn verdict(r: Option<StageResult>) -> Verdict {
 }
 
 fn message_data(m: MessageRef<'_>) -> Arc<MessageData> {
-    MessageData::new(
-        m.body.clone(),
-        m.id,
-        m.envelope.clone(),
-        m.session.cloned(),
-        no_auth_results(),
-    )
+    MessageData::new(m.body.clone(), m.id, m.envelope.clone(), m.session.cloned())
 }
 
 #[async_trait]

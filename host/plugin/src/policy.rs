@@ -93,9 +93,23 @@ pub struct PipelineFile {
     /// What the summed score of the `data` stage leads to.
     #[serde(default)]
     pub thresholds: ThresholdsFile,
+    /// DMARC failures of received mail (the host's checks, `[authentication]` in the
+    /// server configuration): `monitor` records them only; `enforce` applies the From:
+    /// domain's policy: `p=reject` gets `550 5.7.1` before any step runs, `p=quarantine`
+    /// holds the message (honouring `pct`).
+    #[serde(default)]
+    pub dmarc: DmarcMode,
     /// The steps, in order.
     #[serde(default)]
     pub step: Vec<StepFile>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DmarcMode {
+    #[default]
+    Monitor,
+    Enforce,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -575,6 +589,7 @@ async fn load_file(
                 quarantine: t.quarantine,
                 add_header: t.add_header,
             },
+            dmarc: p.dmarc,
             runtime: runtime.clone(),
             services: services.clone(),
         }));

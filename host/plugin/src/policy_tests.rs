@@ -5,7 +5,7 @@
 //! keeps the policies from going live.
 
 use crate::chain::{StageInput, StageResult};
-use crate::message::{MessageData, no_auth_results};
+use crate::message::MessageData;
 use crate::pipeline::{wit_envelope, wit_session};
 use crate::policy::{PolicySet, PolicyTest};
 use crate::step::Services;
@@ -109,7 +109,6 @@ async fn run_one(set: &PolicySet, t: &PolicyTest) -> Result<(), String> {
                 "POLICYTEST",
                 envelope.clone(),
                 Some(session.clone()),
-                no_auth_results(),
             );
             let mut input = StageInput::Data(data);
             let r = chain.run_with(&mut input, Some(&services)).await;

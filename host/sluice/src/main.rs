@@ -543,11 +543,17 @@ async fn serve(settings: Settings) -> Result<()> {
         users: Arc::new(Users::new(&settings.users_file)),
         queued: queued_tx,
         guard: guard.clone(),
+        auth: verifier(&settings)?,
     });
 
     // The queue is scanned before any listener accepts: a message accepted during the
     // scan would otherwise be scheduled twice.
-    let engine = sluice_delivery::Engine::new(settings.clone(), queue.clone(), pipelines.clone());
+    let engine = sluice_delivery::Engine::with_signer(
+        settings.clone(),
+        queue.clone(),
+        pipelines.clone(),
+        Some(Arc::new(dkim_signer(&settings)?)),
+    );
     let schedule = {
         let e = engine.clone();
         tokio::task::spawn_blocking(move || e.load()).await?
@@ -671,4 +677,33 @@ fn reload(settings: &Settings) -> Result<()> {
     }
     println!("asked process {pid} to reload its policies; its log says how it went");
     Ok(())
+}
+
+/// The checks of received mail, when `[authentication]` is configured.
+fn verifier(settings: &Settings) -> Result<Option<Arc<sluice_auth::Verifier>>> {
+    let Some(a) = &settings.authentication else {
+        return Ok(None);
+    };
+    let v = sluice_auth::Verifier::new(
+        &settings.delivery.nameservers,
+        &a.authserv_id,
+        &settings.hostname,
+        a.timeout,
+    )
+    .context("authentication checks")?;
+    Ok(Some(Arc::new(v)))
+}
+
+/// The DKIM keys of `[[dkim]]`, loaded once at start.
+fn dkim_signer(settings: &Settings) -> Result<sluice_auth::Signer> {
+    let mut keys = Vec::new();
+    for (i, k) in settings.dkim.iter().enumerate() {
+        let pem = std::fs::read(&k.key)
+            .with_context(|| format!("dkim[{i}].key: cannot read {}", k.key.display()))?;
+        let key = sluice_auth::SignKey::from_pem(&k.domain, &k.selector, &pem, &k.headers)
+            .with_context(|| format!("dkim[{i}].key: {}", k.key.display()))?;
+        tracing::info!(domain = %k.domain, selector = %k.selector, algorithm = key.algorithm(), "DKIM key loaded");
+        keys.push(key);
+    }
+    Ok(sluice_auth::Signer::new(keys))
 }

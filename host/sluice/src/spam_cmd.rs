@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 use sluice_core::{Envelope, Recipient, SessionInfo, Verdict};
 use sluice_plugin::WasmPipeline;
-use sluice_plugin::message::{MessageData, no_auth_results};
+use sluice_plugin::message::MessageData;
 use sluice_spam::train::{self, Params};
 use sluice_spam::{Features, Model, View};
 use std::path::{Path, PathBuf};
@@ -230,13 +230,7 @@ pub struct Parsed {
 
 impl Parsed {
     pub fn new(raw: Vec<u8>) -> Parsed {
-        let m = MessageData::new(
-            Arc::new(raw),
-            "",
-            Envelope::default(),
-            None,
-            no_auth_results(),
-        );
+        let m = MessageData::new(Arc::new(raw), "", Envelope::default(), None);
         Parsed {
             headers: m.headers().into_iter().map(|h| (h.name, h.value)).collect(),
             text: m.text_parts(),

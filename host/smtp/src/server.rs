@@ -23,6 +23,9 @@ pub struct ServerContext {
     pub queued: sluice_queue::Handoff,
     /// Bans after failed AUTH and connection rates, checked at connect.
     pub guard: Arc<crate::protect::Guard>,
+    /// SPF/DKIM/ARC/DMARC checks of mail received on `mx` listeners from unauthenticated
+    /// clients; `None` when `[authentication]` is not configured.
+    pub auth: Option<Arc<sluice_auth::Verifier>>,
 }
 
 /// Serves one listener until `shutdown` turns true, then waits for its sessions to end.

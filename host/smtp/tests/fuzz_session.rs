@@ -127,6 +127,7 @@ async fn run_session(input: Vec<Vec<u8>>, chunk: usize) -> Result<(), String> {
             "/nonexistent/sluice-fuzz/users",
         ))),
         queued: handoff,
+        auth: None,
     });
     let (client, server) = tokio::io::duplex(256 * 1024);
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -112,13 +112,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn accept(&mut self, tx: Transaction) -> Reply {
         let Transaction {
             mut envelope,
-            body,
+            mut body,
             held,
+            spf,
             ..
         } = tx;
         let id = new_id();
+        let auth_header = match (self.verifier(), spf) {
+            (Some(v), Some(spf)) => {
+                Some(self.authenticate(&v, &spf, &mut envelope, &mut body).await)
+            }
+            _ => None,
+        };
         let mut message = self.received_header(&id, &envelope.recipients);
-        message.reserve(body.len());
+        message.reserve(body.len() + auth_header.as_ref().map_or(0, |h| h.len()));
+        if let Some(h) = auth_header {
+            message.extend_from_slice(h.as_bytes());
+        }
         message.extend_from_slice(&body);
         drop(body);
         // The data stage sees every accepted recipient, held ones included, so mail held at
@@ -185,6 +195,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let id = queued_as.unwrap_or(id);
         Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
+    }
+
+    /// Runs DKIM, ARC and DMARC over the message as received (after removing any
+    /// `Authentication-Results` claiming our authserv-id), records the results in the
+    /// envelope's metadata and returns our `Authentication-Results` header.
+    async fn authenticate(
+        &self,
+        verifier: &sluice_auth::Verifier,
+        spf: &sluice_auth::SpfCheck,
+        envelope: &mut sluice_core::Envelope,
+        body: &mut Vec<u8>,
+    ) -> String {
+        use sluice_core::meta;
+        if let Some(stripped) = sluice_auth::strip_ours(body, verifier.authserv_id()) {
+            tracing::info!(
+                sender = %envelope.sender,
+                "removed Authentication-Results claiming our authserv-id"
+            );
+            *body = stripped;
+        }
+        let checked = verifier.message(body, self.info.client_ip, spf).await;
+        let s = &checked.summary;
+        envelope.set_meta(meta::SPF, &s.spf);
+        envelope.set_meta(meta::DKIM, &s.dkim);
+        envelope.set_meta(meta::DMARC, &s.dmarc);
+        envelope.set_meta(meta::ARC, &s.arc);
+        if let Some(d) = &checked.dmarc_domain {
+            envelope.set_meta(meta::DMARC_DOMAIN, d);
+        }
+        // `pct` below 100 applies the policy to that share of failing mail only.
+        let sampled = checked.dmarc_pct >= 100 || rand::random_range(0..100u8) < checked.dmarc_pct;
+        match checked.dmarc_action {
+            sluice_auth::DmarcAction::Reject if sampled => {
+                envelope.set_meta(meta::DMARC_ACTION, "reject")
+            }
+            sluice_auth::DmarcAction::Quarantine if sampled => {
+                envelope.set_meta(meta::DMARC_ACTION, "quarantine")
+            }
+            _ => {}
+        }
+        tracing::debug!(
+            spf = %s.spf, dkim = %s.dkim, dmarc = %s.dmarc, arc = %s.arc,
+            "authentication results"
+        );
+        checked.header
     }
 
     /// Recipients a plugin added get the rules the client's own RCPTs got: without AUTH

@@ -6,6 +6,7 @@ use sluice_core::{Envelope, Reply, Ret, Verdict};
 use smtp_proto::{
     MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_RET_FULL, MAIL_RET_HDRS, MAIL_SMTPUTF8, MailFrom,
 };
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -60,7 +61,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Verdict::Reject(r) | Verdict::Defer(r) => return r,
             _ => {}
         }
+        let spf = match self.verifier() {
+            Some(v) => {
+                let helo = self.info.helo.clone().unwrap_or_default();
+                Some(v.spf(self.info.client_ip, &helo, &envelope.sender).await)
+            }
+            None => None,
+        };
         self.tx = Some(Transaction {
+            spf,
             envelope,
             body: Vec::new(),
             too_big: false,
@@ -69,5 +78,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             discarded: 0,
         });
         Reply::new(250, "2.1.0", "Sender OK")
+    }
+
+    /// The checks of received mail, when this session's mail gets them: `[authentication]`
+    /// is configured, the listener is `mx` and the client did not authenticate.
+    pub(super) fn verifier(&self) -> Option<Arc<sluice_auth::Verifier>> {
+        if self.cfg.role != Role::Mx || self.info.auth_user.is_some() {
+            return None;
+        }
+        self.ctx.auth.clone()
     }
 }

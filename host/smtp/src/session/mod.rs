@@ -52,6 +52,8 @@ struct Transaction {
     held: Vec<(sluice_core::Recipient, String)>,
     /// Recipients the `rcpt` stage discarded (accepted, never delivered).
     discarded: usize,
+    /// The SPF check of MAIL FROM, when this transaction is checked.
+    spf: Option<sluice_auth::SpfCheck>,
 }
 
 impl Transaction {
