@@ -1,4 +1,4 @@
-//! A tiny authoritative DNS server on 127.0.0.1 (UDP) for MX tests:
+//! A tiny authoritative DNS server on 127.0.0.1 (UDP and TCP) for MX tests:
 //! - `mx.test` MX 10 `mail.mx.test`, which has A 127.0.0.1;
 //! - `implicit.test` has no MX but A 127.0.0.1 (the implicit MX);
 //! - `nullmx.test` has the null MX (RFC 7505);
@@ -24,17 +24,26 @@ fn name(s: &str) -> Name {
     Name::from_ascii(s).unwrap()
 }
 
-fn answer(q: &Name, t: RecordType) -> Option<Vec<Record>> {
+/// The fixed MX test data of [`Dns::start`].
+fn mx_answer(q: &Name, t: RecordType) -> Answer {
     let q = q.to_ascii().to_ascii_lowercase();
+    if q.ends_with("silent.test.") {
+        return Answer::Silent;
+    }
+    if q.ends_with("servfail.test.") {
+        return Answer::ServFail;
+    }
     let mx =
         |pref, host: &str| Record::from_rdata(name(&q), 60, RData::MX(MX::new(pref, name(host))));
     let a = || Record::from_rdata(name(&q), 60, RData::A(A(Ipv4Addr::LOCALHOST)));
     match (q.as_str(), t) {
-        ("mx.test.", RecordType::MX) => Some(vec![mx(10, "mail.mx.test.")]),
-        ("nullmx.test.", RecordType::MX) => Some(vec![mx(0, ".")]),
-        ("mail.mx.test." | "implicit.test.", RecordType::A) => Some(vec![a()]),
-        ("mx.test." | "mail.mx.test." | "implicit.test." | "nullmx.test.", _) => Some(vec![]),
-        _ => None,
+        ("mx.test.", RecordType::MX) => Answer::Records(vec![mx(10, "mail.mx.test.")]),
+        ("nullmx.test.", RecordType::MX) => Answer::Records(vec![mx(0, ".")]),
+        ("mail.mx.test." | "implicit.test.", RecordType::A) => Answer::Records(vec![a()]),
+        ("mx.test." | "mail.mx.test." | "implicit.test." | "nullmx.test.", _) => {
+            Answer::Records(vec![])
+        }
+        _ => Answer::NxDomain,
     }
 }
 
@@ -62,6 +71,8 @@ pub struct Zone(pub HashMap<String, Vec<Entry>>);
 enum Answer {
     Records(Vec<Record>),
     NxDomain,
+    ServFail,
+    /// No response at all.
     Silent,
 }
 
@@ -135,39 +146,48 @@ fn fqdn(s: &str) -> Name {
 }
 
 impl Dns {
+    /// The fixed MX test data described at the top of this file.
+    pub fn start() -> Dns {
+        Dns::run(mx_answer)
+    }
+
     /// Answers from `zone`: unknown names do not exist, known ones without the type have no
     /// data, and `Timeout` entries leave the query unanswered.
     pub fn serve(zone: Zone) -> Dns {
-        let zone = Arc::new(zone);
+        Dns::run(move |q, t| zone.answer(q, t, 0))
+    }
+
+    fn run(lookup: impl Fn(&Name, RecordType) -> Answer + Send + Sync + 'static) -> Dns {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = socket.local_addr().unwrap().port();
         let tcp = std::net::TcpListener::bind(("127.0.0.1", port)).ok();
-        let respond = {
-            let zone = zone.clone();
-            move |req: &Message| -> Option<Vec<u8>> {
-                let mut resp = Message::new();
-                resp.set_id(req.id())
-                    .set_message_type(MessageType::Response)
-                    .set_op_code(OpCode::Query)
-                    .set_authoritative(true)
-                    .set_recursion_desired(req.recursion_desired())
-                    .set_recursion_available(true);
-                resp.add_queries(req.queries().to_vec());
-                let mut code = ResponseCode::NoError;
-                for q in req.queries() {
-                    match zone.answer(q.name(), q.query_type(), 0) {
-                        Answer::Records(r) => {
-                            resp.add_answers(r);
-                        }
-                        Answer::NxDomain => code = ResponseCode::NXDomain,
-                        Answer::Silent => return None,
+        let respond = Arc::new(move |req: &Message| -> Option<Vec<u8>> {
+            let mut resp = Message::new();
+            resp.set_id(req.id())
+                .set_message_type(MessageType::Response)
+                .set_op_code(OpCode::Query)
+                .set_authoritative(true)
+                .set_recursion_desired(req.recursion_desired())
+                .set_recursion_available(true);
+            resp.add_queries(req.queries().to_vec());
+            let mut code = ResponseCode::NoError;
+            for q in req.queries() {
+                match lookup(q.name(), q.query_type()) {
+                    Answer::Records(r) => {
+                        resp.add_answers(r);
                     }
+                    Answer::NxDomain => code = ResponseCode::NXDomain,
+                    Answer::ServFail => {
+                        code = ResponseCode::ServFail;
+                        resp.take_answers();
+                        break;
+                    }
+                    Answer::Silent => return None,
                 }
-                resp.set_response_code(code);
-                resp.to_bytes().ok()
             }
-        };
-        let respond = Arc::new(respond);
+            resp.set_response_code(code);
+            resp.to_bytes().ok()
+        });
         if let Some(tcp) = tcp {
             let respond = respond.clone();
             std::thread::spawn(move || {
@@ -211,60 +231,6 @@ impl Dns {
                 };
                 if let Some(out) = respond(&req) {
                     let _ = socket.send_to(&out, from);
-                }
-            }
-        });
-        Dns { port }
-    }
-
-    pub fn start() -> Dns {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = socket.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1500];
-            loop {
-                let Ok((n, from)) = socket.recv_from(&mut buf) else {
-                    return;
-                };
-                let Ok(req) = Message::from_bytes(&buf[..n]) else {
-                    continue;
-                };
-                let mut resp = Message::new();
-                resp.set_id(req.id())
-                    .set_message_type(MessageType::Response)
-                    .set_op_code(OpCode::Query)
-                    .set_authoritative(true)
-                    .set_recursion_desired(req.recursion_desired())
-                    .set_recursion_available(true);
-                resp.add_queries(req.queries().to_vec());
-                let mut code = ResponseCode::NoError;
-                let qname = |q: &hickory_proto::op::Query| q.name().to_ascii().to_ascii_lowercase();
-                if req
-                    .queries()
-                    .iter()
-                    .any(|q| qname(q).ends_with("silent.test."))
-                {
-                    continue;
-                }
-                if req
-                    .queries()
-                    .iter()
-                    .any(|q| qname(q).ends_with("servfail.test."))
-                {
-                    code = ResponseCode::ServFail;
-                }
-                let failing = code != ResponseCode::NoError;
-                for q in req.queries().iter().filter(|_| !failing) {
-                    match answer(q.name(), q.query_type()) {
-                        Some(records) => {
-                            resp.add_answers(records);
-                        }
-                        None => code = ResponseCode::NXDomain,
-                    }
-                }
-                resp.set_response_code(code);
-                if let Ok(bytes) = resp.to_bytes() {
-                    let _ = socket.send_to(&bytes, from);
                 }
             }
         });

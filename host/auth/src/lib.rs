@@ -72,10 +72,6 @@ impl SpfCheck {
     pub fn result(&self) -> &'static str {
         spf_name(self.output.result())
     }
-
-    pub fn explanation(&self) -> Option<&str> {
-        self.output.explanation()
-    }
 }
 
 /// The result of one DKIM signature.
@@ -259,25 +255,19 @@ impl Verifier {
         let dmarc_evaluated = !dmarc.domain().is_empty();
         let dmarc_pass = matches!(dmarc.spf_result(), DmarcResult::Pass)
             || matches!(dmarc.dkim_result(), DmarcResult::Pass);
+        // With a record, nothing aligned with a pass is a DMARC fail, even when mail-auth
+        // reports both sides as "none" (nothing passed to align).
         let dmarc_name = if !dmarc_evaluated {
             "none"
         } else if dmarc_pass {
             "pass"
         } else {
             match (dmarc.spf_result(), dmarc.dkim_result()) {
-                (DmarcResult::None, DmarcResult::None) => "none",
                 (DmarcResult::TempError(_), _) | (_, DmarcResult::TempError(_)) => "temperror",
                 (DmarcResult::PermError(_), _) | (_, DmarcResult::PermError(_)) => "permerror",
+                (DmarcResult::None, DmarcResult::None) if dmarc.dmarc_record().is_none() => "none",
                 _ => "fail",
             }
-        };
-        // A record exists and neither identifier aligned with a pass: that is a DMARC fail
-        // even when mail-auth reports both sides as "none" (nothing passed to align).
-        let has_record = dmarc.dmarc_record().is_some();
-        let dmarc_name = if dmarc_evaluated && !dmarc_pass && dmarc_name == "none" && has_record {
-            "fail"
-        } else {
-            dmarc_name
         };
         let dmarc_action = if dmarc_name == "fail" {
             match dmarc.policy() {
@@ -295,38 +285,34 @@ impl Verifier {
             dmarc: dmarc_name.into(),
             arc: arc_name.into(),
         };
-        let mut header = results.to_header();
+        // The DMARC and ARC clauses are written here rather than by mail-auth: it says
+        // `dmarc=none` for a message failing a published policy when neither identifier
+        // passed, and ARC results other than the three RFC 8617 knows.
+        let mut header = results.to_header().trim_end().to_string();
         if dmarc_evaluated {
-            // Written here rather than by mail-auth, which says `none` for a message that
-            // fails a published policy when neither identifier passed at all.
             let policy = match dmarc.policy() {
                 Policy::Reject => "reject",
                 Policy::Quarantine => "quarantine",
                 _ => "none",
             };
-            while header.ends_with(['\r', '\n']) {
-                header.pop();
-            }
             header.push_str(&format!(
-                ";\r\n\tdmarc={dmarc_name} header.from={} policy.dmarc={policy}\r\n",
+                ";\r\n\tdmarc={dmarc_name} header.from={} policy.dmarc={policy}",
                 dmarc.domain()
             ));
         }
         if arc_name != "none" {
-            // RFC 8617 knows three chain results: a chain that does not validate for any
-            // reason (mail-auth's neutral, permerror, temperror) is `fail`.
+            // A chain that does not validate for any reason (mail-auth's neutral, permerror,
+            // temperror) is `fail`; the reason goes in a comment.
             let reason = match arc.result() {
                 DkimResult::Pass | DkimResult::None => String::new(),
                 other => format!(" ({})", comment(&format!("{other:?}"))),
             };
-            while header.ends_with(['\r', '\n']) {
-                header.pop();
-            }
             header.push_str(&format!(
-                ";\r\n\tarc={arc_name}{reason} smtp.remote-ip={}\r\n",
+                ";\r\n\tarc={arc_name}{reason} smtp.remote-ip={}",
                 pvalue_ip(ip)
             ));
         }
+        header.push_str("\r\n");
         let signatures = dkim
             .iter()
             .map(|o| SignatureResult {

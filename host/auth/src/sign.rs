@@ -150,12 +150,6 @@ impl Signer {
         }
         Ok(out)
     }
-
-    /// Whether a key exists for `raw`'s From: domain.
-    pub fn signs(&self, raw: &[u8]) -> bool {
-        !self.keys.is_empty()
-            && from_domain(raw).is_some_and(|d| self.keys.iter().any(|k| k.domain == d))
-    }
 }
 
 /// The lowercased domain of the one address in `From:` (none for several or none).

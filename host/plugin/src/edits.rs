@@ -672,5 +672,15 @@ mod tests {
         let mut env = Envelope::default();
         assert_eq!(apply(b"S: x\r\n\r\nb", &mut env, &[meta]).unwrap(), None);
         assert_eq!(env.meta("stream"), Some("broadcast"));
+        // Host keys (authentication results, the quarantine release mark) are not a
+        // plugin's to write.
+        let forged = Edit::SetMeta(crate::bindings::types::Attribute {
+            key: "sluice.released".into(),
+            value: "1".into(),
+        });
+        assert_eq!(
+            check(&[forged], Allowed::Meta, "queued", false),
+            Err(EditError::ReservedMeta("sluice.released".into()))
+        );
     }
 }

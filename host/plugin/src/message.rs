@@ -321,9 +321,8 @@ pub fn empty_session() -> types::SessionInfo {
     }
 }
 
-/// Until the host verifies SPF/DKIM/DMARC/ARC (the receiving issue), every result is
-/// "none".
-/// The host's results as kept in the envelope's metadata; `none` where there is none.
+/// The host's results as kept in the envelope's metadata (`sluice_core::meta`, written by
+/// the SMTP session when `[authentication]` is on); `none` where there is none.
 pub fn auth_results_of(envelope: &Envelope) -> AuthResults {
     use sluice_core::meta;
     let get = |k| envelope.meta(k).unwrap_or("none").to_string();
@@ -335,6 +334,7 @@ pub fn auth_results_of(envelope: &Envelope) -> AuthResults {
     }
 }
 
+/// Every result `none` (no message to read them from).
 pub fn no_auth_results() -> AuthResults {
     AuthResults {
         spf: "none".into(),
