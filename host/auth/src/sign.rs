@@ -102,8 +102,28 @@ impl SignKey {
             Key::Rsa(s) => s.sign(raw),
             Key::Ed25519(s) => s.sign(raw),
         };
-        signature.map(|s| s.to_header()).map_err(|e| e.to_string())
+        signature
+            .map(|s| unfold_last_tag(s.to_header()))
+            .map_err(|e| e.to_string())
     }
+}
+
+/// mail-auth may fold the header between the `b=` value and its closing `;`. RFC 6376 has
+/// verifiers drop the whitespace around the `b=` value, but some (dkimpy, and so every
+/// Python-based checker) keep it, so the signature fails there: write the `;` right after
+/// the value.
+fn unfold_last_tag(mut header: String) -> String {
+    let body = header.trim_end_matches(['\r', '\n']);
+    if let Some(before) = body.strip_suffix(';') {
+        let value_end = before.trim_end_matches([' ', '\t', '\r', '\n']).len();
+        if value_end < before.len() {
+            let tail = header[body.len()..].to_string();
+            header.truncate(value_end);
+            header.push(';');
+            header.push_str(&tail);
+        }
+    }
+    header
 }
 
 fn signer<T: mail_auth::common::crypto::SigningKey>(
@@ -164,4 +184,19 @@ fn from_domain(raw: &[u8]) -> Option<String> {
     first
         .rsplit_once('@')
         .map(|(_, d)| d.trim_end_matches('>').to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unfold_last_tag;
+
+    #[test]
+    fn the_closing_semicolon_follows_the_signature_value() {
+        assert_eq!(
+            unfold_last_tag("DKIM-Signature: a=x; b=abc\r\n\tdef==\r\n\t;\r\n".into()),
+            "DKIM-Signature: a=x; b=abc\r\n\tdef==;\r\n"
+        );
+        let kept = "DKIM-Signature: a=x; b=abc==;\r\n";
+        assert_eq!(unfold_last_tag(kept.into()), kept);
+    }
 }
