@@ -5,7 +5,7 @@
 mod support;
 
 use sluice_test_plugins::{
-    ACCESS, ANTIVIRUS, GREYLIST, PY_SPAM_WORDS, Plugin, SPAM_SCORE, SUPPRESSION, TAG,
+    ACCESS, ANTIVIRUS, GREYLIST, LINK_TRACKING, PY_SPAM_WORDS, Plugin, SPAM_SCORE, SUPPRESSION, TAG,
 };
 use std::time::Duration;
 use support::{Client, Sluice, message, wait_until};
@@ -221,6 +221,8 @@ fn example_policies_are_valid() {
                     SUPPRESSION
                 } else if line.contains("access") {
                     ACCESS
+                } else if line.contains("link_tracking") {
+                    LINK_TRACKING
                 } else {
                     TAG
                 };

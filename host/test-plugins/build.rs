@@ -16,6 +16,8 @@ const PLUGINS: &[&str] = &[
     "greylist",
     "suppression",
     "access",
+    "link-tracking",
+    "webhook",
 ];
 /// Python plugins, each a folder of `plugins/python` with an `app.py`.
 const PYTHON_PLUGINS: &[&str] = &["spam_words", "tag"];
@@ -34,6 +36,8 @@ fn main() {
         "plugins/greylist",
         "plugins/suppression",
         "plugins/access",
+        "plugins/link-tracking",
+        "plugins/webhook",
         "host/spam/src",
         "wit",
     ] {

@@ -5,6 +5,7 @@
 
 pub mod clamd;
 pub mod dns;
+pub mod hooks;
 pub mod sink;
 
 #[allow(unused_imports)]

@@ -1,7 +1,7 @@
 //! Turns a [`ConfigFile`] into [`Settings`], collecting every problem before failing.
 
 use crate::error::{ConfigError, Problem, line_of, locate};
-use crate::file::{ConfigFile, RouteFile};
+use crate::file::{ConfigFile, RouteFile, TrackingFile};
 use crate::settings::*;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -324,6 +324,11 @@ impl Compiler<'_> {
             });
         }
 
+        let tracking = f
+            .tracking
+            .as_ref()
+            .and_then(|t| self.tracking(t, http_bind.is_some()));
+
         let routes = f
             .route
             .iter()
@@ -348,10 +353,77 @@ impl Compiler<'_> {
             delivery,
             authentication,
             dkim,
+            tracking,
             routes,
             policies: f.policies.clone(),
             http_bind,
         }
+    }
+
+    fn tracking(&mut self, t: &TrackingFile, http: bool) -> Option<TrackingSettings> {
+        let mut ok = true;
+        if !http {
+            self.problem(
+                "tracking".into(),
+                "needs the HTTP listener ([http]) that serves the tracking endpoints",
+            );
+            ok = false;
+        }
+        let base = t.base_url.trim_end_matches('/');
+        let lower = base.to_ascii_lowercase();
+        let host = lower
+            .strip_prefix("https://")
+            .or_else(|| lower.strip_prefix("http://"));
+        if host.is_none_or(|h| h.is_empty() || h.contains(['?', '#', ' '])) {
+            self.problem(
+                "tracking.base_url".into(),
+                format!(
+                    "`{}` is not an http(s) URL such as https://t.example.com",
+                    t.base_url
+                ),
+            );
+            ok = false;
+        }
+        if t.retention.is_zero() {
+            self.problem("tracking.retention".into(), "must be greater than 0");
+        }
+        // Relative to the configuration file's folder.
+        let dir = Path::new(self.file)
+            .parent()
+            .unwrap_or(Path::new(""))
+            .to_path_buf();
+        let mut read = |key: String, path: &Path| match std::fs::read(path) {
+            Ok(bytes) => {
+                let secret = bytes.trim_ascii().to_vec();
+                if secret.len() < 32 {
+                    self.problem(
+                        key,
+                        format!("{}: a key needs at least 32 bytes", path.display()),
+                    );
+                    None
+                } else {
+                    Some(secret)
+                }
+            }
+            Err(e) => {
+                self.problem(key, format!("{}: {e}", path.display()));
+                None
+            }
+        };
+        let key = read("tracking.key".into(), &dir.join(&t.key));
+        let previous: Vec<Option<Vec<u8>>> = t
+            .previous_keys
+            .iter()
+            .enumerate()
+            .map(|(i, p)| read(format!("tracking.previous_keys[{i}]"), &dir.join(p)))
+            .collect();
+        let previous_keys = previous.into_iter().collect::<Option<Vec<_>>>()?;
+        Some(TrackingSettings {
+            base_url: base.to_string(),
+            key: key.filter(|_| ok)?,
+            previous_keys,
+            retention: t.retention,
+        })
     }
 
     fn domains(&mut self, key: &str, list: &[String]) -> HashSet<String> {
@@ -478,5 +550,40 @@ via = "smarthost"
             ],
             "{err}"
         );
+    }
+
+    #[test]
+    fn tracking_keys_are_read_next_to_the_file_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("good.key"), "k".repeat(40) + "\n").unwrap();
+        std::fs::write(dir.path().join("short.key"), "short").unwrap();
+        let file = dir.path().join("sluice.toml");
+        let file = file.to_str().unwrap();
+        let listener = "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:25\"\nrole = \"mx\"\n";
+        let src = format!(
+            "hostname = \"a\"\n{listener}[http]\nbind = \"127.0.0.1:8025\"\n[tracking]\nbase_url = \"https://t.example/\"\nkey = \"good.key\"\nprevious_keys = [\"good.key\"]\n"
+        );
+        let s = load_str(&src, file).unwrap();
+        let t = s.tracking.unwrap();
+        assert_eq!(t.base_url, "https://t.example");
+        assert_eq!(t.key, "k".repeat(40).into_bytes());
+        assert_eq!(t.previous_keys.len(), 1);
+
+        let src = format!(
+            "hostname = \"a\"\n{listener}[tracking]\nbase_url = \"ftp://t\"\nkey = \"short.key\"\nprevious_keys = [\"missing.key\"]\n"
+        );
+        let err = load_str(&src, file).unwrap_err();
+        let got: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            got,
+            vec![
+                "tracking",
+                "tracking.base_url",
+                "tracking.key",
+                "tracking.previous_keys[0]"
+            ],
+            "{err}"
+        );
+        assert!(err.to_string().contains("at least 32 bytes"), "{err}");
     }
 }

@@ -43,6 +43,9 @@ pub struct ConfigFile {
     /// whose `From:` domain has keys is signed with each of them at delivery, after
     /// per-recipient rendering. Several keys for one domain (a rotation) all sign.
     pub dkim: Vec<DkimFile>,
+    /// Tracked links, open pixels and one-click unsubscribe (the `tracking` capability of
+    /// policy steps, served on the HTTP listener's `/c/`, `/o/` and `/u/`). Needs `[http]`.
+    pub tracking: Option<TrackingFile>,
     /// Routes by recipient domain, tried in order; the first match wins. Without a match
     /// mail goes to the domain's MX hosts.
     pub route: Vec<RouteFile>,
@@ -68,6 +71,7 @@ impl Default for ConfigFile {
             delivery: DeliveryFile::default(),
             authentication: None,
             dkim: Vec::new(),
+            tracking: None,
             route: Vec::new(),
             policies: None,
         }
@@ -81,6 +85,30 @@ pub struct HttpFile {
     /// Address and port to listen on, such as `127.0.0.1:8025`. Bind it to loopback or a
     /// private network: `/metrics` has no authentication.
     pub bind: String,
+}
+
+/// Tracking links.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackingFile {
+    /// The public URL the HTTP listener is reached at by recipients, such as
+    /// `https://t.example.com` (usually through a reverse proxy terminating TLS).
+    pub base_url: String,
+    /// A file holding the secret that signs tracking tokens (at least 32 bytes; for example
+    /// `head -c 48 /dev/urandom | base64 > tracking.key`), relative to this file's folder.
+    pub key: PathBuf,
+    /// Earlier keys: links signed with them keep working after a rotation.
+    #[serde(default)]
+    pub previous_keys: Vec<PathBuf>,
+    /// How long the host remembers a tracked message's context (message id, sender,
+    /// metadata) for the events of its hits. Links keep working after it, with less in
+    /// their events.
+    #[serde(default = "default_tracking_retention", with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+fn default_tracking_retention() -> Duration {
+    Duration::from_secs(90 * 86400)
 }
 
 /// Authentication checks of received mail.

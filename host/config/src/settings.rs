@@ -26,6 +26,7 @@ pub struct Settings {
     /// Checks of received mail on `mx` listeners; `None`: off.
     pub authentication: Option<AuthenticationSettings>,
     pub dkim: Vec<DkimSettings>,
+    pub tracking: Option<TrackingSettings>,
     pub routes: Vec<Route>,
     /// Policy files, resolved against the configuration file's folder.
     pub policies: Option<PathBuf>,
@@ -36,6 +37,26 @@ pub struct Settings {
 pub struct AuthenticationSettings {
     pub authserv_id: String,
     pub timeout: Duration,
+}
+
+/// See `TrackingFile`; the keys are read at load.
+#[derive(Clone)]
+pub struct TrackingSettings {
+    /// Without a trailing `/`.
+    pub base_url: String,
+    pub key: Vec<u8>,
+    pub previous_keys: Vec<Vec<u8>>,
+    pub retention: Duration,
+}
+
+impl std::fmt::Debug for TrackingSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackingSettings")
+            .field("base_url", &self.base_url)
+            .field("keys", &(1 + self.previous_keys.len()))
+            .field("retention", &self.retention)
+            .finish()
+    }
 }
 
 /// See `DkimFile`. The domain is lowercased.

@@ -995,7 +995,7 @@ impl Engine {
             events.push((kind, i));
         }
         if self.pipelines.current().wants_events() {
-            let message_id = message_id(body);
+            let message_id = sluice_core::envelope::message_id(body);
             for (kind, i) in &events {
                 let r = &meta.recipients[*i];
                 let mut e =
@@ -1096,33 +1096,6 @@ impl Engine {
         }
         published
     }
-}
-
-/// The `Message-ID` header of a message (without angle brackets), read from its header
-/// block only.
-fn message_id(body: &[u8]) -> Option<String> {
-    let end = memchr::memmem::find(body, b"\r\n\r\n").unwrap_or(body.len());
-    let head = &body[..end];
-    let mut lines = head.split(|&b| b == b'\n').peekable();
-    while let Some(line) = lines.next() {
-        if line.len() > 11 && line[..11].eq_ignore_ascii_case(b"message-id:") {
-            let mut value = String::from_utf8_lossy(&line[11..]).into_owned();
-            while let Some(next) = lines.peek() {
-                if !matches!(next.first(), Some(b' ' | b'\t')) {
-                    break;
-                }
-                value.push_str(&String::from_utf8_lossy(next));
-                lines.next();
-            }
-            let v = value
-                .trim()
-                .trim_start_matches('<')
-                .trim_end_matches('>')
-                .trim();
-            return (!v.is_empty()).then(|| v.to_string());
-        }
-    }
-    None
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).

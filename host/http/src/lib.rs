@@ -1,11 +1,12 @@
 //! The HTTP listener: `/healthz` (the process is alive), `/readyz` (queue open, listeners
 //! bound, policies loaded), `/metrics` (Prometheus text format) and the admin API under
-//! `/api/v1` ([`api`], with the API keys of [`keys`]). The tracking endpoints are to be
-//! mounted on this same listener.
+//! `/api/v1` ([`api`], with the API keys of [`keys`]), and the tracking endpoints
+//! `/c/`, `/o/`, `/u/` ([`track`]) when `[tracking]` is configured.
 
 pub mod api;
 pub mod keys;
 pub mod suppress;
+pub mod track;
 
 use axum::Json;
 use axum::Router;
@@ -83,30 +84,42 @@ async fn metrics() -> impl IntoResponse {
     )
 }
 
+/// What the listener serves besides health and metrics.
+#[derive(Default)]
+pub struct Services {
+    pub api: Option<Arc<api::ApiState>>,
+    pub tracking: Option<Arc<track::TrackState>>,
+}
+
 /// The routes.
-pub fn router(readiness: Arc<Readiness>, api: Option<Arc<api::ApiState>>) -> Router {
-    let base = Router::new()
+pub fn router(readiness: Arc<Readiness>, services: Services) -> Router {
+    let mut r = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(readiness);
-    match api {
-        Some(state) => base.merge(api::router(state)),
-        None => base,
+    if let Some(state) = services.api {
+        r = r.merge(api::router(state));
     }
+    if let Some(state) = services.tracking {
+        r = r.merge(track::router(state));
+    }
+    r
 }
 
 /// Serves until `shutdown` turns true.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     readiness: Arc<Readiness>,
-    api: Option<Arc<api::ApiState>>,
+    services: Services,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, router(readiness, api))
+    let app =
+        router(readiness, services).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await
     {

@@ -227,6 +227,10 @@ pub struct CapabilitiesFile {
     /// requests to. Loopback and private addresses are reachable only when listed here.
     #[serde(default)]
     pub http: Vec<String>,
+    /// May ask the host for signed tracking URLs (`tracking-url`; needs `[tracking]` in the
+    /// server configuration).
+    #[serde(default)]
+    pub tracking: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -454,6 +458,14 @@ async fn load_file(
             let plugin_name: Arc<str> = plugin_path
                 .file_stem()
                 .map_or("plugin".into(), |n| n.to_string_lossy().into());
+            if let Some(ns) = &s.capabilities.kv
+                && ns.starts_with(sluice_core::meta::RESERVED_PREFIX)
+            {
+                report(
+                    "capabilities",
+                    format!("kv: `{ns}`: namespaces starting with `sluice.` are the host's"),
+                );
+            }
             let mut tcp = Vec::new();
             for (i, a) in s.capabilities.tcp.iter().enumerate() {
                 match a.parse::<std::net::SocketAddr>() {
@@ -504,6 +516,7 @@ async fn load_file(
                 tcp,
                 http,
                 data,
+                tracking: c.tracking,
             });
             let handlers = match crate::handlers::Handlers::new(pre.instance_pre().component()) {
                 Ok(h) => h,

@@ -29,6 +29,8 @@ pub struct Grants {
     pub http: Vec<String>,
     /// Read-only data files by the name the policy gave them.
     pub data: std::collections::HashMap<String, DataFile>,
+    /// May ask for signed tracking URLs (`tracking-url`).
+    pub tracking: bool,
 }
 
 /// A read-only data file, loaded once and shared by every instance of every step that
@@ -211,6 +213,17 @@ pub struct Services {
     pub kv: Arc<dyn KvStore>,
     pub blobs: Arc<dyn BlobStore>,
     pub events: Arc<dyn EventSink>,
+    /// The server's `[tracking]`, when configured.
+    pub tracking: Option<Arc<Tracking>>,
+}
+
+/// What `tracking-url` needs: the signing keys, the public base URL, and how long a
+/// tracked message's context is kept (in `kv`, namespace [`sluice_track::CONTEXT_NAMESPACE`]).
+pub struct Tracking {
+    pub keys: sluice_track::Keys,
+    /// Without a trailing `/`.
+    pub base_url: String,
+    pub retention: std::time::Duration,
 }
 
 impl Services {
@@ -224,6 +237,7 @@ impl Services {
                 kv: m.kv,
                 blobs: m.blobs,
                 events: events.clone(),
+                tracking: None,
             },
             events,
         )
@@ -344,6 +358,8 @@ pub struct StepState {
     logged: u32,
     emitted: u32,
     stored: u32,
+    /// The current message's tracking context is stored.
+    tracked: bool,
     /// TCP connects in this call (checked by `socket_addr_check`).
     tcp_connects: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -421,6 +437,7 @@ impl StepState {
             logged: 0,
             emitted: 0,
             stored: 0,
+            tracked: false,
             tcp_connects,
         }
     }
@@ -431,9 +448,51 @@ impl StepState {
         self.logged = 0;
         self.emitted = 0;
         self.stored = 0;
+        self.tracked = false;
         self.http_hooks.sent = 0;
         self.tcp_connects
             .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Keeps the message's context for the events of its tracked links, once per call.
+    fn remember_tracked(
+        &mut self,
+        tracking: &Tracking,
+        message: &MessageData,
+    ) -> Result<(), host::Error> {
+        if self.tracked {
+            return Ok(());
+        }
+        let ns = sluice_track::CONTEXT_NAMESPACE;
+        let have = self
+            .services
+            .kv
+            .get(ns, &message.queue_id)
+            .map_err(store_error)?;
+        if have.is_none() {
+            let context = sluice_track::Context {
+                message_id: message.message_id(),
+                sender: message.envelope.sender.clone(),
+                attributes: message.envelope.meta.clone(),
+            };
+            let value =
+                serde_json::to_vec(&context).map_err(|e| host::Error::Failed(e.to_string()))?;
+            self.services
+                .kv
+                .set(
+                    ns,
+                    &message.queue_id,
+                    &value,
+                    Some(tracking.retention),
+                    &KvLimits {
+                        max_total: u64::MAX,
+                        ..Default::default()
+                    },
+                )
+                .map_err(store_error)?;
+        }
+        self.tracked = true;
+        Ok(())
     }
 
     pub fn message(&self, m: &Resource<MessageHandle>) -> Option<Arc<MessageData>> {
@@ -623,6 +682,49 @@ impl host::Host for StepState {
             .publish(event)
             .map_err(host::Error::Failed)?;
         Ok(id)
+    }
+
+    fn tracking_url(
+        &mut self,
+        kind: host::TrackKind,
+        recipient: String,
+        link: u32,
+        url: Option<String>,
+    ) -> Result<String, host::Error> {
+        if !self.grants.tracking {
+            return Err(self.deny("tracking"));
+        }
+        let Some(tracking) = self.services.tracking.clone() else {
+            return Err(host::Error::Failed(
+                "the server has no [tracking] configuration".into(),
+            ));
+        };
+        let Some(message) = self.current.clone() else {
+            return Err(host::Error::Failed("no message in this call".into()));
+        };
+        let kind = match kind {
+            host::TrackKind::Click => sluice_track::Kind::Click,
+            host::TrackKind::Open => sluice_track::Kind::Open,
+            host::TrackKind::Unsubscribe => sluice_track::Kind::Unsubscribe,
+        };
+        let token = sluice_track::Token {
+            kind,
+            queue_id: message.queue_id.clone(),
+            recipient,
+            link,
+            url,
+            listener: message.session.as_ref().map(|s| s.listener.clone()),
+            authenticated: message
+                .session
+                .as_ref()
+                .is_some_and(|s| s.auth_user.is_some()),
+        };
+        let text = tracking
+            .keys
+            .sign(&token)
+            .map_err(|e| host::Error::Failed(e.to_string()))?;
+        self.remember_tracked(&tracking, &message)?;
+        Ok(format!("{}/{}/{text}", tracking.base_url, kind.path()))
     }
 
     fn store_message(

@@ -487,6 +487,13 @@ async fn serve(settings: Settings) -> Result<()> {
                 kv: stores.kv.clone(),
                 blobs: stores.blobs.clone(),
                 events: Arc::new(outbox.clone()),
+                tracking: settings.tracking.as_ref().map(|t| {
+                    Arc::new(sluice_plugin::step::Tracking {
+                        keys: sluice_track::Keys::new(&t.key, &t.previous_keys),
+                        base_url: t.base_url.clone(),
+                        retention: t.retention,
+                    })
+                }),
             };
             Some(load_policies(&settings, path, Some(services)).await?)
         }
@@ -528,10 +535,21 @@ async fn serve(settings: Settings) -> Result<()> {
             .await
             .with_context(|| format!("HTTP listener: cannot bind {bind}"))?;
         tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
+        let stores = stores.as_ref().expect("opened with [http]");
+        let tracking = settings.tracking.as_ref().map(|t| {
+            Arc::new(sluice_http::track::TrackState {
+                keys: sluice_track::Keys::new(&t.key, &t.previous_keys),
+                kv: stores.kv.clone(),
+                events: Arc::new(outbox.clone()),
+            })
+        });
         tasks.spawn(sluice_http::serve(
             listener,
             readiness.clone(),
-            Some(api),
+            sluice_http::Services {
+                api: Some(api),
+                tracking,
+            },
             shutdown_rx.clone(),
         ));
     }

@@ -132,6 +132,25 @@ macro_rules! export_filter {
     };
 }
 
+impl EventKind {
+    /// The kind's name, as in the event JSON (`other` kinds by their own name).
+    pub fn name(&self) -> &str {
+        match self {
+            EventKind::Queued => "queued",
+            EventKind::Delivered => "delivered",
+            EventKind::Deferred => "deferred",
+            EventKind::Bounced => "bounced",
+            EventKind::Rejected => "rejected",
+            EventKind::Quarantined => "quarantined",
+            EventKind::Opened => "opened",
+            EventKind::Clicked => "clicked",
+            EventKind::Unsubscribed => "unsubscribed",
+            EventKind::Complained => "complained",
+            EventKind::Other(s) => s,
+        }
+    }
+}
+
 impl Outcome {
     /// Continue, with no symbols or edits.
     pub fn cont() -> Outcome {

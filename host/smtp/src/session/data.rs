@@ -287,6 +287,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         meta.queued_pending =
             meta.quarantine.is_none() && self.pipeline.wants_queued(Some(&self.info), envelope);
         let events = if self.pipeline.wants_events() {
+            let message_id = sluice_core::envelope::message_id(message);
             let kind = if meta.quarantine.is_some() {
                 EventKind::Quarantined
             } else {
@@ -299,6 +300,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     let mut e =
                         Event::new(kind.clone(), &envelope.sender).with_session(Some(&self.info));
                     e.queue_id = Some(id.to_string());
+                    e.message_id = message_id.clone();
                     e.recipient = Some(r.address.clone());
                     e.attributes = envelope.meta.clone();
                     if let Some(reason) = &meta.quarantine {

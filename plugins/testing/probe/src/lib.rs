@@ -42,20 +42,7 @@ fn config() -> Config {
 struct Probe;
 
 fn kind_name(k: &EventKind) -> String {
-    match k {
-        EventKind::Queued => "queued",
-        EventKind::Delivered => "delivered",
-        EventKind::Deferred => "deferred",
-        EventKind::Bounced => "bounced",
-        EventKind::Rejected => "rejected",
-        EventKind::Quarantined => "quarantined",
-        EventKind::Opened => "opened",
-        EventKind::Clicked => "clicked",
-        EventKind::Unsubscribed => "unsubscribed",
-        EventKind::Complained => "complained",
-        EventKind::Other(s) => s,
-    }
-    .to_string()
+    k.name().to_string()
 }
 
 impl Filter for Probe {
