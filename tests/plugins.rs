@@ -5,7 +5,8 @@
 mod support;
 
 use sluice_test_plugins::{
-    ACCESS, ANTIVIRUS, GREYLIST, LINK_TRACKING, PY_SPAM_WORDS, Plugin, SPAM_SCORE, SUPPRESSION, TAG,
+    ACCESS, ANTIVIRUS, BOUNCES, GREYLIST, LINK_TRACKING, PY_SPAM_WORDS, Plugin, SPAM_SCORE,
+    SUPPRESSION, TAG,
 };
 use std::time::Duration;
 use support::{Client, Sluice, message, wait_until};
@@ -223,6 +224,8 @@ fn example_policies_are_valid() {
                     ACCESS
                 } else if line.contains("link_tracking") {
                     LINK_TRACKING
+                } else if line.contains("bounces") {
+                    BOUNCES
                 } else {
                     TAG
                 };
@@ -255,5 +258,5 @@ fn example_policies_are_valid() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("2 policy chain(s)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 policy chain(s)"));
 }

@@ -18,6 +18,7 @@ const PLUGINS: &[&str] = &[
     "access",
     "link-tracking",
     "webhook",
+    "bounces",
 ];
 /// Python plugins, each a folder of `plugins/python` with an `app.py`.
 const PYTHON_PLUGINS: &[&str] = &["spam_words", "tag"];
@@ -38,6 +39,8 @@ fn main() {
         "plugins/access",
         "plugins/link-tracking",
         "plugins/webhook",
+        "plugins/bounces",
+        "host/bounce/src",
         "host/spam/src",
         "wit",
     ] {

@@ -53,6 +53,10 @@ pub struct Report {
     pub feedback_type: Option<String>,
     /// `Message-ID` of the message that bounced, when the report includes its headers.
     pub original_message_id: Option<String>,
+    /// Sluice's queue id of the message that bounced, read from the `Received` header
+    /// Sluice wrote (`by <host> (Sluice) with ... id <queue id>`), when the report includes
+    /// the headers.
+    pub original_queue_id: Option<String>,
 }
 
 /// Reads a report; `None` when the message is neither a bounce nor a complaint that names a
@@ -94,6 +98,7 @@ pub fn parse(raw: &[u8]) -> Option<Report> {
                 .to_string()
         })
         .filter(|v| !v.is_empty());
+    let original_queue_id = sluice_queue_id(&original);
     let sender = message
         .to()
         .and_then(|a| a.first())
@@ -140,6 +145,7 @@ pub fn parse(raw: &[u8]) -> Option<Report> {
                 .collect(),
             feedback_type: get("feedback-type").map(|v| v.to_ascii_lowercase()),
             original_message_id,
+            original_queue_id,
         });
     }
     // Content-filter gateways answer "user unknown" for what their policy refuses.
@@ -166,6 +172,7 @@ pub fn parse(raw: &[u8]) -> Option<Report> {
                 failures,
                 feedback_type: None,
                 original_message_id,
+                original_queue_id,
             });
         }
     }
@@ -197,7 +204,34 @@ pub fn parse(raw: &[u8]) -> Option<Report> {
         failures,
         feedback_type: None,
         original_message_id,
+        original_queue_id,
     })
+}
+
+/// The queue id in the `Received` header Sluice wrote into a message it accepted.
+fn sluice_queue_id(headers: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(headers);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    let head = head.split("\n\n").next().unwrap_or_default();
+    // Unfold, then look at each Received field.
+    let unfolded = head
+        .replace("\r\n\t", " ")
+        .replace("\r\n ", " ")
+        .replace("\n\t", " ")
+        .replace("\n ", " ");
+    unfolded
+        .lines()
+        .filter(|l| {
+            l.len() > 9 && l[..9].eq_ignore_ascii_case("received:") && l.contains("(Sluice)")
+        })
+        .find_map(|l| {
+            let after = &l[l.find(" id ")? + 4..];
+            let id: String = after
+                .chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .collect();
+            (!id.is_empty()).then_some(id)
+        })
 }
 
 /// Content-filter appliances whose own bounces say "user unknown" for a policy block.
@@ -692,12 +726,15 @@ mod tests {
             "Diagnostic-Code: smtp; 550 5.1.1 <bob@example.net>: Recipient address\r\n rejected: User unknown\r\n\r\n",
             "Final-Recipient: rfc822; full@example.net\r\nAction: failed\r\nStatus: 5.2.2\r\n",
             "Diagnostic-Code: smtp; 552 mailbox full\r\n",
-            "--b\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <m1@example.com>\r\nTo: bob@example.net\r\n",
+            "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n",
+            "Received: from app.test ([192.0.2.1])\r\n\tby mta.example.com (Sluice) with ESMTPSA id 01A2B3C4D5E6F7A8B9C0\r\n\tfor <bob@example.net>; Mon, 1 Jan 2026 00:00:00 +0000\r\n",
+            "Message-ID: <m1@example.com>\r\nTo: bob@example.net\r\n",
             "--b--\r\n"
         );
         let r = parse(raw.as_bytes()).unwrap();
         assert_eq!(r.format, Format::Dsn);
         assert_eq!(r.original_message_id.as_deref(), Some("m1@example.com"));
+        assert_eq!(r.original_queue_id.as_deref(), Some("01A2B3C4D5E6F7A8B9C0"));
         let f = &r.failures[0];
         assert_eq!(f.recipient, "bob@example.net");
         assert_eq!((f.status.as_str(), f.reply_code), ("5.1.1", Some(550)));

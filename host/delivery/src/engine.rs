@@ -1008,6 +1008,18 @@ impl Engine {
                 if let Some(remote) = &r.remote_mta {
                     e.attributes.push(("remote_mta".into(), remote.clone()));
                 }
+                // What kind of failure, as the bounces plugin says it for reports.
+                if *kind == EventKind::Bounced
+                    && let Some(reply) = &r.last_reply
+                {
+                    let reason = sluice_bounce::classify(&reply.enhanced, &reply.text);
+                    let hard = reason.is_hard(reply.code >= 500);
+                    e.attributes.push((
+                        "bounce_type".into(),
+                        if hard { "hard" } else { "soft" }.into(),
+                    ));
+                    e.attributes.push(("reason".into(), reason.name().into()));
+                }
                 // Published before the record changes: sled keeps the order, so the
                 // result is never on disk without its event.
                 if let Err(err) = self.queue.publish_event(e) {

@@ -8,6 +8,12 @@
 //! `{"reason": "hard-bounce"|"spam-complaint"|"unsubscribe"|"manual",
 //!   "origin": "recipient"|"customer"|"admin", "time": <unix seconds>}`, kept indefinitely.
 //!
+//! Hard bounces (the address or domain is dead: `bounce_type = hard` on the event, set by
+//! the host for delivery failures and by the `bounces` plugin for reports) suppress at
+//! once; soft ones (full, blocked, expired, ...) after `soft_bounce_limit` of them within
+//! `soft_bounce_days` (3 in 7 days by default; counters under `~soft/` in the same
+//! namespace).
+//!
 //! ```toml
 //! [[pipeline.step]]
 //! name = "suppression"
@@ -30,10 +36,24 @@ use sluice_plugin_sdk::{
 struct Config {
     #[serde(default = "default_stream")]
     stream: String,
+    /// Soft bounces (mailbox full, blocked, ...) of one address within `soft_bounce_days`
+    /// after which it is suppressed as a hard bounce; 0: soft bounces never suppress.
+    #[serde(default = "default_soft_limit")]
+    soft_bounce_limit: u32,
+    #[serde(default = "default_soft_days")]
+    soft_bounce_days: u32,
 }
 
 fn default_stream() -> String {
     "outbound".into()
+}
+
+fn default_soft_limit() -> u32 {
+    3
+}
+
+fn default_soft_days() -> u32 {
+    7
 }
 
 fn config() -> Config {
@@ -64,6 +84,40 @@ fn valid_stream(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+fn attribute<'a>(event: &'a Event, key: &str) -> Option<&'a str> {
+    event
+        .attributes
+        .iter()
+        .find(|a| a.key == key)
+        .map(|a| a.value.as_str())
+}
+
+/// Counts a soft bounce; true when it is the `soft_bounce_limit`th within the window. The
+/// counters live beside the entries under `~soft/` (no stream name starts with `~`).
+fn repeated_soft_bounce(c: &Config, recipient: Option<&str>) -> bool {
+    let Some(recipient) = recipient else {
+        return false;
+    };
+    if c.soft_bounce_limit == 0 {
+        return false;
+    }
+    let ttl = u64::from(c.soft_bounce_days) * 86400;
+    match host::kv_incr(
+        &format!("~soft/{}", key(&c.stream, recipient)),
+        1,
+        Some(ttl),
+    ) {
+        Ok(n) => n >= i64::from(c.soft_bounce_limit),
+        Err(e) => {
+            host::log(
+                host::Level::Warn,
+                &format!("soft bounce not counted: {e:?}"),
+            );
+            false
+        }
+    }
+}
+
 struct Suppression;
 
 impl Filter for Suppression {
@@ -76,6 +130,9 @@ impl Filter for Suppression {
                 "`stream` must be 1 to 64 of a-z, 0-9, - and _, not `{}`",
                 c.stream
             ));
+        }
+        if c.soft_bounce_limit > 0 && c.soft_bounce_days == 0 {
+            return Err("`soft_bounce_days` must be at least 1".into());
         }
         Ok(())
     }
@@ -103,9 +160,19 @@ impl Filter for Suppression {
     }
 
     fn on_event(event: Event) -> Outcome {
+        let c = config();
         let reason = match &event.kind {
-            // Only permanent failures: a 4xx that expired is not a hard bounce.
-            EventKind::Bounced if event.reply.as_ref().is_some_and(|r| r.code >= 500) => {
+            EventKind::Bounced => {
+                // `bounce_type` from the host (delivery) or the bounces plugin; a bare 5xx
+                // otherwise.
+                let hard = match attribute(&event, "bounce_type") {
+                    Some("hard") => true,
+                    Some(_) => false,
+                    None => event.reply.as_ref().is_some_and(|r| r.code >= 500),
+                };
+                if !hard && !repeated_soft_bounce(&c, event.recipient.as_deref()) {
+                    return Outcome::cont();
+                }
                 "hard-bounce"
             }
             EventKind::Complained => "spam-complaint",
@@ -115,7 +182,6 @@ impl Filter for Suppression {
         let Some(recipient) = event.recipient else {
             return Outcome::cont();
         };
-        let c = config();
         let k = key(&c.stream, &recipient);
         // An existing entry keeps its first reason and time.
         match host::kv_get(&k) {
