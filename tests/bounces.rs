@@ -11,6 +11,11 @@ use std::time::Duration;
 use support::{Client, Sluice, wait_until};
 
 fn start() -> Sluice {
+    start_stopped().spawn()
+}
+
+/// The configuration and policy, server not started.
+fn start_stopped() -> Sluice {
     let s = Sluice::configure_with(
         "policies = \"policy.toml\"\nlocal_domains = [\"localhost\", \"bounces.example.com\"]",
         "",
@@ -68,7 +73,7 @@ mode = "events"
         ),
     )
     .unwrap();
-    s.spawn()
+    s
 }
 
 fn corpus(name: &str) -> String {
@@ -178,4 +183,40 @@ fn reports_become_events_and_suppressions() {
             s.log()
         );
     }
+}
+
+/// `sluice trace` shows offline what a report will do: the events the step emits.
+#[test]
+fn trace_shows_the_events_of_a_report() {
+    let s = start_stopped();
+    let file = support::repo_root().join("../shared/corpora/bounces/messages/rhost-aol-03.eml");
+    let out = s.cli(
+        &[
+            "trace",
+            "--policy",
+            s.dir.path().join("policy.toml").to_str().unwrap(),
+            "--from",
+            "",
+            "--to",
+            "bounces+x@bounces.example.com",
+            file.to_str().unwrap(),
+        ],
+        "",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("event bounced to <mikeneko@example.jp> reply 550 5.1.1")
+            && text.contains("bounce_type=hard reason=user-unknown"),
+        "{text}"
+    );
+    assert!(
+        text.contains("event bounced to <sabineko@example.jp>")
+            && text.contains("bounce_type=soft reason=mailbox-full"),
+        "{text}"
+    );
 }
