@@ -19,6 +19,7 @@ const PLUGINS: &[&str] = &[
     "link-tracking",
     "webhook",
     "bounces",
+    "webhook-forward",
 ];
 /// Python plugins, each a folder of `plugins/python` with an `app.py`.
 const PYTHON_PLUGINS: &[&str] = &["spam_words", "tag"];
@@ -40,6 +41,7 @@ fn main() {
         "plugins/link-tracking",
         "plugins/webhook",
         "plugins/bounces",
+        "plugins/webhook-forward",
         "host/bounce/src",
         "host/spam/src",
         "wit",

@@ -1,6 +1,6 @@
 //! A real HTTP receiver for webhooks on 127.0.0.1: records every request (method, path,
-//! headers with lowercased names, body; Content-Length or chunked bodies) and answers 503 to
-//! the first `fail_first` requests, 200 after.
+//! headers with lowercased names, body; Content-Length or chunked bodies) and answers what
+//! its responder says (by default 503 to the first `fail_first` requests, 200 after).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -23,11 +23,12 @@ impl Request {
     }
 }
 
-#[derive(Default)]
+type Responder = Box<dyn Fn(&Request, usize) -> (u16, String) + Send>;
+
 struct State {
-    requests: Vec<Request>,
-    fail_first: usize,
-    answered: usize,
+    /// Each request with the status it got.
+    requests: Vec<(Request, u16)>,
+    respond: Responder,
 }
 
 #[derive(Clone)]
@@ -38,11 +39,25 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start_on(port: u16, fail_first: usize) -> Receiver {
+        Receiver::start_with(port, move |_, n| {
+            if n <= fail_first {
+                (503, "try later".into())
+            } else {
+                (200, "ok".into())
+            }
+        })
+    }
+
+    /// `respond` gets each request and its number (from 1) and gives status and body.
+    pub fn start_with(
+        port: u16,
+        respond: impl Fn(&Request, usize) -> (u16, String) + Send + 'static,
+    ) -> Receiver {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(State {
-            fail_first,
-            ..State::default()
+            requests: Vec::new(),
+            respond: Box::new(respond),
         }));
         let st = state.clone();
         std::thread::spawn(move || {
@@ -60,12 +75,17 @@ impl Receiver {
     /// Requests answered 2xx.
     pub fn accepted(&self) -> Vec<Request> {
         let s = self.state.lock().unwrap();
-        s.requests.iter().skip(s.fail_first).cloned().collect()
+        s.requests
+            .iter()
+            .filter(|(_, status)| (200..300).contains(status))
+            .map(|(r, _)| r.clone())
+            .collect()
     }
 
     /// Every request, refused ones included.
     pub fn all(&self) -> Vec<Request> {
-        self.state.lock().unwrap().requests.clone()
+        let s = self.state.lock().unwrap();
+        s.requests.iter().map(|(r, _)| r.clone()).collect()
     }
 }
 
@@ -111,24 +131,23 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             body = vec![0; n];
             reader.read_exact(&mut body)?;
         }
-        let status = {
+        let request = Request {
+            method,
+            path,
+            headers,
+            body,
+        };
+        let (status, text) = {
             let mut s = state.lock().unwrap();
-            s.requests.push(Request {
-                method,
-                path,
-                headers,
-                body,
-            });
-            s.answered += 1;
-            if s.answered <= s.fail_first {
-                "503 Service Unavailable"
-            } else {
-                "200 OK"
-            }
+            let n = s.requests.len() + 1;
+            let (status, text) = (s.respond)(&request, n);
+            s.requests.push((request, status));
+            (status, text)
         };
         write!(
             writer,
-            "HTTP/1.1 {status}\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{text}",
+            text.len()
         )?;
         writer.flush()?;
     }

@@ -25,6 +25,9 @@ wit_bindgen::generate!({
     default_bindings_module: "sluice_plugin_sdk",
 });
 
+#[cfg(feature = "http")]
+pub mod http;
+
 pub use exports::sluice::plugin::filter::Guest;
 pub use sluice::plugin::host;
 pub use sluice::plugin::host::{Data, KvEntry, KvPage, NewEvent};

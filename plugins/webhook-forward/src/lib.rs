@@ -1,0 +1,263 @@
+//! Inbound mail to an HTTP endpoint (what CloudMailin sells): each message is POSTed,
+//! signed like Sluice's event webhooks (`X-Sluice-Timestamp`, `X-Sluice-Signature: v1=<hex
+//! HMAC-SHA256 of "<timestamp>.<body>">`), as
+//!
+//! - `format = "json"` (default): `{"envelope": {"from", "to": [...], "helo",
+//!   "remote_ip", "tls", "spf", "queue_id"}, "headers": [{"name", "value"}, ...],
+//!   "plain", "html", "attachments": [{"file_name", "content_type", "size", "content"
+//!   (base64)}]}`;
+//! - `format = "raw"`: the message itself (`Content-Type: message/rfc822`), the envelope in
+//!   `X-Sluice-From`, `X-Sluice-To` (comma separated), `X-Sluice-Remote-Ip`, `X-Sluice-Helo`.
+//!
+//! Subscribed at the `data` stage, the endpoint decides the SMTP reply: 2xx → the message
+//! is accepted (250) and, the POST being its delivery, dropped (`deliver = true` delivers it
+//! as usual too), 4xx → `550 5.7.1` with the endpoint's text, 5xx, timeout or refused →
+//! `451 4.4.1` (the sender retries). Subscribed at the `queued` stage instead, the message
+//! gets its 250 first and is forwarded with the host's durable retries (5xx/timeout: later
+//! again; 4xx: it bounces). Either way the HTTP status, a body excerpt and the time taken are
+//! kept with the message as metadata `forward.status`, `forward.response`, `forward.ms`
+//! (in its events, and in the archive when there is one).
+//!
+//! ```toml
+//! [[pipeline.step]]
+//! name = "forward"
+//! plugin = "webhook_forward.wasm"
+//! stages = ["data"]            # or ["queued"]
+//! timeout_ms = 35000           # the step's limit must exceed the endpoint's timeout
+//! [pipeline.step.capabilities]
+//! http = ["https://app.example.com"]
+//! [pipeline.step.config]
+//! url = "https://app.example.com/incoming"
+//! secret = "a long random string"
+//! format = "json"
+//! timeout_ms = 30000
+//! deliver = false
+//! ```
+
+use base64::Engine;
+use serde::Deserialize;
+use sluice_plugin_sdk::http;
+use sluice_plugin_sdk::{Filter, Message, Outcome, Stage, Verdict, export_filter, host};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    url: String,
+    secret: String,
+    #[serde(default = "default_format")]
+    format: String,
+    #[serde(default = "default_timeout")]
+    timeout_ms: u64,
+    /// After a 2xx, also deliver the message as usual (to its mailbox or next hop); by
+    /// default the POST is its delivery and the message is then dropped.
+    #[serde(default)]
+    deliver: bool,
+}
+
+fn default_format() -> String {
+    "json".into()
+}
+
+fn default_timeout() -> u64 {
+    30_000
+}
+
+impl Config {
+    fn check(&self) -> Result<(), String> {
+        http::parse_url(&self.url)?;
+        if self.secret.len() < 16 {
+            return Err("secret: at least 16 characters".into());
+        }
+        if !matches!(self.format.as_str(), "json" | "raw") {
+            return Err(format!("format: `json` or `raw`, not `{}`", self.format));
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > 120_000 {
+            return Err("timeout_ms: between 1 and 120000".into());
+        }
+        Ok(())
+    }
+}
+
+/// Largest message forwarded (the JSON form grows it by a third).
+const MAX_MESSAGE: u64 = 32 << 20;
+/// The response body kept with the message.
+const EXCERPT: usize = 256;
+
+fn read(message: &Message, size: u64) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(size as usize);
+    while (raw.len() as u64) < size {
+        let chunk = message.bytes(raw.len() as u64, 1 << 20);
+        if chunk.is_empty() {
+            break;
+        }
+        raw.extend_from_slice(&chunk);
+    }
+    raw
+}
+
+fn part_content(message: &Message, id: u32, size: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size as usize);
+    loop {
+        let chunk = message.part_bytes(id, out.len() as u64, 1 << 20);
+        if chunk.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    out
+}
+
+/// The JSON form.
+fn json(message: &Message) -> Vec<u8> {
+    let envelope = message.envelope();
+    let session = message.session();
+    let auth = message.auth_results();
+    let headers: Vec<serde_json::Value> = message
+        .headers()
+        .into_iter()
+        .map(|h| serde_json::json!({"name": h.name, "value": h.value}))
+        .collect();
+    let mut attachments = Vec::new();
+    for p in message.parts() {
+        let attached = p.disposition.as_deref() == Some("attachment") || p.filename.is_some();
+        if !attached || p.content_type.starts_with("multipart/") {
+            continue;
+        }
+        let content = part_content(message, p.id, p.size);
+        attachments.push(serde_json::json!({
+            "file_name": p.filename,
+            "content_type": p.content_type,
+            "size": content.len(),
+            "content": base64::engine::general_purpose::STANDARD.encode(&content),
+        }));
+    }
+    serde_json::json!({
+        "envelope": {
+            "from": envelope.sender,
+            "to": envelope.recipients,
+            "helo": session.helo,
+            "remote_ip": session.client_ip,
+            "tls": session.tls,
+            "spf": auth.spf,
+            "queue_id": message.queue_id(),
+        },
+        "headers": headers,
+        "plain": message.text_parts().into_iter().next(),
+        "html": message.html_parts().into_iter().next(),
+        "attachments": attachments,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// What the endpoint said, or why it said nothing; and how long it took.
+fn forward(message: &Message, c: &Config) -> (Result<http::Response, String>, u64) {
+    let envelope = message.envelope();
+    let (body, mut headers) = if c.format == "raw" {
+        let session = message.session();
+        (
+            read(message, message.size()),
+            vec![
+                ("content-type", "message/rfc822".to_string()),
+                ("x-sluice-from", envelope.sender.clone()),
+                ("x-sluice-to", envelope.recipients.join(", ")),
+                ("x-sluice-remote-ip", session.client_ip.clone()),
+                ("x-sluice-helo", session.helo.clone().unwrap_or_default()),
+            ],
+        )
+    } else {
+        (
+            json(message),
+            vec![("content-type", "application/json".to_string())],
+        )
+    };
+    let timestamp = http::now_seconds();
+    headers.push(("user-agent", "Sluice-Forward/1".into()));
+    headers.push(("x-sluice-queue-id", message.queue_id()));
+    headers.push(("x-sluice-timestamp", timestamp.to_string()));
+    headers.push((
+        "x-sluice-signature",
+        http::signature(&c.secret, timestamp, &body),
+    ));
+    let started = std::time::Instant::now();
+    let result = http::post(&c.url, &headers, &body, c.timeout_ms, EXCERPT);
+    (result, started.elapsed().as_millis() as u64)
+}
+
+/// One line of printable text from the endpoint's answer.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let line: String = text
+        .split(['\r', '\n'])
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    line.trim().to_string()
+}
+
+fn run(message: &Message) -> Outcome {
+    let c: Config = match serde_json::from_str(&host::config()) {
+        Ok(c) => c,
+        Err(e) => return Outcome::defer(451, "4.3.5", &format!("forward config: {e}")),
+    };
+    if message.size() > MAX_MESSAGE {
+        return Outcome::reject(552, "5.3.4", "Message too big to forward");
+    }
+    let (result, ms) = forward(message, &c);
+    let outcome = match &result {
+        Ok(r) if (200..300).contains(&r.status) && c.deliver => Outcome::cont(),
+        Ok(r) if (200..300).contains(&r.status) => Outcome::cont().verdict(Verdict::Discard),
+        Ok(r) if (400..500).contains(&r.status) => {
+            let text = excerpt(&r.body);
+            let text = if text.is_empty() {
+                format!("Refused by the recipient's endpoint ({})", r.status)
+            } else {
+                text
+            };
+            Outcome::reject(550, "5.7.1", &text)
+        }
+        Ok(r) => {
+            host::log(
+                host::Level::Warn,
+                &format!("{}: endpoint answered {}", message.queue_id(), r.status),
+            );
+            Outcome::defer(451, "4.4.1", "Endpoint unavailable, try again later")
+        }
+        Err(e) => {
+            host::log(host::Level::Warn, &format!("{}: {e}", message.queue_id()));
+            Outcome::defer(451, "4.4.1", "Endpoint unavailable, try again later")
+        }
+    };
+    let (status, response) = match &result {
+        Ok(r) => (r.status.to_string(), excerpt(&r.body)),
+        Err(e) => ("none".to_string(), e.chars().take(200).collect()),
+    };
+    outcome
+        .set_meta("forward.status", &status)
+        .set_meta("forward.response", &response)
+        .set_meta("forward.ms", &ms.to_string())
+}
+
+struct Forward;
+
+impl Filter for Forward {
+    const STAGES: &'static [Stage] = &[Stage::Data, Stage::Queued];
+
+    fn configure(config: &str) -> Result<(), String> {
+        let c: Config = serde_json::from_str(config).map_err(|e| e.to_string())?;
+        c.check()
+    }
+
+    fn on_data(message: &Message) -> Outcome {
+        run(message)
+    }
+
+    fn on_queued(message: &Message) -> Outcome {
+        run(message)
+    }
+}
+
+export_filter!(Forward);
