@@ -20,6 +20,7 @@ const PLUGINS: &[&str] = &[
     "webhook",
     "bounces",
     "webhook-forward",
+    "sender-policy",
 ];
 /// Python plugins, each a folder of `plugins/python` with an `app.py`.
 const PYTHON_PLUGINS: &[&str] = &["spam_words", "tag"];
@@ -42,6 +43,7 @@ fn main() {
         "plugins/webhook",
         "plugins/bounces",
         "plugins/webhook-forward",
+        "plugins/sender-policy",
         "host/bounce/src",
         "host/spam/src",
         "wit",
