@@ -77,6 +77,7 @@ class Sink:
 
 
 NOOP = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "noop.wasm")
+SUBMIT_LOAD = os.path.join(ROOT, "target", "release", "submit_load")
 
 
 def noop_policy(path, steps):
@@ -104,6 +105,122 @@ def spam_policy(path):
                 f'[pipeline.step.data]\nmodel = {{ path = "{SPAM_MODEL}", sha256 = "{digest(SPAM_MODEL)}" }}\n')
 
 
+LINK_TRACKING = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release",
+                             "link_tracking.wasm")
+
+
+def track_policy(path):
+    """The link-tracking plugin at the render stage: every recipient gets its own copy with
+    signed links, an open pixel and List-Unsubscribe headers."""
+    import hashlib
+    digest = hashlib.sha256(open(LINK_TRACKING, "rb").read()).hexdigest()
+    with open(path, "w") as f:
+        f.write(f'[[pipeline]]\nname = "bench"\n[[pipeline.step]]\nname = "track"\n'
+                f'plugin = "{LINK_TRACKING}"\nsha256 = "{digest}"\nstages = ["render"]\n'
+                f'[pipeline.step.capabilities]\ntracking = true\n')
+
+
+SUPPRESSION = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "suppression.wasm")
+WEBHOOK = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "webhook.wasm")
+
+
+def outbound_policy(path, hook_port):
+    """The whole outbound chain of policies/outbound.toml that costs something per message:
+    suppression at RCPT, link tracking per recipient, every event POSTed to a local webhook
+    receiver. DKIM signing is the server's [[dkim]]."""
+    import hashlib
+    digest = lambda p: hashlib.sha256(open(p, "rb").read()).hexdigest()
+    with open(path, "w") as f:
+        f.write(f'''[[pipeline]]
+name = "outbound"
+listeners = ["submission"]
+authenticated = true
+
+[[pipeline.step]]
+name = "suppression"
+plugin = "{SUPPRESSION}"
+sha256 = "{digest(SUPPRESSION)}"
+stages = ["rcpt", "event"]
+[pipeline.step.capabilities]
+kv = "suppression"
+[pipeline.step.config]
+stream = "outbound"
+
+[[pipeline.step]]
+name = "track"
+plugin = "{LINK_TRACKING}"
+sha256 = "{digest(LINK_TRACKING)}"
+stages = ["render"]
+[pipeline.step.capabilities]
+tracking = true
+
+[[pipeline.step]]
+name = "webhook"
+plugin = "{WEBHOOK}"
+sha256 = "{digest(WEBHOOK)}"
+stages = ["event"]
+on_error = "tempfail"
+[pipeline.step.capabilities]
+http = ["http://127.0.0.1:{hook_port}"]
+[pipeline.step.config]
+url = "http://127.0.0.1:{hook_port}/events"
+secret = "bench-webhook-secret-0123456789"
+''')
+
+
+class Hooks:
+    """A local webhook receiver answering 204 to every POST, counting them."""
+
+    def __init__(self):
+        import http.server
+        hooks = self
+        self.count = 0
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                n = int(self.headers.get("content-length", "0"))
+                self.rfile.read(n)
+                hooks.count += 1
+                self.send_response(204)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def rsa_key(path):
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                    "-out", path], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.chmod(path, 0o644)
+
+
+def html_message(size):
+    """A newsletter of about `size` bytes: text and HTML parts, ten links (LF line ends, as
+    smtp-source -F wants)."""
+    links = "".join(f'<p><a href="https://shop.example/item/{i}?utm=news&amp;id={i}">Item {i}</a></p>\n'
+                    for i in range(10))
+    head = ("From: News <news@bench.test>\nTo: rcpt@bench.test\nSubject: This week\n"
+            "MIME-Version: 1.0\nContent-Type: multipart/alternative; boundary=\"b\"\n\n"
+            "--b\nContent-Type: text/plain; charset=utf-8\n\nSee https://shop.example/ for this week.\n"
+            "--b\nContent-Type: text/html; charset=utf-8\n\n<html><body>\n" + links)
+    tail = "</body></html>\n--b--\n"
+    filler = "<p>" + "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 1 + "</p>\n"
+    body = head
+    while len(body) + len(tail) < size:
+        body += filler
+    return body + tail
+
+
 class Sluice:
     name = "sluice"
 
@@ -112,11 +229,34 @@ class Sluice:
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
         sub = free_port()
+        self.submission = sub
+        self.hooks = None
         conf = os.path.join(self.dir, "sluice.toml")
         policies = ""
+        extra = ""
         if steps == "spam":
             spam_policy(os.path.join(self.dir, "policy.toml"))
             policies = 'policies = "policy.toml"'
+        elif steps == "outbound":
+            self.hooks = Hooks()
+            outbound_policy(os.path.join(self.dir, "policy.toml"), self.hooks.port)
+            policies = 'policies = "policy.toml"'
+            with open(os.path.join(self.dir, "tracking.key"), "w") as k:
+                k.write("bench-tracking-key-0123456789abcdef0123456789\n")
+            key = os.path.join(self.dir, "dkim.pem")
+            rsa_key(key)
+            http = free_port()
+            extra = (f'[http]\nbind = "127.0.0.1:{http}"\n\n[tracking]\n'
+                     f'base_url = "https://t.bench.test"\nkey = "tracking.key"\n\n'
+                     f'[[dkim]]\ndomain = "bench.test"\nselector = "s1"\nkey = "{key}"\n\n')
+        elif steps == "track":
+            track_policy(os.path.join(self.dir, "policy.toml"))
+            policies = 'policies = "policy.toml"'
+            with open(os.path.join(self.dir, "tracking.key"), "w") as k:
+                k.write("bench-tracking-key-0123456789abcdef0123456789\n")
+            http = free_port()
+            extra = (f'[http]\nbind = "127.0.0.1:{http}"\n\n[tracking]\n'
+                     f'base_url = "https://t.bench.test"\nkey = "tracking.key"\n\n')
         elif steps:
             noop_policy(os.path.join(self.dir, "policy.toml"), steps)
             policies = 'policies = "policy.toml"'
@@ -136,8 +276,10 @@ max_connections = 1000
 name = "submission"
 bind = "127.0.0.1:{sub}"
 role = "submission"
+max_connections = 1000
+max_recipients = 1000
 
-[delivery]
+{extra}[delivery]
 max_connections_per_destination = 20
 
 [[route]]
@@ -147,6 +289,9 @@ host = "127.0.0.1:{sink_port}"
 tls = "none"
 ''')
         self.log = open(os.path.join(self.dir, "sluice.log"), "w")
+        if steps == "outbound":
+            subprocess.run([binary, "--config", conf, "user", "add", "bench"], input="pw\n",
+                           text=True, check=True, stdout=subprocess.DEVNULL)
         self.proc = subprocess.Popen([binary, "--config", conf, "serve"],
                                      stdout=self.log, stderr=self.log,
                                      env=dict(os.environ, RUST_LOG="warn"))
@@ -157,14 +302,63 @@ tls = "none"
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            print("sluice: not stopped 60 s after SIGTERM; killed", file=sys.stderr)
+            self.proc.kill()
+            self.proc.wait()
+        if self.hooks:
+            self.hooks.stop()
+
+
+class OpenDkim:
+    """OpenDKIM as Postfix's signing milter (RSA-2048, mail from bench.test, from loopback)."""
+
+    def __init__(self, workdir):
+        # OpenDKIM refuses a configuration under a folder others may write (/tmp).
+        self.port = free_port()
+        self.dir = f"/var/lib/sluice-bench/opendkim-{self.port}"
+        os.makedirs("/var/lib/sluice-bench", mode=0o755, exist_ok=True)
+        os.makedirs(self.dir, exist_ok=True)
+        shutil.chown(self.dir, "opendkim")
+        key = os.path.join(self.dir, "s1.private")
+        rsa_key(key)
+        shutil.chown(key, "opendkim")
+        os.chmod(key, 0o600)
+        conf = os.path.join(self.dir, "opendkim.conf")
+        with open(conf, "w") as f:
+            f.write(f"""Syslog no
+Mode s
+Domain bench.test
+Selector s1
+KeyFile {key}
+Socket inet:{self.port}@127.0.0.1
+InternalHosts 127.0.0.1
+Canonicalization relaxed/relaxed
+UserID opendkim
+PidFile {self.dir}/opendkim.pid
+""")
+        self.proc = subprocess.Popen(["opendkim", "-f", "-x", conf],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def cpu(self):
+        return proc_cpu(self.proc.pid)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Postfix:
-    """A private Postfix instance: its own config folder, queue and loopback port."""
+    """A private Postfix instance: its own config folder, queue and loopback port; with
+    `milter`, OpenDKIM signs what it relays."""
     name = "postfix"
 
-    def __init__(self, workdir, sink_port):
+    def __init__(self, workdir, sink_port, dkim=False):
+        self.milter = OpenDkim(workdir) if dkim else None
         self.dir = os.path.join(workdir, "postfix")
         conf = os.path.join(self.dir, "conf")
         os.makedirs(conf, exist_ok=True)
@@ -199,6 +393,9 @@ default_process_limit = 100
 smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0
 """)
+            if self.milter:
+                f.write(f"smtpd_milters = inet:127.0.0.1:{self.milter.port}\n"
+                        "milter_default_action = tempfail\n")
         with open("/etc/postfix/master.cf") as f:
             master = f.read()
         lines = []
@@ -235,6 +432,8 @@ smtpd_client_connection_rate_limit = 0
                 total += proc_cpu(pid, children=False)
             except OSError:
                 pass
+        if self.milter:
+            total += self.milter.cpu()
         return total
 
     def stop(self):
@@ -243,6 +442,8 @@ smtpd_client_connection_rate_limit = 0
         end = time.time() + 30
         while time.time() < end and os.path.exists(f"/proc/{self.master}"):
             time.sleep(0.1)
+        if self.milter:
+            self.milter.stop()
 
 
 class Direct:
@@ -295,7 +496,8 @@ def probe(port, size, stop, latencies, sent):
         print("probe:", e, file=sys.stderr)
 
 
-def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_file=None):
+def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_file=None,
+            recipients=1):
     sink = Sink(workdir)
     if kind == "sluice":
         server = Sluice(workdir, sink.port, binary)
@@ -303,6 +505,12 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
         server = Sluice(workdir, sink.port, baseline)
     elif kind == "sluice+spam":
         server = Sluice(workdir, sink.port, binary, steps="spam")
+    elif kind == "sluice+track":
+        server = Sluice(workdir, sink.port, binary, steps="track")
+    elif kind == "sluice+outbound":
+        server = Sluice(workdir, sink.port, binary, steps="outbound")
+    elif kind == "postfix+opendkim":
+        server = Postfix(workdir, sink.port, dkim=True)
     elif kind.startswith("sluice+"):
         server = Sluice(workdir, sink.port, binary, steps=int(kind.split("+")[1]))
     elif kind == "postfix":
@@ -317,26 +525,41 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
         t0 = time.perf_counter()
         t.start()
         payload = ["-F", message_file] if message_file else ["-l", str(size)]
-        subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(n), *payload,
-                        "-f", "load@bench.test", "-t", "rcpt@bench.test",
-                        f"127.0.0.1:{server.port}"], check=True)
+        if kind == "sluice+outbound":
+            # An application's way in: STARTTLS and AUTH on the submission port.
+            subprocess.run([SUBMIT_LOAD, f"127.0.0.1:{server.submission}", "bench", "pw",
+                            str(sessions), str(n), str(recipients), message_file],
+                           check=True, stdout=subprocess.DEVNULL)
+        else:
+            subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(n), *payload,
+                            "-r", str(recipients),
+                            "-f", "load@bench.test", "-t", "rcpt@bench.test",
+                            f"127.0.0.1:{server.port}"], check=True)
         accepted_s = time.perf_counter() - t0
         stop.set()
         t.join()
         total = n + sent[0]
+        # Per-recipient rendering sends each recipient its own transaction.
+        per_recipient = kind in ("sluice+track", "sluice+outbound")
+        expected = n * recipients + sent[0] if per_recipient else total
         deadline = time.time() + 600
-        while sink.count() < total and time.time() < deadline:
+        while sink.count() < expected and time.time() < deadline:
             time.sleep(0.02)
         delivered_s = time.perf_counter() - t0
         got = sink.count()
         cpu = server.cpu() - cpu0
+        hooks = getattr(server, "hooks", None)
+        if hooks:
+            # Events still in the outbox are sent after the run; how many arrived by now.
+            print(f"{kind}: {hooks.count} webhook events received", file=sys.stderr)
     finally:
         server.stop()
         sink.stop()
     lat = sorted(latencies)
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else float("nan")
     return {
-        "kind": kind, "size": size, "n": total, "delivered": got,
+        "kind": kind, "size": size, "n": total, "delivered": got, "recipients": recipients,
+        "cpu_per_recipient_ms": cpu / (n * recipients + sent[0]) * 1000,
         "accepted_rate": total / accepted_s, "delivered_rate": got / delivered_s,
         "cpu_per_1000": cpu / total * 1000, "p50": p(0.50), "p99": p(0.99),
         "probe": len(lat),
@@ -351,17 +574,25 @@ def main():
     ap.add_argument("--relays", default="direct,sluice,sluice+6,postfix",
                     help="comma-separated: direct, sluice, sluice+N (N no-op plugin steps), postfix, "
                          "sluice+spam (the spam-score plugin and model), "
+                         "sluice+track (link tracking, per-recipient render), "
+                         "sluice+outbound (STARTTLS+AUTH submission, suppression, tracking, "
+                         "DKIM RSA-2048, webhook events; needs --html), "
+                         "postfix+opendkim (Postfix with OpenDKIM signing as a milter), "
                          "baseline (another sluice binary, --baseline)")
     ap.add_argument("--message-file", help="send this message (headers and body, LF line ends) "
                     "instead of smtp-source's generated text; --sizes is then ignored")
     ap.add_argument("--baseline", help="path of an older sluice binary to compare with")
+    ap.add_argument("--recipients", type=int, default=1, help="recipients per message")
+    ap.add_argument("--html", action="store_true",
+                    help="send a newsletter with ten links (text and HTML) of each --sizes size")
     ap.add_argument("--no-build", action="store_true")
     a = ap.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: apt-get install postfix")
     if not a.no_build:
-        subprocess.run(["cargo", "build", "--release", "-p", "sluice"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "-p", "sluice", "-p", "sluice-bench",
+                        "--bin", "sluice", "--bin", "submit_load"], cwd=ROOT, check=True)
         if "sluice+" in a.relays:
             subprocess.run(["scripts/build-plugins.sh"], cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target", "release", "sluice")
@@ -370,18 +601,27 @@ def main():
     if a.message_file:
         sizes = [os.path.getsize(a.message_file)]
     for size in sizes:
+        message_file = a.message_file
+        html_dir = None
+        if a.html:
+            html_dir = tempfile.mkdtemp()
+            message_file = os.path.join(html_dir, "news.eml")
+            with open(message_file, "w") as f:
+                f.write(html_message(size))
         for kind in a.relays.split(","):
             with tempfile.TemporaryDirectory() as workdir:
                 os.chmod(workdir, 0o755)
                 r = run_one(kind, workdir, size, a.messages, a.sessions, binary, a.baseline,
-                            a.message_file)
+                            message_file, a.recipients)
                 rows.append(r)
                 print(f"{kind} {size} B: {r}", file=sys.stderr)
-    print(f"| relay | size | messages | accepted msg/s | delivered msg/s | CPU s / 1000 msgs | p50 ms | p99 ms |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        if html_dir:
+            shutil.rmtree(html_dir)
+    print(f"| relay | size | recipients | messages | accepted msg/s | delivered msg/s | CPU s / 1000 msgs | CPU ms / recipient | p50 ms | p99 ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['kind']} | {r['size'] // 1000} KB | {r['delivered']}/{r['n']} | {r['accepted_rate']:.0f} | "
-              f"{r['delivered_rate']:.0f} | {r['cpu_per_1000']:.2f} | {r['p50']:.2f} | {r['p99']:.2f} |")
+        print(f"| {r['kind']} | {r['size'] // 1000} KB | {r['recipients']} | {r['delivered']}/{r['n']} | {r['accepted_rate']:.0f} | "
+              f"{r['delivered_rate']:.0f} | {r['cpu_per_1000']:.2f} | {r['cpu_per_recipient_ms']:.3f} | {r['p50']:.2f} | {r['p99']:.2f} |")
 
 
 if __name__ == "__main__":
