@@ -78,6 +78,7 @@ class Sink:
 
 NOOP = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "noop.wasm")
 SUBMIT_LOAD = os.path.join(ROOT, "target", "release", "submit_load")
+HOOK_SINK = os.path.join(ROOT, "target", "release", "hook_sink")
 
 
 def noop_policy(path, steps):
@@ -160,6 +161,7 @@ plugin = "{WEBHOOK}"
 sha256 = "{digest(WEBHOOK)}"
 stages = ["event"]
 on_error = "tempfail"
+timeout_ms = 10000
 [pipeline.step.capabilities]
 http = ["http://127.0.0.1:{hook_port}"]
 [pipeline.step.config]
@@ -169,33 +171,23 @@ secret = "bench-webhook-secret-0123456789"
 
 
 class Hooks:
-    """A local webhook receiver answering 204 to every POST, counting them."""
+    """The local webhook receiver (target/release/hook_sink): 204 to every POST, counted."""
 
     def __init__(self):
-        import http.server
-        hooks = self
-        self.count = 0
+        self.port = free_port()
+        self.out = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([HOOK_SINK, str(self.port)], stdout=self.out)
+        wait_port(self.port)
 
-        class H(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                n = int(self.headers.get("content-length", "0"))
-                self.rfile.read(n)
-                hooks.count += 1
-                self.send_response(204)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    @property
+    def count(self):
+        self.out.seek(0)
+        lines = self.out.read().split()
+        return int(lines[-1]) if lines else 0
 
     def stop(self):
-        self.server.shutdown()
+        self.proc.terminate()
+        self.proc.wait()
 
 
 def rsa_key(path):
@@ -592,7 +584,7 @@ def main():
             sys.exit(f"{tool} not found: apt-get install postfix")
     if not a.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "sluice", "-p", "sluice-bench",
-                        "--bin", "sluice", "--bin", "submit_load"], cwd=ROOT, check=True)
+                        "--bin", "sluice", "--bin", "submit_load", "--bin", "hook_sink"], cwd=ROOT, check=True)
         if "sluice+" in a.relays:
             subprocess.run(["scripts/build-plugins.sh"], cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target", "release", "sluice")

@@ -29,6 +29,11 @@ pub async fn dispatch(
     let wake = outbox.notified();
     outbox.set_ttl(settings.delivery.event_expire);
     loop {
+        // Checked here too: with a backlog the loop never reaches the wait below.
+        if *shutdown.borrow() {
+            tracing::debug!("event dispatcher stopped");
+            return;
+        }
         let now = now_ms();
         let due = match outbox.due(now, BATCH) {
             Ok(d) => d,

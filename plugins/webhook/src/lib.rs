@@ -12,7 +12,11 @@
 //! timeout) answers `defer`: the host runs the event again with backoff until it is
 //! acknowledged or expires (`delivery.event_expire`), across restarts.
 //!
+//! The step's `timeout_ms` (default 200 ms) must exceed the plugin's HTTP `timeout_ms`, or
+//! slow answers fail the step instead of deferring cleanly.
+//!
 //! ```toml
+//! timeout_ms = 10000                         # the step's wall-clock limit
 //! [pipeline.step.capabilities]
 //! http = ["https://hooks.example.com"]       # the URL's origin must be granted
 //! [pipeline.step.config]
