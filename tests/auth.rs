@@ -442,89 +442,11 @@ fn received_mail_gets_our_authentication_results_and_dmarc_is_enforced() {
     );
 }
 
-/// `openssl genpkey` output and the public key as a DKIM record's `p=`.
-fn keypair(dir: &Path, name: &str, algorithm: &[&str]) -> (PathBuf, String) {
-    let key = dir.join(format!("{name}.pem"));
-    let ok = std::process::Command::new("openssl")
-        .arg("genpkey")
-        .args(algorithm)
-        .arg("-out")
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let der = std::process::Command::new("openssl")
-        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
-        .arg(&key)
-        .output()
-        .unwrap()
-        .stdout;
-    // Ed25519 records carry the raw 32-byte key, RSA ones the SubjectPublicKeyInfo.
-    let public = if algorithm.contains(&"ed25519") {
-        der[der.len() - 32..].to_vec()
-    } else {
-        der
-    };
-    use base64::Engine;
-    (
-        key,
-        base64::engine::general_purpose::STANDARD.encode(public),
-    )
-}
-
-/// dkimpy (an independent verifier) on `message`, keys served by a lookup function; one
-/// line per signature: `True` or `False`.
-fn dkimpy(message: &[u8], records: &[(&str, String)], dir: &Path) -> Vec<bool> {
-    let file = dir.join("signed.eml");
-    std::fs::write(&file, message).unwrap();
-    let keys: Vec<String> = records
-        .iter()
-        .map(|(name, rec)| format!("{name:?}: {rec:?}"))
-        .collect();
-    let script = format!(
-        r#"
-import dkim, sys
-keys = {{{keys}}}
-def dns(name, timeout=5):
-    n = name.decode() if isinstance(name, bytes) else name
-    v = keys.get(n.rstrip('.'))
-    return v.encode() if v else None
-msg = open(sys.argv[1], 'rb').read()
-d = dkim.DKIM(msg)
-for i in range(msg.count(b'\nDKIM-Signature:') + msg.startswith(b'DKIM-Signature:')):
-    try:
-        print(d.verify(idx=i, dnsfunc=dns))
-    except dkim.DKIMException as e:
-        print(False, e)
-"#,
-        keys = keys.join(", ")
-    );
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "dkimpy: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim() == "True")
-        .collect()
-}
-
 #[test]
 fn submitted_mail_is_dkim_signed_with_every_key_and_dkimpy_verifies_it() {
     let keys = tempfile::tempdir().unwrap();
-    let (rsa, rsa_pub) = keypair(
-        keys.path(),
-        "rsa",
-        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
-    );
-    let (ed, ed_pub) = keypair(keys.path(), "ed", &["-algorithm", "ed25519"]);
+    let (rsa, rsa_pub) = support::dkim::rsa(keys.path(), "rsa");
+    let (ed, ed_pub) = support::dkim::keypair(keys.path(), "ed", &["-algorithm", "ed25519"]);
     let sink = support::sink::Sink::start();
     let s = support::Sluice::configure_with(
         "",
@@ -566,19 +488,19 @@ fn submitted_mail_is_dkim_signed_with_every_key_and_dkimpy_verifies_it() {
         ),
     ];
     assert_eq!(
-        dkimpy(data.as_bytes(), &records, keys.path()),
+        support::dkim::dkimpy(data.as_bytes(), &records, keys.path()),
         vec![true, true],
         "{data}"
     );
     // The same verifier refuses an altered body, and a second From: (From is over-signed).
     let altered = data.replace("Thanks for your order.", "Thanks for your ordeR.");
     assert_eq!(
-        dkimpy(altered.as_bytes(), &records, keys.path()),
+        support::dkim::dkimpy(altered.as_bytes(), &records, keys.path()),
         vec![false, false]
     );
     let added = format!("From: Evil <evil@example.net>\r\n{data}");
     assert_eq!(
-        dkimpy(added.as_bytes(), &records, keys.path()),
+        support::dkim::dkimpy(added.as_bytes(), &records, keys.path()),
         vec![false, false]
     );
 }

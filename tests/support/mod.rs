@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod clamd;
+pub mod dkim;
 pub mod dns;
 pub mod hooks;
 pub mod sink;
