@@ -21,6 +21,7 @@ const PLUGINS: &[&str] = &[
     "bounces",
     "webhook-forward",
     "sender-policy",
+    "send-window",
 ];
 /// Python plugins, each a folder of `plugins/python` with an `app.py`.
 const PYTHON_PLUGINS: &[&str] = &["spam_words", "tag"];
@@ -44,6 +45,7 @@ fn main() {
         "plugins/bounces",
         "plugins/webhook-forward",
         "plugins/sender-policy",
+        "plugins/send-window",
         "host/bounce/src",
         "host/spam/src",
         "wit",
