@@ -403,3 +403,40 @@ fn the_mime_torture_message_keeps_its_part_tree() {
     assert!(got.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
     assert_eq!(structure(got.as_bytes()).trim_end(), expected.trim_end());
 }
+
+/// A base64 HTML body (a single-part message) is rewritten too and stays readable.
+#[test]
+fn a_base64_html_body_is_rewritten_and_reparses() {
+    use base64::Engine;
+    let sink = Sink::start();
+    let port = support::free_port();
+    let s = start(&sink, port, "");
+    let html =
+        "<html><body><p>Caf\u{e9}: <a href=\"https://shop.example/b64\">link</a></p></body></html>";
+    let encoded = base64::engine::general_purpose::STANDARD.encode(html);
+    let body = format!(
+        "From: news@example.com\r\nSubject: b64\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n"
+    );
+    let mut c = Client::connect(s.mx_port);
+    c.cmd("EHLO client.test");
+    let r = c.send_mail("news@example.com", &["x@example.net"], &body);
+    assert!(r.starts_with("250"), "{r}");
+    assert!(
+        wait_until(Duration::from_secs(20), || sink.messages().len() == 1),
+        "{}",
+        s.log()
+    );
+    let got = sink.messages()[0].data.clone();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(got.as_bytes())
+        .unwrap();
+    let out = parsed.body_html(0).unwrap();
+    assert!(out.contains("Café: <a href=\"http://127.0.0.1:"), "{out}");
+    assert!(!out.contains("https://shop.example/b64"), "{out}");
+    assert_eq!(paths(&out, port, "o").len(), 1, "{out}");
+    let (status, headers, _) = http(port, "GET", &paths(&out, port, "c")[0], "");
+    assert_eq!(
+        (status, header(&headers, "location")),
+        (302, Some("https://shop.example/b64"))
+    );
+}
