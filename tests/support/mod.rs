@@ -20,18 +20,26 @@ use std::time::{Duration, Instant};
 
 /// Distinct free ports: never one handed out before in this test process (tests run in
 /// parallel threads, and a port freed by one may be picked again by another before its
-/// server binds it).
+/// server binds it). They come from below the kernel's ephemeral range (32768 and up on
+/// Linux), so that no outgoing connection's source port and no `bind(port 0)` of another
+/// test takes one between this check and the server's bind.
 pub fn free_ports<const N: usize>() -> [u16; N] {
+    const LOW: u16 = 10_000;
+    const SPAN: u16 = 22_000;
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    let mut held = Vec::new();
+    // A different starting point per process (test binaries may overlap in CI).
+    let start = (std::process::id() as u64 * 7919 % u64::from(SPAN)) as u16;
     let mut out = [0u16; N];
     let mut n = 0;
+    let mut i = given.len() as u16;
     while n < N {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        held.push(l);
-        if !given.contains(&port) {
+        let port = LOW + (start + i) % SPAN;
+        i = i.wrapping_add(1);
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.push(port);
             out[n] = port;
             n += 1;
