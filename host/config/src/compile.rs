@@ -297,7 +297,10 @@ impl Compiler<'_> {
             }
         });
         let mut dkim = Vec::new();
+        // Key files are relative to the configuration file's folder.
+        let dir = Path::new(self.file).parent().unwrap_or(Path::new("")).to_path_buf();
         for (i, k) in f.dkim.iter().enumerate() {
+            let key = dir.join(&k.key);
             if k.domain.is_empty() || k.domain.contains(['@', ' ', '/']) {
                 self.problem(
                     format!("dkim[{i}].domain"),
@@ -310,16 +313,16 @@ impl Compiler<'_> {
                     format!("`{}` is not a selector", k.selector),
                 );
             }
-            if !k.key.is_file() {
+            if !key.is_file() {
                 self.problem(
                     format!("dkim[{i}].key"),
-                    format!("{}: no such file", k.key.display()),
+                    format!("{}: no such file", key.display()),
                 );
             }
             dkim.push(DkimSettings {
                 domain: k.domain.to_ascii_lowercase(),
                 selector: k.selector.clone(),
-                key: k.key.clone(),
+                key,
                 headers: k.headers.clone(),
             });
         }

@@ -141,7 +141,8 @@ pub struct DkimFile {
     pub domain: String,
     /// The selector (`s=`): the key is published at `<selector>._domainkey.<domain>`.
     pub selector: String,
-    /// PEM private key: RSA (PKCS#1 or PKCS#8, 2048 bits or more) or Ed25519 (PKCS#8).
+    /// PEM private key: RSA (PKCS#1 or PKCS#8, 2048 bits or more) or Ed25519 (PKCS#8),
+    /// relative to this file's folder.
     pub key: PathBuf,
     /// Header fields to sign. Default: From (over-signed), Reply-To, Subject, Date,
     /// Message-ID, To, Cc, MIME-Version, Content-Type, Content-Transfer-Encoding,
