@@ -9,7 +9,7 @@
 
 mod support;
 
-use sluice_test_plugins::{BOUNCES, LINK_TRACKING, SUPPRESSION, WEBHOOK};
+use sluice_test_plugins::{BOUNCES, LINK_TRACKING, SENDER_POLICY, SUPPRESSION, WEBHOOK};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -99,9 +99,15 @@ fn submission_tracking_bounces_complaints_and_webhooks_in_one_run() {
     std::fs::write(
         s.dir.path().join("policy.toml"),
         format!(
-            "[[pipeline]]\nname = \"outbound\"\nlisteners = [\"submission\"]\nauthenticated = true\n{}{}{}\
+            "[[pipeline]]\nname = \"outbound\"\nlisteners = [\"submission\"]\nauthenticated = true\n{}{}{}{}\
              [[pipeline]]\nname = \"bounces\"\nlisteners = [\"mx\"]\nrecipient_domains = [\"bounces.example.com\"]\n{}\
              [[pipeline]]\nname = \"mx\"\nlisteners = [\"mx\"]\n{}{}",
+            step(
+                "senders",
+                SENDER_POLICY,
+                "\"mail\", \"rcpt\", \"data\"",
+                "[pipeline.step.capabilities]\nkv = \"senders\"\n[pipeline.step.config.users.app]\nfrom = [\"@example.com\"]"
+            ),
             suppression(),
             step(
                 "track",
@@ -165,6 +171,13 @@ fn submission_tracking_bounces_complaints_and_webhooks_in_one_run() {
     );
     let r = c.read_reply();
     assert!(r.starts_with("250"), "{r}");
+    // A second message with a From: the user may not use is refused at the end of data.
+    assert!(c.cmd("MAIL FROM:<app@example.com>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<erin@remote.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send_raw(b"From: CEO <ceo@other.test>\r\nSubject: wire\r\n\r\nnow\r\n.\r\n");
+    let r = c.read_reply();
+    assert!(r.starts_with("550 5.7.1"), "{r}");
     assert!(
         wait_until(Duration::from_secs(20), || sink.messages().len() == 2),
         "{}",
@@ -273,6 +286,8 @@ fn submission_tracking_bounces_complaints_and_webhooks_in_one_run() {
         ("unsubscribed", "alice@remote.test"),
         ("bounced", "carol@remote.test"),
         ("complained", "dave@remote.test"),
+        ("rejected", "gone@remote.test"),
+        ("rejected", "erin@remote.test"),
     ];
     let all = wait_until(Duration::from_secs(40), || {
         let evs = events(&receiver);
@@ -287,6 +302,17 @@ fn submission_tracking_bounces_complaints_and_webhooks_in_one_run() {
             .collect::<Vec<_>>(),
         s.log()
     );
+    let at_rcpt = has(&evs, "rejected", "gone@remote.test").unwrap();
+    assert_eq!(
+        (
+            at_rcpt["reply"]["code"].clone(),
+            at_rcpt["attributes"]["stage"].clone()
+        ),
+        (550.into(), "rcpt".into())
+    );
+    let at_data = has(&evs, "rejected", "erin@remote.test").unwrap();
+    assert_eq!(at_data["attributes"]["stage"], "data");
+    assert_eq!(at_data["reply"]["enhanced"], "5.7.1");
     let sync = has(&evs, "bounced", "reject-bob@remote.test").unwrap();
     assert_eq!(sync["reply"]["code"], 550);
     assert_eq!(sync["attributes"]["bounce_type"], "hard");

@@ -298,7 +298,10 @@ impl Compiler<'_> {
         });
         let mut dkim = Vec::new();
         // Key files are relative to the configuration file's folder.
-        let dir = Path::new(self.file).parent().unwrap_or(Path::new("")).to_path_buf();
+        let dir = Path::new(self.file)
+            .parent()
+            .unwrap_or(Path::new(""))
+            .to_path_buf();
         for (i, k) in f.dkim.iter().enumerate() {
             let key = dir.join(&k.key);
             if k.domain.is_empty() || k.domain.contains(['@', ' ', '/']) {

@@ -161,7 +161,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 verdict
             };
         let quarantine = match verdict {
-            Verdict::Reject(r) | Verdict::Defer(r) => return r,
+            Verdict::Reject(r) => {
+                self.publish_rejected(&id, &envelope, &message, &r);
+                return r;
+            }
+            Verdict::Defer(r) => return r,
             Verdict::Discard => {
                 tracing::info!(%id, sender = %envelope.sender, "message discarded by policy");
                 return Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
@@ -271,6 +275,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             kept += 1;
             true
         });
+    }
+
+    /// A `rejected` event per recipient of a message the policy refused permanently.
+    fn publish_rejected(
+        &self,
+        id: &str,
+        envelope: &sluice_core::Envelope,
+        message: &[u8],
+        reply: &Reply,
+    ) {
+        if !self.pipeline.wants_events() {
+            return;
+        }
+        let message_id = sluice_core::envelope::message_id(message);
+        for r in &envelope.recipients {
+            let mut e =
+                Event::new(EventKind::Rejected, &envelope.sender).with_session(Some(&self.info));
+            e.queue_id = Some(id.to_string());
+            e.message_id = message_id.clone();
+            e.recipient = Some(r.address.clone());
+            e.reply = Some(reply.clone());
+            e.attributes = envelope.meta.clone();
+            e.attributes.push(("stage".into(), "data".into()));
+            if let Err(err) = self.ctx.queue.publish_event(e) {
+                tracing::error!(error = %err, "cannot publish event");
+            }
+        }
     }
 
     /// Queues one message durably; the `Err` is the reply for the client.

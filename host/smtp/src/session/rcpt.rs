@@ -64,7 +64,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .await;
         let tx = self.tx.as_mut().expect("checked above");
         match verdict {
-            Verdict::Reject(r) | Verdict::Defer(r) => return r,
+            Verdict::Reject(r) => {
+                if self.pipeline.wants_events() {
+                    let mut e = Event::new(EventKind::Rejected, &tx.envelope.sender)
+                        .with_session(Some(&self.info));
+                    e.recipient = Some(recipient.address.clone());
+                    e.reply = Some(r.clone());
+                    e.attributes.push(("stage".into(), "rcpt".into()));
+                    if let Err(err) = self.ctx.queue.publish_event(e) {
+                        tracing::error!(error = %err, "cannot publish event");
+                    }
+                }
+                return r;
+            }
+            Verdict::Defer(r) => return r,
             Verdict::Quarantine(reason) => {
                 tracing::info!(to = %recipient.address, %reason, "recipient held by policy");
                 tx.held.push((recipient, reason));
