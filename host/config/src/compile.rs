@@ -297,13 +297,8 @@ impl Compiler<'_> {
             }
         });
         let mut dkim = Vec::new();
-        // Key files are relative to the configuration file's folder.
-        let dir = Path::new(self.file)
-            .parent()
-            .unwrap_or(Path::new(""))
-            .to_path_buf();
         for (i, k) in f.dkim.iter().enumerate() {
-            let key = dir.join(&k.key);
+            let key = self.relative(&k.key);
             if k.domain.is_empty() || k.domain.contains(['@', ' ', '/']) {
                 self.problem(
                     format!("dkim[{i}].domain"),
@@ -393,11 +388,9 @@ impl Compiler<'_> {
         if t.retention.is_zero() {
             self.problem("tracking.retention".into(), "must be greater than 0");
         }
-        // Relative to the configuration file's folder.
-        let dir = Path::new(self.file)
-            .parent()
-            .unwrap_or(Path::new(""))
-            .to_path_buf();
+        let key_path = self.relative(&t.key);
+        let previous_paths: Vec<std::path::PathBuf> =
+            t.previous_keys.iter().map(|p| self.relative(p)).collect();
         let mut read = |key: String, path: &Path| match std::fs::read(path) {
             Ok(bytes) => {
                 let secret = bytes.trim_ascii().to_vec();
@@ -416,12 +409,11 @@ impl Compiler<'_> {
                 None
             }
         };
-        let key = read("tracking.key".into(), &dir.join(&t.key));
-        let previous: Vec<Option<Vec<u8>>> = t
-            .previous_keys
+        let key = read("tracking.key".into(), &key_path);
+        let previous: Vec<Option<Vec<u8>>> = previous_paths
             .iter()
             .enumerate()
-            .map(|(i, p)| read(format!("tracking.previous_keys[{i}]"), &dir.join(p)))
+            .map(|(i, p)| read(format!("tracking.previous_keys[{i}]"), p))
             .collect();
         let previous_keys = previous.into_iter().collect::<Option<Vec<_>>>()?;
         Some(TrackingSettings {
@@ -430,6 +422,14 @@ impl Compiler<'_> {
             previous_keys,
             retention: t.retention,
         })
+    }
+
+    /// A path from the configuration, relative to the configuration file's folder.
+    fn relative(&self, path: &Path) -> std::path::PathBuf {
+        Path::new(self.file)
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(path)
     }
 
     fn domains(&mut self, key: &str, list: &[String]) -> HashSet<String> {

@@ -290,17 +290,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let message_id = sluice_core::envelope::message_id(message);
         for r in &envelope.recipients {
-            let mut e =
-                Event::new(EventKind::Rejected, &envelope.sender).with_session(Some(&self.info));
+            let mut e = Event::new(EventKind::Rejected, &envelope.sender);
             e.queue_id = Some(id.to_string());
             e.message_id = message_id.clone();
             e.recipient = Some(r.address.clone());
             e.reply = Some(reply.clone());
             e.attributes = envelope.meta.clone();
             e.attributes.push(("stage".into(), "data".into()));
-            if let Err(err) = self.ctx.queue.publish_event(e) {
-                tracing::error!(error = %err, "cannot publish event");
-            }
+            self.publish(e);
         }
     }
 

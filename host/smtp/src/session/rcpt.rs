@@ -65,16 +65,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let tx = self.tx.as_mut().expect("checked above");
         match verdict {
             Verdict::Reject(r) => {
-                if self.pipeline.wants_events() {
-                    let mut e = Event::new(EventKind::Rejected, &tx.envelope.sender)
-                        .with_session(Some(&self.info));
-                    e.recipient = Some(recipient.address.clone());
-                    e.reply = Some(r.clone());
-                    e.attributes.push(("stage".into(), "rcpt".into()));
-                    if let Err(err) = self.ctx.queue.publish_event(e) {
-                        tracing::error!(error = %err, "cannot publish event");
-                    }
-                }
+                let mut e = Event::new(EventKind::Rejected, &tx.envelope.sender);
+                e.recipient = Some(recipient.address.clone());
+                e.reply = Some(r.clone());
+                e.attributes.push(("stage".into(), "rcpt".into()));
+                self.publish(e);
                 return r;
             }
             Verdict::Defer(r) => return r,
@@ -84,16 +79,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             Verdict::Discard => {
                 tracing::info!(to = %recipient.address, "recipient discarded by policy");
-                if self.pipeline.wants_events() {
-                    let mut e =
-                        Event::new(EventKind::Other("discarded".into()), &tx.envelope.sender)
-                            .with_session(Some(&self.info));
-                    e.recipient = Some(recipient.address.clone());
-                    if let Err(err) = self.ctx.queue.publish_event(e) {
-                        tracing::error!(error = %err, "cannot publish event");
-                    }
-                }
                 tx.discarded += 1;
+                let mut e = Event::new(EventKind::Other("discarded".into()), &tx.envelope.sender);
+                e.recipient = Some(recipient.address.clone());
+                self.publish(e);
             }
             Verdict::Continue | Verdict::Accept => tx.envelope.recipients.push(recipient),
         }
