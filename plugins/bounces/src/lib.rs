@@ -42,20 +42,6 @@ struct Config {
 /// The most of a report read: the report parts come first; a long returned copy of the
 /// original message is not needed.
 const MAX_READ: u64 = 4 << 20;
-const CHUNK: u32 = 256 * 1024;
-
-fn read_all(message: &Message) -> Vec<u8> {
-    let size = message.size().min(MAX_READ);
-    let mut raw = Vec::with_capacity(size as usize);
-    while (raw.len() as u64) < size {
-        let chunk = message.bytes(raw.len() as u64, CHUNK);
-        if chunk.is_empty() {
-            break;
-        }
-        raw.extend_from_slice(&chunk);
-    }
-    raw
-}
 
 fn attribute(key: &str, value: &str) -> Attribute {
     Attribute {
@@ -102,7 +88,7 @@ impl Filter for Bounces {
 
     fn on_data(message: &Message) -> Outcome {
         let config: Config = serde_json::from_str(&host::config()).unwrap_or_default();
-        let raw = read_all(message);
+        let raw = sluice_plugin_sdk::read_message(message, MAX_READ);
         let Some(report) = sluice_bounce::parse(&raw) else {
             return Outcome::cont();
         };

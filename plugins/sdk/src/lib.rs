@@ -258,6 +258,36 @@ fn reply(code: u16, enhanced: &str, text: &str) -> Reply {
     }
 }
 
+/// Chunk size of [`read_message`] and [`read_part`]: one host call per MiB.
+const READ_CHUNK: u32 = 1 << 20;
+
+/// The raw message, at most its first `max` bytes, read in chunks (one host call per MiB).
+pub fn read_message(message: &Message, max: u64) -> Vec<u8> {
+    let size = message.size().min(max);
+    let mut raw = Vec::with_capacity(size as usize);
+    while (raw.len() as u64) < size {
+        let want = (size - raw.len() as u64).min(u64::from(READ_CHUNK)) as u32;
+        let chunk = message.bytes(raw.len() as u64, want);
+        if chunk.is_empty() {
+            break;
+        }
+        raw.extend_from_slice(&chunk);
+    }
+    raw
+}
+
+/// The decoded content of part `id` (an id from `message.parts()`).
+pub fn read_part(message: &Message, id: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let chunk = message.part_bytes(id, out.len() as u64, READ_CHUNK);
+        if chunk.is_empty() {
+            return out;
+        }
+        out.extend_from_slice(&chunk);
+    }
+}
+
 /// The step's `config` table as JSON (what `configure` validated).
 pub fn config_json() -> String {
     host::config()

@@ -83,30 +83,6 @@ const MAX_MESSAGE: u64 = 32 << 20;
 /// The response body kept with the message.
 const EXCERPT: usize = 256;
 
-fn read(message: &Message, size: u64) -> Vec<u8> {
-    let mut raw = Vec::with_capacity(size as usize);
-    while (raw.len() as u64) < size {
-        let chunk = message.bytes(raw.len() as u64, 1 << 20);
-        if chunk.is_empty() {
-            break;
-        }
-        raw.extend_from_slice(&chunk);
-    }
-    raw
-}
-
-fn part_content(message: &Message, id: u32, size: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(size as usize);
-    loop {
-        let chunk = message.part_bytes(id, out.len() as u64, 1 << 20);
-        if chunk.is_empty() {
-            break;
-        }
-        out.extend_from_slice(&chunk);
-    }
-    out
-}
-
 /// The JSON form.
 fn json(message: &Message) -> Vec<u8> {
     let envelope = message.envelope();
@@ -123,7 +99,7 @@ fn json(message: &Message) -> Vec<u8> {
         if !attached || p.content_type.starts_with("multipart/") {
             continue;
         }
-        let content = part_content(message, p.id, p.size);
+        let content = sluice_plugin_sdk::read_part(message, p.id);
         attachments.push(serde_json::json!({
             "file_name": p.filename,
             "content_type": p.content_type,
@@ -156,7 +132,7 @@ fn forward(message: &Message, c: &Config) -> (Result<http::Response, String>, u6
     let (body, mut headers) = if c.format == "raw" {
         let session = message.session();
         (
-            read(message, message.size()),
+            sluice_plugin_sdk::read_message(message, MAX_MESSAGE),
             vec![
                 ("content-type", "message/rfc822".to_string()),
                 ("x-sluice-from", envelope.sender.clone()),
