@@ -8,7 +8,7 @@ mod support;
 use sluice_store::KvStore;
 use sluice_test_plugins::{BOUNCES, PROBE, SUPPRESSION};
 use std::time::Duration;
-use support::{Client, Sluice, wait_until};
+use support::{Client, Sluice, step, wait_until};
 
 fn start() -> Sluice {
     start_stopped().spawn()
@@ -27,49 +27,26 @@ fn start_stopped() -> Sluice {
     std::fs::write(
         s.dir.path().join("policy.toml"),
         format!(
-            r#"[[pipeline]]
-name = "bounces"
-recipient_domains = ["bounces.example.com"]
-
-[[pipeline.step]]
-name = "bounces"
-plugin = "{}"
-sha256 = "{}"
-stages = ["data"]
-on_error = "tempfail"
-[pipeline.step.capabilities]
-events = true
-
-[[pipeline]]
-name = "outbound"
-
-[[pipeline.step]]
-name = "suppression"
-plugin = "{}"
-sha256 = "{}"
-stages = ["event"]
-[pipeline.step.capabilities]
-kv = "suppression"
-[pipeline.step.config]
-stream = "outbound"
-soft_bounce_limit = 2
-
-[[pipeline.step]]
-name = "hooks"
-plugin = "{}"
-sha256 = "{}"
-stages = ["event"]
-[pipeline.step.capabilities]
-kv = "hooks"
-[pipeline.step.config]
-mode = "events"
-"#,
-            BOUNCES.path,
-            BOUNCES.sha256,
-            SUPPRESSION.path,
-            SUPPRESSION.sha256,
-            PROBE.path,
-            PROBE.sha256
+            "[[pipeline]]\nname = \"bounces\"\nrecipient_domains = [\"bounces.example.com\"]\n{}\
+             [[pipeline]]\nname = \"outbound\"\n{}{}",
+            step(
+                "bounces",
+                BOUNCES,
+                "stages = [\"data\"]\non_error = \"tempfail\"\n[pipeline.step.capabilities]\nevents = true",
+                ""
+            ),
+            step(
+                "suppression",
+                SUPPRESSION,
+                "stages = [\"event\"]\n[pipeline.step.capabilities]\nkv = \"suppression\"",
+                "stream = \"outbound\"\nsoft_bounce_limit = 2"
+            ),
+            step(
+                "hooks",
+                PROBE,
+                "stages = [\"event\"]\n[pipeline.step.capabilities]\nkv = \"hooks\"",
+                "mode = \"events\""
+            ),
         ),
     )
     .unwrap();

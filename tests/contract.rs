@@ -5,17 +5,10 @@
 mod support;
 
 use sluice_store::KvStore;
-use sluice_test_plugins::{HOSTILE, PROBE, Plugin};
+use sluice_test_plugins::{HOSTILE, PROBE};
 use std::time::Duration;
 use support::sink::Sink;
-use support::{Client, Sluice, wait_until};
-
-fn step(name: &str, p: Plugin, extra: &str, config: &str) -> String {
-    format!(
-        "[[pipeline.step]]\nname = \"{name}\"\nplugin = \"{}\"\nsha256 = \"{}\"\n{extra}\n[pipeline.step.config]\n{config}\n",
-        p.path, p.sha256
-    )
-}
+use support::{Client, Sluice, step, wait_until};
 
 fn start(policy: &str, sink: Option<&Sink>) -> Sluice {
     let route = sink.map_or(String::new(), |k| {

@@ -11,24 +11,17 @@ mod support;
 
 use sluice_test_plugins::{BOUNCES, LINK_TRACKING, SENDER_POLICY, SUPPRESSION, WEBHOOK};
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::time::Duration;
 use support::hooks::Receiver;
-use support::{Client, Sink, Sluice, TlsClient, wait_until};
-
-fn step(name: &str, p: sluice_test_plugins::Plugin, stages: &str, rest: &str) -> String {
-    format!(
-        "[[pipeline.step]]\nname = \"{name}\"\nplugin = \"{}\"\nsha256 = \"{}\"\nstages = [{stages}]\n{rest}\n",
-        p.path, p.sha256
-    )
-}
+use support::web::{request, tracking_paths};
+use support::{Client, Sink, Sluice, TlsClient, step, wait_until};
 
 fn suppression() -> String {
     step(
         "suppression",
         SUPPRESSION,
-        "\"rcpt\", \"event\"",
-        "on_error = \"tempfail\"\n[pipeline.step.capabilities]\nkv = \"suppression\"\n[pipeline.step.config]\nstream = \"outbound\"",
+        "stages = [\"rcpt\", \"event\"]\non_error = \"tempfail\"\n[pipeline.step.capabilities]\nkv = \"suppression\"",
+        "stream = \"outbound\"",
     )
 }
 
@@ -36,39 +29,20 @@ fn webhook(port: u16) -> String {
     step(
         "webhook",
         WEBHOOK,
-        "\"event\"",
         &format!(
-            "on_error = \"tempfail\"\ntimeout_ms = 5000\n[pipeline.step.capabilities]\nhttp = [\"http://127.0.0.1:{port}\"]\n[pipeline.step.config]\nurl = \"http://127.0.0.1:{port}/events\"\nsecret = \"e2e-webhook-secret-0123456789\"\ntimeout_ms = 2000"
+            "stages = [\"event\"]\non_error = \"tempfail\"\ntimeout_ms = 5000\n[pipeline.step.capabilities]\nhttp = [\"http://127.0.0.1:{port}\"]"
+        ),
+        &format!(
+            "url = \"http://127.0.0.1:{port}/events\"\nsecret = \"e2e-webhook-secret-0123456789\"\ntimeout_ms = 2000"
         ),
     )
 }
 
-fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, raw)
-}
-
 fn tracking_path(text: &str, port: u16, kind: &str) -> String {
-    let prefix = format!("http://127.0.0.1:{port}/{kind}/");
-    let i = text
-        .find(&prefix)
-        .unwrap_or_else(|| panic!("no /{kind}/ link in {text}"));
-    let token: String = text[i + prefix.len()..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .collect();
-    format!("/{kind}/{token}")
+    tracking_paths(text, port, kind)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no /{kind}/ link in {text}"))
 }
 
 #[test]
@@ -105,22 +79,22 @@ fn submission_tracking_bounces_complaints_and_webhooks_in_one_run() {
             step(
                 "senders",
                 SENDER_POLICY,
-                "\"mail\", \"rcpt\", \"data\"",
-                "[pipeline.step.capabilities]\nkv = \"senders\"\n[pipeline.step.config.users.app]\nfrom = [\"@example.com\"]"
+                "stages = [\"mail\", \"rcpt\", \"data\"]\n[pipeline.step.capabilities]\nkv = \"senders\"",
+                "[pipeline.step.config.users.app]\nfrom = [\"@example.com\"]"
             ),
             suppression(),
             step(
                 "track",
                 LINK_TRACKING,
-                "\"render\"",
-                "[pipeline.step.capabilities]\ntracking = true"
+                "stages = [\"render\"]\n[pipeline.step.capabilities]\ntracking = true",
+                ""
             ),
             webhook(hook_port),
             step(
                 "bounces",
                 BOUNCES,
-                "\"data\"",
-                "on_error = \"tempfail\"\n[pipeline.step.capabilities]\nevents = true"
+                "stages = [\"data\"]\non_error = \"tempfail\"\n[pipeline.step.capabilities]\nevents = true",
+                ""
             ),
             suppression(),
             webhook(hook_port),
@@ -220,15 +194,15 @@ fn submission_tracking_bounces_complaints_and_webhooks_in_one_run() {
     tracking_path(&alice_html, http_port, "o");
 
     // Alice clicks, then unsubscribes with her mail client's one-click POST.
-    let (status, raw) = http(http_port, "GET", &click, "");
-    assert_eq!(status, 302, "{raw}");
-    assert!(
-        raw.contains("location: https://shop.example/orders/1?a=1&b=2"),
-        "{raw}"
+    let r = request(http_port, "GET", &click, "");
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(
+        r.header("location"),
+        Some("https://shop.example/orders/1?a=1&b=2")
     );
     let unsub = tracking_path(alice, http_port, "u");
-    let (status, raw) = http(http_port, "POST", &unsub, "List-Unsubscribe=One-Click");
-    assert_eq!(status, 200, "{raw}");
+    let r = request(http_port, "POST", &unsub, "List-Unsubscribe=One-Click");
+    assert_eq!(r.status, 200, "{}", r.body);
 
     // Carol's mailbox bounces later: a DSN naming her, with the returned headers.
     let returned_headers = carol.split("\r\n\r\n").next().unwrap();

@@ -8,10 +8,9 @@ mod support;
 
 use sluice_store::KvStore;
 use sluice_test_plugins::{LINK_TRACKING, PROBE, SUPPRESSION};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
-use support::{Client, Sink, Sluice, wait_until};
+use support::web::{request, tracking_paths as paths};
+use support::{Client, Sink, Sluice, step, wait_until};
 
 fn start(sink: &Sink, http: u16, tracking_config: &str) -> Sluice {
     let s = Sluice::configure_with(
@@ -48,97 +47,29 @@ tls = "none"
     std::fs::write(
         s.dir.path().join("policy.toml"),
         format!(
-            r#"[[pipeline]]
-name = "outbound"
-
-[[pipeline.step]]
-name = "suppression"
-plugin = "{}"
-sha256 = "{}"
-stages = ["rcpt", "event"]
-[pipeline.step.capabilities]
-kv = "suppression"
-[pipeline.step.config]
-stream = "outbound"
-
-[[pipeline.step]]
-name = "track"
-plugin = "{}"
-sha256 = "{}"
-stages = ["render"]
-[pipeline.step.capabilities]
-tracking = true
-[pipeline.step.config]
-{tracking_config}
-
-[[pipeline.step]]
-name = "hooks"
-plugin = "{}"
-sha256 = "{}"
-stages = ["event"]
-[pipeline.step.capabilities]
-kv = "hooks"
-[pipeline.step.config]
-mode = "events"
-"#,
-            SUPPRESSION.path,
-            SUPPRESSION.sha256,
-            LINK_TRACKING.path,
-            LINK_TRACKING.sha256,
-            PROBE.path,
-            PROBE.sha256
+            "[[pipeline]]\nname = \"outbound\"\n{}{}{}",
+            step(
+                "suppression",
+                SUPPRESSION,
+                "stages = [\"rcpt\", \"event\"]\n[pipeline.step.capabilities]\nkv = \"suppression\"",
+                "stream = \"outbound\""
+            ),
+            step(
+                "track",
+                LINK_TRACKING,
+                "stages = [\"render\"]\n[pipeline.step.capabilities]\ntracking = true",
+                tracking_config
+            ),
+            step(
+                "hooks",
+                PROBE,
+                "stages = [\"event\"]\n[pipeline.step.capabilities]\nkv = \"hooks\"",
+                "mode = \"events\""
+            ),
         ),
     )
     .unwrap();
     s.spawn()
-}
-
-/// One HTTP request; the status, the headers (lowercased names) and the body.
-fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, Vec<(String, String)>, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: test-agent/1.0\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut bytes = Vec::new();
-    s.read_to_end(&mut bytes).unwrap();
-    let raw = String::from_utf8_lossy(&bytes);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, body.to_string())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-/// The path of each tracking URL of one kind (`/c/`, `/o/`, `/u/`) in `text`.
-fn paths(text: &str, port: u16, kind: &str) -> Vec<String> {
-    let prefix = format!("http://127.0.0.1:{port}/{kind}/");
-    text.match_indices(&prefix)
-        .map(|(i, _)| {
-            let token: String = text[i + prefix.len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-                .collect();
-            format!("/{kind}/{token}")
-        })
-        .collect()
 }
 
 const ATTACHMENT: &str = "JVBERi0xLjQKJcOkw7zDtsOfCjIgMCBvYmoKPDwvTGVuZ3RoIDMgMCBSPj4Kc3RyZWFtCg==";
@@ -250,16 +181,16 @@ fn tracked_links_open_pixel_and_one_click_unsubscribe() {
     );
 
     // A click redirects to the link's URL, decoded from the HTML.
-    let (status, headers, _) = http(port, "GET", &clicks["x@example.net"][0], "");
-    assert_eq!(status, 302);
+    let r = request(port, "GET", &clicks["x@example.net"][0], "");
+    assert_eq!(r.status, 302);
     assert_eq!(
-        header(&headers, "location"),
+        r.header("location"),
         Some("https://shop.example/sale?x=1&utm=news")
     );
-    assert_eq!(header(&headers, "referrer-policy"), Some("no-referrer"));
-    let (status, headers, _) = http(port, "GET", &clicks["y@example.net"][1], "");
+    assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+    let r = request(port, "GET", &clicks["y@example.net"][1], "");
     assert_eq!(
-        (status, header(&headers, "location")),
+        (r.status, r.header("location")),
         (302, Some("https://blog.example/post/42"))
     );
     // Altered, truncated or misplaced tokens get 404.
@@ -273,29 +204,26 @@ fn tracked_links_open_pixel_and_one_click_unsubscribe() {
         good.replacen("/c/", "/o/", 1),
         "/c/AAAA".to_string(),
     ] {
-        let (status, headers, _) = http(port, "GET", &bad, "");
-        assert_eq!(status, 404, "{bad}");
-        assert_eq!(header(&headers, "location"), None);
+        let r = request(port, "GET", &bad, "");
+        assert_eq!(r.status, 404, "{bad}");
+        assert_eq!(r.header("location"), None);
     }
 
     // The pixel: a GIF nobody caches.
     let (open, unsub) = others["x@example.net"].clone();
-    let (status, headers, body) = http(port, "GET", &open, "");
-    assert_eq!(status, 200);
-    assert_eq!(header(&headers, "content-type"), Some("image/gif"));
-    assert!(
-        header(&headers, "cache-control")
-            .unwrap()
-            .contains("no-store")
-    );
-    assert!(body.starts_with("GIF89a"));
+    let r = request(port, "GET", &open, "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("image/gif"));
+    assert!(r.header("cache-control").unwrap().contains("no-store"));
+    assert!(r.body.starts_with("GIF89a"));
 
     // GET shows a page and unsubscribes nobody; the one-click POST does.
-    let (status, _, page) = http(port, "GET", &unsub, "");
-    assert_eq!(status, 200);
+    let r = request(port, "GET", &unsub, "");
+    assert_eq!(r.status, 200);
     assert!(
-        page.contains("x@example.net") && page.contains("<form method=\"post\""),
-        "{page}"
+        r.body.contains("x@example.net") && r.body.contains("<form method=\"post\""),
+        "{}",
+        r.body
     );
     std::thread::sleep(Duration::from_secs(2));
     let mut c = Client::connect(s.mx_port);
@@ -303,8 +231,8 @@ fn tracked_links_open_pixel_and_one_click_unsubscribe() {
     c.cmd("MAIL FROM:<news@example.com>");
     assert!(c.cmd("RCPT TO:<x@example.net>").starts_with("250"));
     c.cmd("QUIT");
-    let (status, _, page) = http(port, "POST", &unsub, "List-Unsubscribe=One-Click");
-    assert_eq!(status, 200, "{page}");
+    let r = request(port, "POST", &unsub, "List-Unsubscribe=One-Click");
+    assert_eq!(r.status, 200, "{}", r.body);
     let suppressed = wait_until(Duration::from_secs(20), || {
         let mut c = Client::connect(s.mx_port);
         c.cmd("EHLO client.test");
@@ -434,9 +362,9 @@ fn a_base64_html_body_is_rewritten_and_reparses() {
     assert!(out.contains("Café: <a href=\"http://127.0.0.1:"), "{out}");
     assert!(!out.contains("https://shop.example/b64"), "{out}");
     assert_eq!(paths(&out, port, "o").len(), 1, "{out}");
-    let (status, headers, _) = http(port, "GET", &paths(&out, port, "c")[0], "");
+    let r = request(port, "GET", &paths(&out, port, "c")[0], "");
     assert_eq!(
-        (status, header(&headers, "location")),
+        (r.status, r.header("location")),
         (302, Some("https://shop.example/b64"))
     );
 }

@@ -8,6 +8,7 @@ pub mod dkim;
 pub mod dns;
 pub mod hooks;
 pub mod sink;
+pub mod web;
 
 #[allow(unused_imports)]
 pub use sink::Sink;
@@ -46,6 +47,15 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
         }
     }
     out
+}
+
+/// A `[[pipeline.step]]` of `plugin` for a policy: `extra` is more of the step's keys and
+/// tables (stages, limits, capabilities), `config` the body of its `config` table.
+pub fn step(name: &str, plugin: sluice_test_plugins::Plugin, extra: &str, config: &str) -> String {
+    format!(
+        "[[pipeline.step]]\nname = \"{name}\"\nplugin = \"{}\"\nsha256 = \"{}\"\n{extra}\n[pipeline.step.config]\n{config}\n",
+        plugin.path, plugin.sha256
+    )
 }
 
 pub fn free_port() -> u16 {
