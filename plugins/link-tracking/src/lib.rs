@@ -94,7 +94,9 @@ fn url_host(url: &str) -> Option<String> {
 }
 
 /// Whether `url` is an absolute http(s) URL the host will sign (printable ASCII, no
-/// spaces).
+/// spaces, at most 2048 bytes): the rule of `sluice_track::trackable`, which the plugin
+/// cannot link (it is host code), checked here so that a link the host would refuse stays
+/// as it is instead of failing the recipient's whole rendering.
 pub fn trackable(url: &str) -> bool {
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
     let after = if lower.starts_with("https://") {
@@ -178,7 +180,19 @@ pub fn rewrite_html(
 ) -> Result<String, String> {
     use lol_html::html_content::ContentType;
     use lol_html::{RewriteStrSettings, element, end, rewrite_str};
-    let state = RefCell::new((urls, *next, false, None::<String>));
+    /// What the handlers share.
+    struct State<'a> {
+        urls: &'a mut dyn Urls,
+        next: u32,
+        in_body: bool,
+        failed: Option<String>,
+    }
+    let state = RefCell::new(State {
+        urls,
+        next: *next,
+        in_body: false,
+        failed: None,
+    });
     let mut settings = RewriteStrSettings::new()
         .with_strict(false)
         .with_enable_esi_tags(false);
@@ -196,13 +210,13 @@ pub fn rewrite_html(
                 return Ok(());
             }
             let mut s = state.borrow_mut();
-            let link = s.1;
-            match s.0.click(link, &href) {
+            let link = s.next;
+            match s.urls.click(link, &href) {
                 Ok(tracked) => {
-                    s.1 += 1;
+                    s.next += 1;
                     el.set_attribute("href", &tracked)?;
                 }
-                Err(e) => s.3 = Some(e),
+                Err(e) => s.failed = Some(e),
             }
             Ok(())
         }));
@@ -211,22 +225,22 @@ pub fn rewrite_html(
         settings = settings
             .append_element_content_handler(element!("body", |el| {
                 el.append(pixel, ContentType::Html);
-                state.borrow_mut().2 = true;
+                state.borrow_mut().in_body = true;
                 Ok(())
             }))
             .append_document_content_handler(end!(|end| {
-                if !state.borrow().2 {
+                if !state.borrow().in_body {
                     end.append(pixel, ContentType::Html);
                 }
                 Ok(())
             }));
     }
     let out = rewrite_str(html, settings).map_err(|e| e.to_string())?;
-    let (_, n, _, failed) = state.into_inner();
-    if let Some(e) = failed {
+    let s = state.into_inner();
+    if let Some(e) = s.failed {
         return Err(e);
     }
-    *next = n;
+    *next = s.next;
     Ok(out)
 }
 
@@ -303,28 +317,21 @@ fn render(message: &Message, recipient: &str, config: &Config) -> Result<Vec<Edi
         None
     };
     let parts = message.parts();
-    // Parts of attached messages are theirs, not ours.
-    let inside_attached = |mut id: u32| {
-        while let Some(p) = parts.iter().find(|p| p.id == id) {
-            match p.parent {
-                Some(parent) => {
-                    if parts
-                        .iter()
-                        .any(|q| q.id == parent && q.content_type == "message/rfc822")
-                    {
-                        return true;
-                    }
-                    id = parent;
-                }
-                None => return false,
-            }
-        }
-        false
-    };
+    // Parts of attached messages are theirs, not ours. Parents come before their children.
+    let mut attached: std::collections::HashMap<u32, bool> = std::collections::HashMap::new();
+    for p in &parts {
+        let inside = p.parent.is_some_and(|parent| {
+            attached.get(&parent).copied().unwrap_or(false)
+                || parts
+                    .iter()
+                    .any(|q| q.id == parent && q.content_type == "message/rfc822")
+        });
+        attached.insert(p.id, inside);
+    }
     let mut pixel_placed = false;
     for part in &parts {
         let attachment = part.disposition.as_deref() == Some("attachment");
-        if attachment || inside_attached(part.id) {
+        if attachment || attached[&part.id] {
             continue;
         }
         let html = part.content_type == "text/html";
