@@ -8,7 +8,7 @@
 
 mod reason;
 
-pub use reason::{Reason, classify, classify_for, classify_in};
+pub use reason::{Reason, classify, classify_for};
 
 use mail_parser::{MessageParser, MimeHeaders};
 
@@ -290,38 +290,12 @@ fn walk(message: &mail_parser::Message<'_>, depth: usize, found: &mut Found) {
     }
 }
 
-/// The bounce's own words: its text parts (HTML stripped of tags when there is no text).
+/// The bounce's own words: its text parts (an HTML-only body as its text).
 fn body_text(message: &mail_parser::Message<'_>) -> String {
-    let mut text = String::new();
-    for i in 0.. {
-        match message.body_text(i) {
-            Some(t) => {
-                text.push_str(&t);
-                text.push('\n');
-            }
-            None => break,
-        }
-        if i > 8 {
-            break;
-        }
-    }
-    if text.trim().is_empty()
-        && let Some(html) = message.body_html(0)
-    {
-        let mut in_tag = false;
-        for c in html.chars() {
-            match c {
-                '<' => in_tag = true,
-                '>' => {
-                    in_tag = false;
-                    text.push(' ');
-                }
-                c if !in_tag => text.push(c),
-                _ => {}
-            }
-        }
-    }
-    text
+    (0..10)
+        .map_while(|i| message.body_text(i))
+        .map(|t| t.into_owned() + "\n")
+        .collect()
 }
 
 /// Lines that start the copy of the original message in text bounces.

@@ -381,7 +381,8 @@ const UNMISTAKABLE: &[&str] = &[
 /// `550 <address>: User unknown`.
 const FILTER_SAYS_UNKNOWN: &[&str] = &["ezweb.ne.jp"];
 
-/// [`classify_in`] for a recipient: some domains' words mean something else.
+/// [`classify`] for a recipient, with `context` (more of the report about it, read for
+/// the refused SMTP command): some domains' words mean something else.
 pub fn classify_for(recipient: &str, status: &str, text: &str, context: &str) -> Reason {
     let reason = classify_in(status, text, context);
     let domain = recipient.rsplit('@').next().unwrap_or_default();
@@ -401,7 +402,7 @@ pub fn classify(status: &str, text: &str) -> Reason {
 
 /// Like [`classify`], with `context`: more of the report about this recipient (an SMTP
 /// transcript), read only for the command the remote refused at.
-pub fn classify_in(status: &str, text: &str, context: &str) -> Reason {
+fn classify_in(status: &str, text: &str, context: &str) -> Reason {
     let lower = text.to_ascii_lowercase();
     // Specific status codes a server only sends for that cause.
     match status {
