@@ -47,15 +47,9 @@ pub enum ArchiveError {
     BadQuery(String),
 }
 
-/// Attribute keys the index searches by. The host sets them from the message it holds.
-pub mod keys {
-    pub const QUEUE_ID: &str = "queue-id";
-    pub const MESSAGE_ID: &str = "message-id";
-    pub const SENDER: &str = "sender";
-    /// One attribute per recipient.
-    pub const RECIPIENT: &str = "recipient";
-    pub const SUBJECT: &str = "subject";
-}
+/// Attribute keys the host sets; the index searches by queue id, Message-ID, sender,
+/// recipient and subject.
+pub use sluice_store::blob::keys;
 
 /// One archived message's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

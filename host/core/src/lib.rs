@@ -37,6 +37,9 @@ pub mod meta {
     pub const DMARC_ACTION: &str = "sluice.auth.dmarc-action";
     /// The From: domain DMARC evaluated.
     pub const DMARC_DOMAIN: &str = "sluice.auth.dmarc-domain";
+    /// Milliseconds from the end of DATA to the data stage's verdict (authentication
+    /// checks and the policy's data steps).
+    pub const DATA_MS: &str = "sluice.timing.data-ms";
 }
 
 /// The domain part of an address (after the last `@`), lowercased; empty for the null path.

@@ -67,6 +67,8 @@ pub struct ApiState {
     pub kv: Arc<dyn sluice_store::KvStore>,
     pub keys: Arc<KeyStore>,
     pub control: Arc<dyn Control>,
+    /// The message archive (capability `blobs`).
+    pub archive: Arc<sluice_archive::Archive>,
 }
 
 /// Every error: an HTTP status and this body.
@@ -75,7 +77,7 @@ pub struct ErrorBody {
     pub error: String,
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,
         Json(ErrorBody {
@@ -711,9 +713,11 @@ impl utoipa::Modify for Security {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Sluice admin API", description = "Operate a running Sluice: queue and policies. Every error is JSON `{\"error\": message}`; 401 without a valid key, 403 when the key's scope does not allow the request."),
+    info(title = "Sluice admin API", description = "Operate a running Sluice: queue, policies, bans, suppressions, archive. Every error is JSON `{\"error\": message}`; 401 without a valid key, 403 when the key's scope does not allow the request."),
     paths(queue_list, queue_show, queue_retry, queue_release, queue_delete, policies, reload, bans, lift_ban,
-        suppressions, suppressions_csv, suppress_add, suppress_remove),
+        suppressions, suppressions_csv, suppress_add, suppress_remove,
+        crate::archive::archive_search, crate::archive::archive_show, crate::archive::archive_raw,
+        crate::archive::archive_verify),
     components(schemas(StateFilter, Reason, Origin)),
     modifiers(&Security)
 )]
@@ -793,6 +797,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/api/v1/suppressions/{stream}/{address}",
             axum::routing::put(suppress_add).delete(suppress_remove),
         )
+        .route("/api/v1/archive", get(crate::archive::archive_search))
+        .route("/api/v1/archive/verify", post(crate::archive::archive_verify))
+        .route("/api/v1/archive/{id}", get(crate::archive::archive_show))
+        .route("/api/v1/archive/{id}/raw", get(crate::archive::archive_raw))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,

@@ -745,14 +745,24 @@ impl host::Host for StepState {
         let Some(message) = self.message(&m) else {
             return Err(host::Error::Failed("no such message".into()));
         };
-        let attributes: Vec<(String, String)> =
-            attributes.into_iter().map(|a| (a.key, a.value)).collect();
-        let size: usize = attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let size: usize = attributes.iter().map(|a| a.key.len() + a.value.len()).sum();
         if size > MAX_EVENT_SIZE {
             return Err(host::Error::Quota(format!(
                 "attributes of {size} bytes, limit {MAX_EVENT_SIZE}"
             )));
         }
+        if let Some(a) = attributes
+            .iter()
+            .find(|a| sluice_store::blob::keys::is_host_key(&a.key))
+        {
+            return Err(host::Error::Failed(format!(
+                "attribute `{}` is set by the host",
+                a.key
+            )));
+        }
+        let mut all = stored_attributes(&message);
+        all.extend(attributes.into_iter().map(|a| (a.key, a.value)));
+        let attributes = all;
         let retention =
             std::time::Duration::from_secs(u64::from(retention_days.clamp(1, 3650)) * 86400);
         self.services
@@ -760,6 +770,46 @@ impl host::Host for StepState {
             .put(&ns, &message.raw, attributes, retention)
             .map_err(store_error)
     }
+}
+
+/// What the host records with every stored message (`sluice_store::blob::keys`).
+fn stored_attributes(m: &MessageData) -> Vec<(String, String)> {
+    use sluice_store::blob::keys;
+    let mut a: Vec<(String, String)> = Vec::new();
+    let mut put = |k: &str, v: &str| a.push((k.to_string(), v.to_string()));
+    put(keys::QUEUE_ID, &m.queue_id);
+    if let Some(id) = sluice_core::envelope::message_id(&m.raw) {
+        put(keys::MESSAGE_ID, &id);
+    }
+    put(keys::SENDER, &m.envelope.sender);
+    for r in &m.envelope.recipients {
+        put(keys::RECIPIENT, &r.address);
+    }
+    let parsed = m.parsed();
+    if let Some(subject) = parsed.subject() {
+        put(keys::SUBJECT, subject);
+    }
+    if let Some(date) = parsed.date() {
+        put(keys::DATE, &date.to_rfc3339());
+    }
+    put(keys::SIZE, &m.raw.len().to_string());
+    if let Some(s) = &m.session {
+        put(keys::LISTENER, &s.listener);
+        put(keys::CLIENT_IP, &s.client_ip.to_string());
+        if let Some(h) = &s.helo {
+            put(keys::HELO, h);
+        }
+        if let Some(t) = &s.tls {
+            put(keys::TLS, t);
+        }
+        if let Some(u) = &s.auth_user {
+            put(keys::AUTH_USER, u);
+        }
+    }
+    for (k, v) in &m.envelope.meta {
+        put(&format!("{}{k}", keys::META_PREFIX), v);
+    }
+    a
 }
 
 impl host::HostData for StepState {

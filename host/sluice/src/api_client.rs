@@ -47,14 +47,37 @@ impl ApiClient {
         Ok(self.request(method, path)?.into_string()?)
     }
 
+    /// A GET with query parameters (encoded here); the JSON answer.
+    pub fn get_with(&self, path: &str, params: &[(&str, String)]) -> Result<serde_json::Value> {
+        Ok(self.request_with("GET", path, params)?.into_json()?)
+    }
+
+    /// One request; the answer's bytes.
+    pub fn bytes(&self, method: &str, path: &str) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut self.request(method, path)?.into_reader(), &mut out)?;
+        Ok(out)
+    }
+
     fn request(&self, method: &str, path: &str) -> Result<ureq::Response> {
+        self.request_with(method, path, &[])
+    }
+
+    fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        params: &[(&str, String)],
+    ) -> Result<ureq::Response> {
         let url = format!("{}{path}", self.base);
-        match self
+        let mut request = self
             .agent
             .request(method, &url)
-            .set("Authorization", &self.auth)
-            .call()
-        {
+            .set("Authorization", &self.auth);
+        for (k, v) in params {
+            request = request.query(k, v);
+        }
+        match request.call() {
             Ok(r) => Ok(r),
             Err(ureq::Error::Status(code, r)) => {
                 let body: serde_json::Value = r.into_json().unwrap_or_default();

@@ -6,6 +6,7 @@
 //! - `trace.rs`: `sluice trace`, one message through a policy offline.
 
 mod api_client;
+mod archive_cmd;
 mod queue_cmd;
 mod spam_cmd;
 mod suppression_cmd;
@@ -69,6 +70,11 @@ enum Command {
     Suppression {
         #[command(subcommand)]
         command: suppression_cmd::SuppressionCommand,
+    },
+    /// The message archive: search, show, raw message, verify the hash chain.
+    Archive {
+        #[command(subcommand)]
+        command: archive_cmd::ArchiveCommand,
     },
     /// Addresses banned after failed AUTH attempts (running server, through its API).
     Ban {
@@ -412,6 +418,7 @@ fn main() -> Result<()> {
         Command::ApiKey { command } => api_key(&settings, command),
         Command::Ban { command } => ban(&settings, command),
         Command::Suppression { command } => suppression_cmd::run(&settings, command),
+        Command::Archive { command } => archive_cmd::run(&settings, command),
         Command::Trace(_) | Command::Score(_) | Command::Spam { .. } => {
             unreachable!("handled above")
         }
@@ -476,16 +483,21 @@ async fn serve(settings: Settings) -> Result<()> {
         let dir = settings.data_dir.join("stores");
         let stores = sluice_store::SledStores::open(&dir)
             .with_context(|| format!("cannot open the plugin stores in {}", dir.display()))?;
-        spawn_purger(stores.clone());
-        Some(stores)
+        let dir = settings.data_dir.join("archive");
+        let archive = Arc::new(
+            sluice_archive::Archive::open(&dir)
+                .with_context(|| format!("cannot open the archive in {}", dir.display()))?,
+        );
+        spawn_purger(stores.clone(), archive.clone());
+        Some((stores, archive))
     } else {
         None
     };
     let wasm = match (&settings.policies, &stores) {
-        (Some(path), Some(stores)) => {
+        (Some(path), Some((stores, archive))) => {
             let services = sluice_plugin::step::Services {
                 kv: stores.kv.clone(),
-                blobs: stores.blobs.clone(),
+                blobs: archive.clone(),
                 events: Arc::new(outbox.clone()),
                 tracking: settings.tracking.as_ref().map(|t| {
                     Arc::new(sluice_plugin::step::Tracking {
@@ -523,7 +535,8 @@ async fn serve(settings: Settings) -> Result<()> {
         local_cli_key(&settings)?;
         let api = Arc::new(sluice_http::api::ApiState {
             queue: queue.clone(),
-            kv: stores.as_ref().expect("opened with [http]").kv.clone(),
+            kv: stores.as_ref().expect("opened with [http]").0.kv.clone(),
+            archive: stores.as_ref().expect("opened with [http]").1.clone(),
             keys: Arc::new(sluice_http::keys::KeyStore::new(settings.api_keys_file())),
             control: Arc::new(ServerControl {
                 wasm: wasm.clone(),
@@ -535,7 +548,7 @@ async fn serve(settings: Settings) -> Result<()> {
             .await
             .with_context(|| format!("HTTP listener: cannot bind {bind}"))?;
         tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
-        let stores = stores.as_ref().expect("opened with [http]");
+        let (stores, _) = stores.as_ref().expect("opened with [http]");
         let tracking = settings.tracking.as_ref().map(|t| {
             Arc::new(sluice_http::track::TrackState {
                 keys: sluice_track::Keys::new(&t.key, &t.previous_keys),
@@ -653,28 +666,34 @@ async fn load_policies(
     }
 }
 
-/// Removes expired key-value entries and blobs every few minutes, off the async workers.
-fn spawn_purger(stores: sluice_store::SledStores) {
-    use sluice_store::{BlobStore, KvStore};
+/// Removes expired key-value entries and archived messages every few minutes, off the async
+/// workers.
+fn spawn_purger(stores: sluice_store::SledStores, archive: Arc<sluice_archive::Archive>) {
+    use sluice_store::KvStore;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
         loop {
             tick.tick().await;
-            let s = stores.clone();
+            let (s, a) = (stores.clone(), archive.clone());
             let done = tokio::task::spawn_blocking(move || {
-                (s.kv.purge_expired(), s.blobs.purge_expired())
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                (s.kv.purge_expired(), a.purge(now))
             })
             .await;
             match done {
-                Ok((Ok(kv), Ok(blobs))) if kv + blobs > 0 => {
+                Ok((Ok(kv), Ok(archived))) if kv + archived > 0 => {
                     let m = sluice_metrics::global();
                     m.purged.with_label_values(&["kv"]).inc_by(kv as u64);
-                    m.purged.with_label_values(&["blobs"]).inc_by(blobs as u64);
-                    tracing::info!(kv, blobs, "expired plugin data purged")
+                    m.purged
+                        .with_label_values(&["archive"])
+                        .inc_by(archived as u64);
+                    tracing::info!(kv, archived, "expired plugin data purged")
                 }
                 Ok((Ok(_), Ok(_))) => {}
-                Ok((kv, blobs)) => {
-                    tracing::error!(kv = ?kv.err(), blobs = ?blobs.err(), "purging expired plugin data failed")
+                Ok((kv, archived)) => {
+                    tracing::error!(kv = ?kv.err(), archive = ?archived.err(), "purging expired plugin data failed")
                 }
                 Err(e) => tracing::error!(error = %e, "purge task failed"),
             }

@@ -1,6 +1,8 @@
 //! Blobs: raw messages kept with metadata for a retention period, each with the SHA-256 of
 //! its bytes. The archive plugin stores through this (capability `blobs`) without copying
-//! the message through the guest.
+//! the message through the guest. The server's implementation is `sluice-archive`
+//! (compressed segment files, a search index, a hash chain); [`MemoryBlobs`] serves runs
+//! without a server.
 
 use crate::{StoreError, now_secs};
 use serde::{Deserialize, Serialize};
@@ -23,6 +25,42 @@ pub struct BlobMeta {
     /// Hex SHA-256 of the stored bytes.
     pub sha256: String,
     pub attributes: Vec<(String, String)>,
+}
+
+/// Attribute keys the host sets on every stored message (a plugin's own attributes may
+/// not use them). The archive indexes the first five for search.
+pub mod keys {
+    pub const QUEUE_ID: &str = "queue-id";
+    pub const MESSAGE_ID: &str = "message-id";
+    /// The envelope sender (empty for the null sender).
+    pub const SENDER: &str = "sender";
+    /// One attribute per envelope recipient.
+    pub const RECIPIENT: &str = "recipient";
+    /// Decoded (RFC 2047).
+    pub const SUBJECT: &str = "subject";
+    /// The `Date:` header, RFC 3339.
+    pub const DATE: &str = "date";
+    pub const SIZE: &str = "size";
+    pub const LISTENER: &str = "listener";
+    pub const CLIENT_IP: &str = "client-ip";
+    pub const HELO: &str = "helo";
+    /// TLS protocol and cipher, when the session was encrypted.
+    pub const TLS: &str = "tls";
+    pub const AUTH_USER: &str = "auth-user";
+    /// Prefix of the message's metadata (`meta.<key>`): authentication results
+    /// (`meta.sluice.auth.*`), processing time (`meta.sluice.timing.data-ms`), plugin
+    /// metadata such as `meta.forward.status`.
+    pub const META_PREFIX: &str = "meta.";
+
+    /// Whether the host sets this key.
+    pub fn is_host_key(key: &str) -> bool {
+        [
+            QUEUE_ID, MESSAGE_ID, SENDER, RECIPIENT, SUBJECT, DATE, SIZE, LISTENER, CLIENT_IP,
+            HELO, TLS, AUTH_USER,
+        ]
+        .contains(&key)
+            || key.starts_with(META_PREFIX)
+    }
 }
 
 pub trait BlobStore: Send + Sync {
@@ -80,97 +118,6 @@ fn meta_for(
 
 fn key(ns: &str, id: &str) -> Vec<u8> {
     [ns.as_bytes(), &[0], id.as_bytes()].concat()
-}
-
-const VERSION: u8 = 1;
-
-/// The sled implementation: trees `blob_meta` and `blob_body`, keyed `<ns>\0<id>`.
-pub struct SledBlobs {
-    meta: sled::Tree,
-    body: sled::Tree,
-}
-
-impl SledBlobs {
-    pub(crate) fn new(db: &sled::Db) -> Result<SledBlobs, StoreError> {
-        Ok(SledBlobs {
-            meta: db.open_tree("blob_meta")?,
-            body: db.open_tree("blob_body")?,
-        })
-    }
-
-    fn decode(v: &[u8]) -> Result<BlobMeta, StoreError> {
-        match v {
-            [VERSION, rest @ ..] => {
-                postcard::from_bytes(rest).map_err(|e| StoreError::Failed(e.to_string()))
-            }
-            _ => Err(StoreError::Failed("unknown blob record version".into())),
-        }
-    }
-}
-
-impl BlobStore for SledBlobs {
-    fn put(
-        &self,
-        ns: &str,
-        body: &[u8],
-        attributes: Vec<(String, String)>,
-        retention: Duration,
-    ) -> Result<String, StoreError> {
-        let m = meta_for(ns, body, attributes, retention);
-        let k = key(ns, &m.id);
-        // The body first: a record never points at a missing body.
-        self.body.insert(&k, body)?;
-        let rec = postcard::to_extend(&m, vec![VERSION])
-            .map_err(|e| StoreError::Failed(e.to_string()))?;
-        self.meta.insert(&k, rec)?;
-        Ok(m.id)
-    }
-
-    fn get(&self, ns: &str, id: &str) -> Result<Option<(BlobMeta, Vec<u8>)>, StoreError> {
-        let k = key(ns, id);
-        let Some(m) = self.meta.get(&k)? else {
-            return Ok(None);
-        };
-        let m = Self::decode(&m)?;
-        Ok(self.body.get(&k)?.map(|b| (m, b.to_vec())))
-    }
-
-    fn list(
-        &self,
-        ns: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<BlobMeta>, StoreError> {
-        let base = key(ns, "");
-        let start = match after {
-            Some(a) => [key(ns, a), vec![0]].concat(),
-            None => base.clone(),
-        };
-        let mut out = Vec::new();
-        for item in self.meta.range(start..) {
-            let (k, v) = item?;
-            if !k.starts_with(&base) || out.len() >= limit {
-                break;
-            }
-            out.push(Self::decode(&v)?);
-        }
-        Ok(out)
-    }
-
-    fn purge_expired(&self) -> Result<usize, StoreError> {
-        let now = now_secs();
-        let mut n = 0;
-        for item in self.meta.iter() {
-            let (k, v) = item?;
-            let expired = Self::decode(&v).map_or(true, |m| m.expires <= now);
-            if expired {
-                self.meta.remove(&k)?;
-                self.body.remove(&k)?;
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
 }
 
 /// Blobs by `<ns>\0<id>` key.
@@ -269,11 +216,5 @@ mod tests {
     #[test]
     fn memory_blobs() {
         exercise(&MemoryBlobs::default());
-    }
-
-    #[test]
-    fn sled_blobs() {
-        let dir = tempfile::tempdir().unwrap();
-        exercise(crate::SledStores::open(dir.path()).unwrap().blobs.as_ref());
     }
 }

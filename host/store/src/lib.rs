@@ -10,7 +10,7 @@
 //!
 //! # Layout
 //! - [`kv`]: [`KvStore`], [`KvLimits`], the sled and memory implementations.
-//! - [`blob`]: [`BlobStore`], [`BlobMeta`], the sled and memory implementations.
+//! - [`blob`]: [`BlobStore`], [`BlobMeta`], the memory implementation.
 
 pub mod blob;
 pub mod kv;
@@ -43,11 +43,11 @@ pub(crate) fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Both stores on one sled database of their own (not the queue's).
+/// The key-value store on a sled database of its own (not the queue's). Blobs live in
+/// the archive (`sluice-archive`).
 #[derive(Clone)]
 pub struct SledStores {
     pub kv: Arc<kv::SledKv>,
-    pub blobs: Arc<blob::SledBlobs>,
 }
 
 impl SledStores {
@@ -59,7 +59,6 @@ impl SledStores {
             .open()?;
         Ok(SledStores {
             kv: Arc::new(kv::SledKv::new(&db)?),
-            blobs: Arc::new(blob::SledBlobs::new(&db)?),
         })
     }
 }

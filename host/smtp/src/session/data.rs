@@ -110,6 +110,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn accept(&mut self, tx: Transaction) -> Reply {
+        let started = std::time::Instant::now();
         let Transaction {
             mut envelope,
             mut body,
@@ -149,6 +150,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .data(&id, &self.info, &mut envelope, &mut message)
             .await;
         self.check_added_recipients(&id, &before, &mut envelope);
+        envelope.set_meta(
+            sluice_core::meta::DATA_MS,
+            &started.elapsed().as_millis().to_string(),
+        );
         let (held_rcpts, main_rcpts): (Vec<_>, Vec<_>) = std::mem::take(&mut envelope.recipients)
             .into_iter()
             .partition(|r| held_addrs.contains(&r.address.to_ascii_lowercase()));

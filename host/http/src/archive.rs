@@ -1,0 +1,264 @@
+//! The archive's endpoints under `/api/v1/archive`: search, one entry's metadata, its raw
+//! message as `.eml`, and the tamper check.
+
+// The `utoipa::path` macros expand to qualified paths.
+#![allow(unused_qualifications)]
+
+use crate::api::{ApiState, Attribute, ErrorBody, error};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sluice_archive::{ArchiveError, Entry, keys};
+use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
+
+/// One archived message.
+#[derive(Serialize, ToSchema)]
+pub struct ArchiveEntry {
+    pub id: u64,
+    /// The blob namespace the policy step stored it in.
+    pub namespace: String,
+    /// Unix seconds when it was archived.
+    pub created: u64,
+    /// Unix seconds from which it may be purged.
+    pub expires: u64,
+    pub size: u64,
+    /// Hex SHA-256 of the raw message.
+    pub sha256: String,
+    pub queue_id: Option<String>,
+    pub message_id: Option<String>,
+    pub sender: Option<String>,
+    pub recipients: Vec<String>,
+    pub subject: Option<String>,
+    /// Everything recorded: session, authentication results, metadata, the policy
+    /// step's own attributes.
+    pub attributes: Vec<Attribute>,
+}
+
+impl From<Entry> for ArchiveEntry {
+    fn from(e: Entry) -> ArchiveEntry {
+        let one = |k: &str| e.value(k).map(str::to_string);
+        ArchiveEntry {
+            id: e.id,
+            namespace: e.namespace.clone(),
+            created: e.created_ms / 1000,
+            expires: e.expires,
+            size: e.size,
+            sha256: hex::encode(e.sha256),
+            queue_id: one(keys::QUEUE_ID),
+            message_id: one(keys::MESSAGE_ID),
+            sender: one(keys::SENDER),
+            recipients: e.values(keys::RECIPIENT).map(str::to_string).collect(),
+            subject: one(keys::SUBJECT),
+            attributes: e
+                .attributes
+                .into_iter()
+                .map(|(key, value)| Attribute { key, value })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ArchivePage {
+    /// Newest first.
+    pub entries: Vec<ArchiveEntry>,
+    /// Pass as `before` for the next page; absent on the last.
+    pub next: Option<u64>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ArchiveQuery {
+    /// Envelope sender, or `@domain`.
+    pub sender: Option<String>,
+    /// A recipient, or `@domain`.
+    pub recipient: Option<String>,
+    /// Words that must all appear in the subject.
+    pub subject: Option<String>,
+    pub message_id: Option<String>,
+    pub queue_id: Option<String>,
+    pub namespace: Option<String>,
+    /// From this time: unix seconds, RFC 3339 or YYYY-MM-DD.
+    pub since: Option<String>,
+    /// Before this time (same forms).
+    pub until: Option<String>,
+    /// Entries older than this id (the `next` of the previous page).
+    pub before: Option<u64>,
+    /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+fn time(name: &str, v: Option<String>) -> Result<Option<u64>, Response> {
+    v.map(|s| {
+        sluice_archive::parse_time(&s).ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("{name}: `{s}` is not unix seconds, RFC 3339 or YYYY-MM-DD"),
+            )
+        })
+    })
+    .transpose()
+}
+
+fn failed(e: ArchiveError) -> Response {
+    match e {
+        ArchiveError::BadQuery(m) => error(StatusCode::BAD_REQUEST, m),
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Searches archived messages, newest first; every given criterion must match.
+#[utoipa::path(get, path = "/api/v1/archive", tag = "archive", params(ArchiveQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = ArchivePage), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+pub(crate) async fn archive_search(
+    State(s): State<Arc<ApiState>>,
+    q: Result<Query<ArchiveQuery>, QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000");
+    }
+    let (since, until) = match (time("since", q.since), time("until", q.until)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let query = sluice_archive::Query {
+        namespace: q.namespace,
+        sender: q.sender,
+        recipient: q.recipient,
+        subject: q.subject,
+        message_id: q.message_id,
+        queue_id: q.queue_id,
+        since,
+        until,
+        before: q.before,
+        limit: limit as usize,
+    };
+    let archive = s.archive.clone();
+    match tokio::task::spawn_blocking(move || archive.search(&query)).await {
+        Ok(Ok(page)) => Json(ArchivePage {
+            entries: page.entries.into_iter().map(ArchiveEntry::from).collect(),
+            next: page.next,
+        })
+        .into_response(),
+        Ok(Err(e)) => failed(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn id_of(id: Result<Path<String>, PathRejection>) -> Result<u64, Response> {
+    match id {
+        Ok(Path(id)) => id
+            .parse::<u64>()
+            .map_err(|_| error(StatusCode::NOT_FOUND, format!("no archived message {id}"))),
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, e.body_text())),
+    }
+}
+
+/// One archived message's metadata.
+#[utoipa::path(get, path = "/api/v1/archive/{id}", tag = "archive",
+    params(("id" = String, Path, description = "Archive entry id")),
+    security(("api_key" = [])),
+    responses((status = 200, body = ArchiveEntry), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
+pub(crate) async fn archive_show(
+    State(s): State<Arc<ApiState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match id_of(id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let archive = s.archive.clone();
+    match tokio::task::spawn_blocking(move || archive.entry(id)).await {
+        Ok(Ok(Some(e))) => Json(ArchiveEntry::from(e)).into_response(),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, format!("no archived message {id}")),
+        Ok(Err(e)) => failed(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The raw message as stored (`message/rfc822`, an `.eml` download), checked against its
+/// SHA-256 first.
+#[utoipa::path(get, path = "/api/v1/archive/{id}/raw", tag = "archive",
+    params(("id" = String, Path, description = "Archive entry id")),
+    security(("api_key" = [])),
+    responses((status = 200, content_type = "message/rfc822", body = String),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 500, body = ErrorBody)))]
+pub(crate) async fn archive_raw(
+    State(s): State<Arc<ApiState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match id_of(id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let archive = s.archive.clone();
+    match tokio::task::spawn_blocking(move || archive.get(id)).await {
+        Ok(Ok(Some((_, raw)))) => (
+            [
+                (header::CONTENT_TYPE, "message/rfc822".to_string()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{id}.eml\""),
+                ),
+            ],
+            raw,
+        )
+            .into_response(),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, format!("no archived message {id}")),
+        Ok(Err(e)) => failed(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// What `verify` found.
+#[derive(Serialize, ToSchema)]
+pub struct VerifyReport {
+    pub ok: bool,
+    /// Entries whose message and metadata were checked.
+    pub messages: u64,
+    /// Purged entries whose link in the chain was checked.
+    pub tombstones: u64,
+    pub bytes: u64,
+    /// The last entry's id; record it with `head_chain` to detect a truncated archive.
+    pub head_id: Option<u64>,
+    /// Hex chain value after the last entry.
+    pub head_chain: Option<String>,
+    pub problems: Vec<String>,
+}
+
+/// Checks the archive's hash chain and every stored message (reads the whole archive).
+#[utoipa::path(post, path = "/api/v1/archive/verify", tag = "archive",
+    security(("api_key" = [])),
+    responses((status = 200, body = VerifyReport), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 500, body = ErrorBody)))]
+pub(crate) async fn archive_verify(State(s): State<Arc<ApiState>>) -> Response {
+    let archive = s.archive.clone();
+    match tokio::task::spawn_blocking(move || archive.verify()).await {
+        Ok(Ok(v)) => Json(VerifyReport {
+            ok: v.problems.is_empty(),
+            messages: v.messages,
+            tombstones: v.tombstones,
+            bytes: v.bytes,
+            head_id: v.head.as_ref().map(|h| h.0),
+            head_chain: v.head.map(|h| h.1),
+            problems: v.problems,
+        })
+        .into_response(),
+        Ok(Err(e)) => failed(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
