@@ -22,6 +22,7 @@ const PLUGINS: &[&str] = &[
     "webhook-forward",
     "sender-policy",
     "send-window",
+    "archive",
 ];
 /// Python plugins, each a folder of `plugins/python` with an `app.py`.
 const PYTHON_PLUGINS: &[&str] = &["spam_words", "tag"];
@@ -46,6 +47,7 @@ fn main() {
         "plugins/webhook-forward",
         "plugins/sender-policy",
         "plugins/send-window",
+        "plugins/archive",
         "host/bounce/src",
         "host/spam/src",
         "wit",

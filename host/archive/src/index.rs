@@ -599,6 +599,12 @@ impl Index {
                 }
             }
             let file_len = std::fs::metadata(&path)?.len();
+            if valid_end < synced.min(file_len) {
+                // Damage where the disk had confirmed the data: not a torn write. Leave it
+                // for `verify` to report rather than cut acknowledged entries away.
+                tracing::error!(segment = %seg.file_name(), offset = valid_end, "archive segment damaged before its synced end; run `sluice archive verify`");
+                continue;
+            }
             if valid_end < file_len {
                 tracing::warn!(segment = %seg.file_name(), valid_end, file_len, "archive segment has a torn tail; cutting it off");
                 truncate(&path, valid_end)?;

@@ -555,3 +555,25 @@ fn segment_names_round_trip() {
     assert_eq!(parse_time("1728000000"), Some(1_728_000_000));
     assert_eq!(parse_time("yesterday"), None);
 }
+
+#[test]
+fn damage_inside_the_synced_part_is_reported_not_cut_away() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let a = Archive::open(dir.path()).unwrap();
+        for i in 0..3 {
+            a.put("in", &message(i), attrs(&format!("Q{i}"), "a@a.test", &["b@b.test"], "x"), 45)
+                .unwrap();
+        }
+    }
+    let seg = only_segment(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&seg, &bytes).unwrap();
+    let a = Archive::open(dir.path()).unwrap();
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing cut");
+    assert_eq!(ids(&a.search(&Query::default()).unwrap()), [3, 2, 1]);
+    let v = a.verify().unwrap();
+    assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
+    assert!(v.problems[0].starts_with("entry 1:"), "{:?}", v.problems);
+}

@@ -150,7 +150,7 @@ impl Filter for Probe {
                 let r = host::store_message(
                     m,
                     &[sluice_plugin_sdk::Attribute {
-                        key: "subject".into(),
+                        key: "probe-subject".into(),
                         value: m.header("Subject").join(" "),
                     }],
                     45,

@@ -1,0 +1,155 @@
+//! Archives every message of the chain it is in: the host stores the raw message it already
+//! holds (the plugin never copies it) in the server's archive (compressed segments, a search
+//! index, a hash chain; `sluice archive`, `/api/v1/archive`), kept `retention_days`.
+//!
+//! The host records the message's facts itself (queue id, Message-ID, envelope, subject,
+//! date, session, TLS, size, metadata: authentication results, the data stage's processing
+//! time, `forward.*` from `webhook-forward`); this step adds the direction, the stage, and
+//! the values of chosen headers (the spam and virus verdicts earlier steps added). It sets
+//! the metadata `archive.id` to the entry's id, so events link to the archive.
+//!
+//! At the `queued` stage (recommended) mail is archived after its 250, with the host's
+//! durable retries: if the archive cannot store it, the stage defers and delivery waits
+//! (`on_failure = "defer"`, the default), or the message goes on unarchived with a log
+//! line (`on_failure = "continue"`). A retried stage does not store a message twice.
+//!
+//! ```toml
+//! [[pipeline.step]]
+//! name = "archive"
+//! plugin = "archive.wasm"
+//! stages = ["queued"]
+//! [pipeline.step.capabilities]
+//! blobs = "inbound"            # the archive namespace
+//! [pipeline.step.config]
+//! retention_days = 45          # 7 to 365
+//! direction = "inbound"        # default: inbound on mx listeners, outbound otherwise
+//! headers = ["X-Spam-Score", "X-Spam-Status", "X-Virus-Scanned"]
+//! on_failure = "defer"         # or "continue"
+//! ```
+
+use serde::Deserialize;
+use sluice_plugin_sdk::{Attribute, Filter, Message, Outcome, Stage, export_filter, host};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default = "default_retention")]
+    retention_days: u32,
+    #[serde(default)]
+    direction: Option<String>,
+    #[serde(default = "default_headers")]
+    headers: Vec<String>,
+    #[serde(default = "default_on_failure")]
+    on_failure: String,
+}
+
+fn default_retention() -> u32 {
+    45
+}
+
+fn default_headers() -> Vec<String> {
+    ["X-Spam-Score", "X-Spam-Status", "X-Virus-Scanned"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn default_on_failure() -> String {
+    "defer".into()
+}
+
+impl Config {
+    fn check(&self) -> Result<(), String> {
+        if !(7..=365).contains(&self.retention_days) {
+            return Err(format!(
+                "retention_days: between 7 and 365, not {}",
+                self.retention_days
+            ));
+        }
+        if let Some(d) = &self.direction
+            && !matches!(d.as_str(), "inbound" | "outbound")
+        {
+            return Err(format!("direction: `inbound` or `outbound`, not `{d}`"));
+        }
+        if !matches!(self.on_failure.as_str(), "defer" | "continue") {
+            return Err(format!(
+                "on_failure: `defer` or `continue`, not `{}`",
+                self.on_failure
+            ));
+        }
+        if self.headers.len() > 32 {
+            return Err("headers: at most 32".into());
+        }
+        if let Some(h) = self
+            .headers
+            .iter()
+            .find(|h| h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic() && b != b':'))
+        {
+            return Err(format!("headers: `{h}` is not a header name"));
+        }
+        Ok(())
+    }
+}
+
+fn config() -> Config {
+    serde_json::from_str(&sluice_plugin_sdk::config_json()).expect("checked by configure")
+}
+
+fn attribute(key: &str, value: &str) -> Attribute {
+    Attribute {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+fn archive(message: &Message, stage: &str) -> Outcome {
+    let c = config();
+    let direction = c.direction.clone().unwrap_or_else(|| {
+        if message.session().role == "mx" {
+            "inbound".into()
+        } else {
+            "outbound".into()
+        }
+    });
+    let mut attributes = vec![
+        attribute("direction", &direction),
+        attribute("stage", stage),
+    ];
+    for name in &c.headers {
+        for v in message.header(name) {
+            attributes.push(attribute(&format!("header.{}", name.to_ascii_lowercase()), v.trim()));
+        }
+    }
+    match host::store_message(message, &attributes, c.retention_days) {
+        Ok(id) => Outcome::cont().set_meta("archive.id", &id),
+        Err(e) => {
+            let why = format!("archive unavailable: {e:?}");
+            if c.on_failure == "continue" {
+                sluice_plugin_sdk::log(host::Level::Error, &format!("{why}; not archived"));
+                Outcome::cont()
+            } else {
+                Outcome::defer(451, "4.3.0", &why)
+            }
+        }
+    }
+}
+
+struct Archive;
+
+impl Filter for Archive {
+    const STAGES: &'static [Stage] = &[Stage::Data, Stage::Queued];
+
+    fn configure(config: &str) -> Result<(), String> {
+        let c: Config = serde_json::from_str(config).map_err(|e| e.to_string())?;
+        c.check()
+    }
+
+    fn on_data(message: &Message) -> Outcome {
+        archive(message, "data")
+    }
+
+    fn on_queued(message: &Message) -> Outcome {
+        archive(message, "queued")
+    }
+}
+
+export_filter!(Archive);
