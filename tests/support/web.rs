@@ -27,13 +27,7 @@ pub fn request(port: u16, method: &str, path: &str, body: &str) -> Response {
 }
 
 /// [`request`] with an admin API key (`Authorization: Bearer`).
-pub fn request_as(
-    port: u16,
-    method: &str,
-    path: &str,
-    key: Option<&str>,
-    body: &str,
-) -> Response {
+pub fn request_as(port: u16, method: &str, path: &str, key: Option<&str>, body: &str) -> Response {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let auth = key

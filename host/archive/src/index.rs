@@ -397,12 +397,8 @@ impl Index {
             criteria.push(address_terms(v, terms::SENDER, terms::SENDER_DOMAIN).remove(0));
         }
         if let Some(s) = &q.subject {
+            // Words shorter than 2 characters are not indexed, so they do not narrow.
             let mut ws = words(s);
-            if ws.is_empty() {
-                return Err(ArchiveError::BadQuery(
-                    "the subject search needs a word of at least 2 letters or digits".into(),
-                ));
-            }
             // The longest word first: likely the rarest.
             ws.sort_by_key(|w| std::cmp::Reverse(w.len()));
             criteria.extend(ws.into_iter().map(|w| (terms::WORD, w)));
@@ -458,7 +454,6 @@ impl Index {
                 }
             }
         }
-        drop(consider);
         Ok(Page { entries, next })
     }
 

@@ -43,8 +43,6 @@ pub enum ArchiveError {
     /// An earlier write or sync failed; the archive refuses writes until reopened.
     #[error("archive unavailable after a failed write: {0}")]
     Failed(String),
-    #[error("{0}")]
-    BadQuery(String),
 }
 
 /// Attribute keys the host sets; the index searches by queue id, Message-ID, sender,
@@ -112,7 +110,8 @@ pub struct Query {
     pub sender: Option<String>,
     /// An address, or `@domain`.
     pub recipient: Option<String>,
-    /// Words that must all be in the subject (case-insensitive).
+    /// Words that must all be in the subject (case-insensitive; words of one character
+    /// are ignored).
     pub subject: Option<String>,
     pub message_id: Option<String>,
     pub queue_id: Option<String>,

@@ -89,7 +89,7 @@ pub(crate) fn read_at(
     file.seek(SeekFrom::Start(offset))?;
     let mut buf = vec![0u8; len as usize];
     file.read_exact(&mut buf)?;
-    match decode(&buf)? {
+    match decode(&buf) {
         Some((record, body, used)) if used == buf.len() => Ok((record, body.to_vec())),
         _ => Err(ArchiveError::Corrupt(format!(
             "no valid record of {len} bytes at offset {offset}"
@@ -99,30 +99,28 @@ pub(crate) fn read_at(
 
 /// The record at the start of `buf`, its body and its length; `None` if `buf` holds no whole
 /// valid record there (a torn or damaged tail).
-fn decode(buf: &[u8]) -> Result<Option<(Record, &[u8], usize)>, ArchiveError> {
+fn decode(buf: &[u8]) -> Option<(Record, &[u8], usize)> {
     if buf.len() < FRAME || &buf[..4] != MAGIC {
-        return Ok(None);
+        return None;
     }
     let word = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().expect("4 bytes"));
     let (hl, bl, crc) = (word(4), word(8), word(12));
     if hl > MAX_PART || bl > MAX_PART {
-        return Ok(None);
+        return None;
     }
     let end = FRAME + hl as usize + bl as usize;
     if buf.len() < end {
-        return Ok(None);
+        return None;
     }
     let (header, body) = buf[FRAME..end].split_at(hl as usize);
     let mut h = crc32fast::Hasher::new();
     h.update(header);
     h.update(body);
     if h.finalize() != crc {
-        return Ok(None);
+        return None;
     }
-    match postcard::from_bytes::<Record>(header) {
-        Ok(record) => Ok(Some((record, body, end))),
-        Err(_) => Ok(None),
-    }
+    let record = postcard::from_bytes::<Record>(header).ok()?;
+    Some((record, body, end))
 }
 
 /// A record found by [`scan`]: where it is and its header.
@@ -141,7 +139,7 @@ pub(crate) fn scan(path: &Path, start: u64) -> Result<(Vec<Found>, u64), Archive
     file.read_to_end(&mut data)?;
     let mut found = Vec::new();
     let mut at = 0usize;
-    while let Some((record, _, used)) = decode(&data[at..])? {
+    while let Some((record, _, used)) = decode(&data[at..]) {
         found.push(Found {
             offset: start + at as u64,
             len: used as u32,

@@ -101,13 +101,11 @@ fn put_get_and_search() {
     assert_eq!(q(&|q| q.since = Some(now + 60)), Vec::<u64>::new());
     assert_eq!(q(&|q| q.until = Some(now - 60)), Vec::<u64>::new());
     assert_eq!(q(&|q| q.until = Some(now + 60)), [3, 2, 1]);
-    assert!(matches!(
-        a.search(&Query {
-            subject: Some("a !".into()),
-            ..Query::default()
-        }),
-        Err(ArchiveError::BadQuery(_))
-    ));
+    assert_eq!(
+        q(&|q| q.subject = Some("a !".into())),
+        [3, 2, 1],
+        "nothing to narrow by"
+    );
     // Paging.
     let page = a
         .search(&Query {
@@ -562,8 +560,13 @@ fn damage_inside_the_synced_part_is_reported_not_cut_away() {
     {
         let a = Archive::open(dir.path()).unwrap();
         for i in 0..3 {
-            a.put("in", &message(i), attrs(&format!("Q{i}"), "a@a.test", &["b@b.test"], "x"), 45)
-                .unwrap();
+            a.put(
+                "in",
+                &message(i),
+                attrs(&format!("Q{i}"), "a@a.test", &["b@b.test"], "x"),
+                45,
+            )
+            .unwrap();
         }
     }
     let seg = only_segment(dir.path());

@@ -798,7 +798,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
             axum::routing::put(suppress_add).delete(suppress_remove),
         )
         .route("/api/v1/archive", get(crate::archive::archive_search))
-        .route("/api/v1/archive/verify", post(crate::archive::archive_verify))
+        .route(
+            "/api/v1/archive/verify",
+            post(crate::archive::archive_verify),
+        )
         .route("/api/v1/archive/{id}", get(crate::archive::archive_show))
         .route("/api/v1/archive/{id}/raw", get(crate::archive::archive_raw))
         .route_layer(axum::middleware::from_fn_with_state(

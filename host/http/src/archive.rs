@@ -5,11 +5,11 @@
 #![allow(unused_qualifications)]
 
 use crate::api::{ApiState, Attribute, ErrorBody, error};
+use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use sluice_archive::{ArchiveError, Entry, keys};
 use std::sync::Arc;
@@ -82,34 +82,22 @@ pub struct ArchiveQuery {
     pub message_id: Option<String>,
     pub queue_id: Option<String>,
     pub namespace: Option<String>,
-    /// From this time: unix seconds, RFC 3339 or YYYY-MM-DD.
-    pub since: Option<String>,
-    /// Before this time (same forms).
-    pub until: Option<String>,
+    /// From this time (unix seconds).
+    #[param(minimum = 0)]
+    pub since: Option<i64>,
+    /// Before this time (unix seconds).
+    #[param(minimum = 0)]
+    pub until: Option<i64>,
     /// Entries older than this id (the `next` of the previous page).
-    pub before: Option<u64>,
+    #[param(minimum = 0)]
+    pub before: Option<i64>,
     /// Page size, 1 to 1000 (default 50).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
-fn time(name: &str, v: Option<String>) -> Result<Option<u64>, Response> {
-    v.map(|s| {
-        sluice_archive::parse_time(&s).ok_or_else(|| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("{name}: `{s}` is not unix seconds, RFC 3339 or YYYY-MM-DD"),
-            )
-        })
-    })
-    .transpose()
-}
-
 fn failed(e: ArchiveError) -> Response {
-    match e {
-        ArchiveError::BadQuery(m) => error(StatusCode::BAD_REQUEST, m),
-        e => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
 /// Searches archived messages, newest first; every given criterion must match.
@@ -129,9 +117,19 @@ pub(crate) async fn archive_search(
     if !(1..=1000).contains(&limit) {
         return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000");
     }
-    let (since, until) = match (time("since", q.since), time("until", q.until)) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(r), _) | (_, Err(r)) => return r,
+    let unsigned = |name: &str, v: Option<i64>| match v {
+        Some(n) if n < 0 => Err(format!("{name} must not be negative")),
+        v => Ok(v.map(|n| n as u64)),
+    };
+    let (since, until, before) = match (
+        unsigned("since", q.since),
+        unsigned("until", q.until),
+        unsigned("before", q.before),
+    ) {
+        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+        (Err(m), _, _) | (_, Err(m), _) | (_, _, Err(m)) => {
+            return error(StatusCode::BAD_REQUEST, m);
+        }
     };
     let query = sluice_archive::Query {
         namespace: q.namespace,
@@ -142,7 +140,7 @@ pub(crate) async fn archive_search(
         queue_id: q.queue_id,
         since,
         until,
-        before: q.before,
+        before,
         limit: limit as usize,
     };
     let archive = s.archive.clone();
@@ -157,12 +155,13 @@ pub(crate) async fn archive_search(
     }
 }
 
-fn id_of(id: Result<Path<String>, PathRejection>) -> Result<u64, Response> {
+/// The entry id in the path, or the error answer's status and message.
+fn id_of(id: Result<Path<String>, PathRejection>) -> Result<u64, (StatusCode, String)> {
     match id {
         Ok(Path(id)) => id
             .parse::<u64>()
-            .map_err(|_| error(StatusCode::NOT_FOUND, format!("no archived message {id}"))),
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, e.body_text())),
+            .map_err(|_| (StatusCode::NOT_FOUND, format!("no archived message {id}"))),
+        Err(e) => Err((StatusCode::BAD_REQUEST, e.body_text())),
     }
 }
 
@@ -178,7 +177,7 @@ pub(crate) async fn archive_show(
 ) -> Response {
     let id = match id_of(id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err((status, m)) => return error(status, m),
     };
     let archive = s.archive.clone();
     match tokio::task::spawn_blocking(move || archive.entry(id)).await {
@@ -203,7 +202,7 @@ pub(crate) async fn archive_raw(
 ) -> Response {
     let id = match id_of(id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err((status, m)) => return error(status, m),
     };
     let archive = s.archive.clone();
     match tokio::task::spawn_blocking(move || archive.get(id)).await {

@@ -148,11 +148,17 @@ fn online(api: &ApiClient, command: ArchiveCommand) -> Result<()> {
                 ("message_id", &a.message_id),
                 ("queue_id", &a.queue_id),
                 ("namespace", &a.namespace),
-                ("since", &a.since),
-                ("until", &a.until),
             ] {
                 if let Some(v) = v {
                     params.push((k, v.clone()));
+                }
+            }
+            for (k, v) in [
+                ("since", time("since", &a.since)?),
+                ("until", time("until", &a.until)?),
+            ] {
+                if let Some(v) = v {
+                    params.push((k, v.to_string()));
                 }
             }
             if let Some(b) = a.before {
@@ -209,7 +215,10 @@ fn clean(s: &str) -> String {
 fn print_entry(e: &serde_json::Value) -> Result<()> {
     for k in ["id", "namespace", "created", "expires", "size", "sha256"] {
         let v = &e[k];
-        println!("{k}: {}", v.as_str().map_or_else(|| v.to_string(), str::to_string));
+        println!(
+            "{k}: {}",
+            v.as_str().map_or_else(|| v.to_string(), str::to_string)
+        );
     }
     for a in e["attributes"].as_array().into_iter().flatten() {
         println!(
@@ -223,8 +232,9 @@ fn print_entry(e: &serde_json::Value) -> Result<()> {
 
 fn write_raw(raw: &[u8], output: Option<std::path::PathBuf>) -> Result<()> {
     match output {
-        Some(path) => std::fs::write(&path, raw)
-            .with_context(|| format!("cannot write {}", path.display())),
+        Some(path) => {
+            std::fs::write(&path, raw).with_context(|| format!("cannot write {}", path.display()))
+        }
         None => Ok(std::io::stdout().lock().write_all(raw)?),
     }
 }
