@@ -121,6 +121,21 @@ def track_policy(path):
                 f'[pipeline.step.capabilities]\ntracking = true\n')
 
 
+ARCHIVE = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "archive.wasm")
+
+
+def archive_policy(path):
+    """The archive plugin at the queued stage: every message stored (zstd segments, search
+    index, hash chain, fdatasync per group) before its delivery."""
+    import hashlib
+    digest = hashlib.sha256(open(ARCHIVE, "rb").read()).hexdigest()
+    with open(path, "w") as f:
+        f.write(f'[[pipeline]]\nname = "bench"\n[[pipeline.step]]\nname = "archive"\n'
+                f'plugin = "{ARCHIVE}"\nsha256 = "{digest}"\nstages = ["queued"]\n'
+                f'[pipeline.step.capabilities]\nblobs = "bench"\n'
+                f'[pipeline.step.config]\nretention_days = 7\n')
+
+
 SUPPRESSION = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "suppression.wasm")
 WEBHOOK = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "webhook.wasm")
 
@@ -241,6 +256,9 @@ class Sluice:
             extra = (f'[http]\nbind = "127.0.0.1:{http}"\n\n[tracking]\n'
                      f'base_url = "https://t.bench.test"\nkey = "tracking.key"\n\n'
                      f'[[dkim]]\ndomain = "bench.test"\nselector = "s1"\nkey = "{key}"\n\n')
+        elif steps == "archive":
+            archive_policy(os.path.join(self.dir, "policy.toml"))
+            policies = 'policies = "policy.toml"'
         elif steps == "track":
             track_policy(os.path.join(self.dir, "policy.toml"))
             policies = 'policies = "policy.toml"'
@@ -501,6 +519,8 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
         server = Sluice(workdir, sink.port, binary, steps="track")
     elif kind == "sluice+outbound":
         server = Sluice(workdir, sink.port, binary, steps="outbound")
+    elif kind == "sluice+archive":
+        server = Sluice(workdir, sink.port, binary, steps="archive")
     elif kind == "postfix+opendkim":
         server = Postfix(workdir, sink.port, dkim=True)
     elif kind.startswith("sluice+"):
@@ -567,6 +587,7 @@ def main():
                     help="comma-separated: direct, sluice, sluice+N (N no-op plugin steps), postfix, "
                          "sluice+spam (the spam-score plugin and model), "
                          "sluice+track (link tracking, per-recipient render), "
+                         "sluice+archive (the archive plugin at the queued stage), "
                          "sluice+outbound (STARTTLS+AUTH submission, suppression, tracking, "
                          "DKIM RSA-2048, webhook events; needs --html), "
                          "postfix+opendkim (Postfix with OpenDKIM signing as a milter), "

@@ -383,6 +383,12 @@ impl Index {
         {
             hi = hi.min(id);
         }
+        if lo >= hi {
+            return Ok(Page {
+                entries: Vec::new(),
+                next: None,
+            });
+        }
         let mut criteria: Vec<(u8, String)> = Vec::new();
         if let Some(m) = &q.message_id {
             criteria.push((terms::MESSAGE_ID, message_id_term(m)));
@@ -406,6 +412,20 @@ impl Index {
         if let Some(ns) = &q.namespace {
             criteria.push((terms::NAMESPACE, ns.clone()));
         }
+        if criteria.len() > 1 {
+            // Drive by the shortest posting list in the id range (counted up to a bound),
+            // check the others per candidate.
+            let mut best = (usize::MAX, 0);
+            for (i, (kind, term)) in criteria.iter().enumerate() {
+                let prefix = term_prefix(*kind, term);
+                let key = |id: u64| [&prefix[..], &id.to_be_bytes()].concat();
+                let n = self.tree.range(key(lo)..key(hi)).take(4096).count();
+                if n < best.0 {
+                    best = (n, i);
+                }
+            }
+            criteria.swap(0, best.1);
+        }
         let mut entries = Vec::new();
         let mut next = None;
         let mut consider = |id: u64, entries: &mut Vec<Entry>| -> Result<bool, ArchiveError> {
@@ -425,12 +445,6 @@ impl Index {
             }
             Ok(true)
         };
-        if lo >= hi {
-            return Ok(Page {
-                entries,
-                next: None,
-            });
-        }
         match criteria.first() {
             Some((kind, term)) => {
                 let prefix = term_prefix(*kind, term);

@@ -580,3 +580,41 @@ fn damage_inside_the_synced_part_is_reported_not_cut_away() {
     assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
     assert!(v.problems[0].starts_with("entry 1:"), "{:?}", v.problems);
 }
+
+#[test]
+fn searches_drive_by_the_shortest_list_and_empty_ranges_are_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Archive::open(dir.path()).unwrap();
+    for i in 0..30 {
+        let to = if i == 17 {
+            "rare@b.test"
+        } else {
+            "common@b.test"
+        };
+        a.put(
+            "in",
+            &message(i),
+            attrs(&format!("Q{i}"), "a@a.test", &[to], "report"),
+            30,
+        )
+        .unwrap();
+    }
+    let page = a
+        .search(&Query {
+            sender: Some("@a.test".into()),
+            subject: Some("report".into()),
+            recipient: Some("rare@b.test".into()),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&page), [18]);
+    let page = a
+        .search(&Query {
+            since: Some(now_ms() / 1000 + 100),
+            until: Some(10),
+            before: Some(0),
+            ..Query::default()
+        })
+        .unwrap();
+    assert!(page.entries.is_empty());
+}
