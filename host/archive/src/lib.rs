@@ -239,17 +239,20 @@ impl Archive {
             .iter()
             .find(|(k, _)| k == keys::QUEUE_ID)
             .map(|(_, v)| v.clone());
-        if let Some(q) = &queue_id
-            && let Some(e) = self.index.by_queue_id(namespace, q)?
-        {
-            return Ok(e);
-        }
         let compressed = zstd::bulk::compress(raw, self.level)?;
         let sha256: [u8; 32] = Sha256::digest(raw).into();
         let entry = {
             let mut w = self.writer.lock().expect("archive writer");
             if let Some(f) = &w.failed {
                 return Err(ArchiveError::Failed(f.clone()));
+            }
+            // Checked under the lock: two tries of one stage never both store.
+            if let Some(q) = &queue_id
+                && let Some(e) = self.index.by_queue_id(namespace, q)?
+            {
+                drop(w);
+                self.wait_durable(e.id)?;
+                return Ok(e);
             }
             let created_ms = now_ms().max(w.last_ms);
             let purge_day = created_ms / 1000 / DAY + u64::from(retention_days.max(1)) + 1;
