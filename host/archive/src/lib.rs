@@ -239,7 +239,7 @@ impl Archive {
             .iter()
             .find(|(k, _)| k == keys::QUEUE_ID)
             .map(|(_, v)| v.clone());
-        let compressed = zstd::bulk::compress(raw, self.level)?;
+        let compressed = compress(raw, self.level)?;
         let sha256: [u8; 32] = Sha256::digest(raw).into();
         let entry = {
             let mut w = self.writer.lock().expect("archive writer");
@@ -573,6 +573,22 @@ impl Drop for Archive {
     fn drop(&mut self) {
         let _ = self.index.flush();
     }
+}
+
+/// zstd with one compression context per thread (creating one zeroes hundreds of KB).
+fn compress(raw: &[u8], level: i32) -> Result<Vec<u8>, ArchiveError> {
+    thread_local! {
+        static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CONTEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        let ctx = match c.as_mut() {
+            Some(ctx) => ctx,
+            None => c.insert(zstd::bulk::Compressor::new(level)?),
+        };
+        Ok(ctx.compress(raw)?)
+    })
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {

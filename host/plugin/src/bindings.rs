@@ -4,6 +4,8 @@ wasmtime::component::bindgen!({
     path: "../../wit",
     world: "plugin",
     exports: { default: async },
+    // Storing a message waits for the archive's fsync: off the async workers.
+    imports: { "sluice:plugin/host.store-message": async },
     with: {
         "sluice:plugin/types.message": crate::message::MessageHandle,
         "sluice:plugin/host.data": crate::step::DataHandle,

@@ -727,7 +727,7 @@ impl host::Host for StepState {
         Ok(format!("{}/{}/{text}", tracking.base_url, kind.path()))
     }
 
-    fn store_message(
+    async fn store_message(
         &mut self,
         m: Resource<MessageHandle>,
         attributes: Vec<crate::bindings::types::Attribute>,
@@ -765,9 +765,11 @@ impl host::Host for StepState {
         let attributes = all;
         let retention =
             std::time::Duration::from_secs(u64::from(retention_days.clamp(1, 3650)) * 86400);
-        self.services
-            .blobs
-            .put(&ns, &message.raw, attributes, retention)
+        let blobs = self.services.blobs.clone();
+        // The store syncs to disk: a blocking thread waits, not an async worker.
+        tokio::task::spawn_blocking(move || blobs.put(&ns, &message.raw, attributes, retention))
+            .await
+            .map_err(|e| host::Error::Failed(e.to_string()))?
             .map_err(store_error)
     }
 }
