@@ -81,14 +81,15 @@ SUBMIT_LOAD = os.path.join(ROOT, "target", "release", "submit_load")
 HOOK_SINK = os.path.join(ROOT, "target", "release", "hook_sink")
 
 
-def noop_policy(path, steps):
-    """A policy with `steps` no-op plugin steps at the data stage."""
+def noop_policy(path, steps, stage="data"):
+    """A policy with `steps` no-op plugin steps at the data (or queued) stage."""
     import hashlib
     digest = hashlib.sha256(open(NOOP, "rb").read()).hexdigest()
     with open(path, "w") as f:
         f.write('[[pipeline]]\nname = "bench"\n')
         for i in range(steps):
-            f.write(f'[[pipeline.step]]\nname = "noop{i}"\nplugin = "{NOOP}"\nsha256 = "{digest}"\n')
+            f.write(f'[[pipeline.step]]\nname = "noop{i}"\nplugin = "{NOOP}"\nsha256 = "{digest}"\n'
+                    f'stages = ["{stage}"]\n')
 
 
 SPAM_SCORE = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "spam_score.wasm")
@@ -256,6 +257,9 @@ class Sluice:
             extra = (f'[http]\nbind = "127.0.0.1:{http}"\n\n[tracking]\n'
                      f'base_url = "https://t.bench.test"\nkey = "tracking.key"\n\n'
                      f'[[dkim]]\ndomain = "bench.test"\nselector = "s1"\nkey = "{key}"\n\n')
+        elif steps == "queued":
+            noop_policy(os.path.join(self.dir, "policy.toml"), 1, stage="queued")
+            policies = 'policies = "policy.toml"'
         elif steps == "archive":
             archive_policy(os.path.join(self.dir, "policy.toml"))
             policies = 'policies = "policy.toml"'
@@ -519,6 +523,8 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
         server = Sluice(workdir, sink.port, binary, steps="track")
     elif kind == "sluice+outbound":
         server = Sluice(workdir, sink.port, binary, steps="outbound")
+    elif kind == "sluice+queued":
+        server = Sluice(workdir, sink.port, binary, steps="queued")
     elif kind == "sluice+archive":
         server = Sluice(workdir, sink.port, binary, steps="archive")
     elif kind == "postfix+opendkim":
@@ -588,6 +594,7 @@ def main():
                          "sluice+spam (the spam-score plugin and model), "
                          "sluice+track (link tracking, per-recipient render), "
                          "sluice+archive (the archive plugin at the queued stage), "
+                         "sluice+queued (one no-op step at the queued stage), "
                          "sluice+outbound (STARTTLS+AUTH submission, suppression, tracking, "
                          "DKIM RSA-2048, webhook events; needs --html), "
                          "postfix+opendkim (Postfix with OpenDKIM signing as a milter), "
