@@ -46,16 +46,6 @@ fn attr<'a>(e: &'a serde_json::Value, key: &str) -> Vec<&'a str> {
         .collect()
 }
 
-fn cli_ok(s: &Sluice, args: &[&str]) -> String {
-    let out = s.cli(args, "");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn both_directions_are_archived_searchable_downloadable_and_verified() {
     let sink = Sink::start();
@@ -197,17 +187,14 @@ fn both_directions_are_archived_searchable_downloadable_and_verified() {
     let r = request_as(http_port, "GET", "/api/v1/archive?since=yesterday", key, "");
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("since"), "{}", r.body);
-    let out = cli_ok(
-        &s,
-        &[
-            "archive",
-            "search",
-            "--since",
-            "2020-01-01",
-            "--until",
-            "2020-12-31",
-        ],
-    );
+    let out = s.cli_ok(&[
+        "archive",
+        "search",
+        "--since",
+        "2020-01-01",
+        "--until",
+        "2020-12-31",
+    ]);
     assert!(out.is_empty(), "{out}");
     let r = request_as(http_port, "GET", "/api/v1/archive/999999", key, "");
     assert_eq!(r.status, 404, "{}", r.body);
@@ -237,18 +224,15 @@ fn both_directions_are_archived_searchable_downloadable_and_verified() {
     );
 
     // The CLI while the server runs (through the API).
-    let out = cli_ok(
-        &s,
-        &["archive", "search", "--recipient", "support@in.example.com"],
-    );
+    let out = s.cli_ok(&["archive", "search", "--recipient", "support@in.example.com"]);
     assert!(out.starts_with(&format!("{inbound_id}\t")), "{out}");
     assert!(out.contains("Order late, hélp please"), "{out}");
-    let out = cli_ok(&s, &["archive", "verify"]);
+    let out = s.cli_ok(&["archive", "verify"]);
     assert!(
         out.contains("2 messages") && out.trim_end().ends_with("ok"),
         "{out}"
     );
-    let online_show = cli_ok(&s, &["archive", "show", &inbound_id.to_string()]);
+    let online_show = s.cli_ok(&["archive", "show", &inbound_id.to_string()]);
     assert!(
         online_show.contains("meta.forward.status: 200"),
         "{online_show}"
@@ -257,22 +241,19 @@ fn both_directions_are_archived_searchable_downloadable_and_verified() {
     // And with the server stopped (directly): the same answers.
     s.stop();
     assert_eq!(
-        cli_ok(&s, &["archive", "show", &inbound_id.to_string()]),
+        s.cli_ok(&["archive", "show", &inbound_id.to_string()]),
         online_show
     );
     let raw_file = s.dir.path().join("m.eml");
-    cli_ok(
-        &s,
-        &[
-            "archive",
-            "raw",
-            &inbound_id.to_string(),
-            "-o",
-            raw_file.to_str().unwrap(),
-        ],
-    );
+    s.cli_ok(&[
+        "archive",
+        "raw",
+        &inbound_id.to_string(),
+        "-o",
+        raw_file.to_str().unwrap(),
+    ]);
     assert_eq!(std::fs::read_to_string(&raw_file).unwrap(), r.body);
-    let out = cli_ok(&s, &["archive", "verify"]);
+    let out = s.cli_ok(&["archive", "verify"]);
     assert!(out.contains("head: entry 2"), "{out}");
 
     // A changed byte in a segment: verify names the entry and fails.

@@ -5,8 +5,8 @@
 mod support;
 
 use sluice_test_plugins::{
-    ACCESS, ANTIVIRUS, BOUNCES, GREYLIST, LINK_TRACKING, PY_SPAM_WORDS, Plugin, SENDER_POLICY,
-    SPAM_SCORE, SUPPRESSION, TAG,
+    ACCESS, ANTIVIRUS, ARCHIVE, BOUNCES, GREYLIST, LINK_TRACKING, PY_SPAM_WORDS, Plugin,
+    SENDER_POLICY, SPAM_SCORE, SUPPRESSION, TAG,
 };
 use std::time::Duration;
 use support::{Client, Sluice, message, wait_until};
@@ -228,6 +228,8 @@ fn example_policies_are_valid() {
                     BOUNCES
                 } else if line.contains("sender_policy") {
                     SENDER_POLICY
+                } else if line.contains("archive") {
+                    ARCHIVE
                 } else {
                     TAG
                 };

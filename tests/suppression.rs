@@ -62,16 +62,6 @@ fn rcpt(port: u16, to: &str) -> String {
     r
 }
 
-fn cli(s: &Sluice, args: &[&str]) -> String {
-    let out = s.cli(args, "");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn hard_bounces_suppress_and_operators_manage_the_list() {
     let sink = Sink::start();
@@ -88,11 +78,9 @@ fn hard_bounces_suppress_and_operators_manage_the_list() {
     c.cmd("QUIT");
     // The 550 at the sink bounces it; the bounced event reaches the plugin's event stage.
     assert!(
-        wait_until(Duration::from_secs(20), || cli(
-            &s,
-            &["suppression", "list", "--stream", "outbound"]
-        )
-        .contains("reject-me@example.net  hard-bounce  recipient")),
+        wait_until(Duration::from_secs(20), || s
+            .cli_ok(&["suppression", "list", "--stream", "outbound"])
+            .contains("reject-me@example.net  hard-bounce  recipient")),
         "{}",
         s.log()
     );
@@ -104,16 +92,16 @@ fn hard_bounces_suppress_and_operators_manage_the_list() {
     assert!(rcpt(s.mx_port, "fine@example.net").starts_with("250"));
 
     // Operators: add (CLI, through the API while running), refused; remove, accepted.
-    cli(&s, &["suppression", "add", "later@example.net"]);
+    s.cli_ok(&["suppression", "add", "later@example.net"]);
     assert!(rcpt(s.mx_port, "later@example.net").starts_with("550 5.7.1"));
-    let csv = cli(&s, &["suppression", "export", "--stream", "outbound"]);
+    let csv = s.cli_ok(&["suppression", "export", "--stream", "outbound"]);
     assert!(csv.starts_with("address,reason,origin,time\n"), "{csv}");
     assert!(csv.contains("later@example.net,manual,admin,"), "{csv}");
     assert!(
         csv.contains("reject-me@example.net,hard-bounce,recipient,"),
         "{csv}"
     );
-    cli(&s, &["suppression", "remove", "later@example.net"]);
+    s.cli_ok(&["suppression", "remove", "later@example.net"]);
     assert!(rcpt(s.mx_port, "later@example.net").starts_with("250"));
     let out = s.cli(&["suppression", "remove", "later@example.net"], "");
     assert!(!out.status.success());
@@ -121,10 +109,16 @@ fn hard_bounces_suppress_and_operators_manage_the_list() {
 
     // On a stopped server the CLI opens the stores itself; the entry holds after a restart.
     s.stop();
-    cli(&s, &["suppression", "add", "offline@example.net"]);
-    assert!(cli(&s, &["suppression", "list"]).contains("offline@example.net  manual  admin"));
+    s.cli_ok(&["suppression", "add", "offline@example.net"]);
+    assert!(
+        s.cli_ok(&["suppression", "list"])
+            .contains("offline@example.net  manual  admin")
+    );
     s.restart();
     assert!(rcpt(s.mx_port, "offline@example.net").starts_with("550 5.7.1"));
     // Another stream is another list.
-    assert!(!cli(&s, &["suppression", "list", "--stream", "broadcast"]).contains("offline@"));
+    assert!(
+        !s.cli_ok(&["suppression", "list", "--stream", "broadcast"])
+            .contains("offline@")
+    );
 }

@@ -213,6 +213,17 @@ role = "submission"
         child.wait_with_output().unwrap()
     }
 
+    /// A CLI command that must succeed; its standard output.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args, "");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default()
     }

@@ -1,5 +1,19 @@
 use super::*;
 
+/// Opens the archive, waiting for a dropped one's sled threads to let go of the lock.
+fn open(dir: &Path) -> Archive {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Archive::open(dir) {
+            Ok(a) => return a,
+            Err(e) if std::time::Instant::now() < until && e.to_string().contains("lock") => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 fn attrs(qid: &str, from: &str, to: &[&str], subject: &str) -> Vec<(String, String)> {
     let mut a = vec![
         (keys::QUEUE_ID.to_string(), qid.to_string()),
@@ -28,7 +42,7 @@ fn ids(p: &Page) -> Vec<u64> {
 #[test]
 fn put_get_and_search() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Archive::open(dir.path()).unwrap();
+    let a = open(dir.path());
     let e1 = a
         .put(
             "in",
@@ -133,7 +147,7 @@ fn put_get_and_search() {
 #[test]
 fn date_ranges_find_the_id_boundaries() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Archive::open(dir.path()).unwrap();
+    let a = open(dir.path());
     for i in 0..40 {
         a.put(
             "in",
@@ -163,7 +177,7 @@ fn date_ranges_find_the_id_boundaries() {
 #[test]
 fn a_retried_queue_id_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Archive::open(dir.path()).unwrap();
+    let a = open(dir.path());
     let e1 = a
         .put(
             "in",
@@ -197,7 +211,7 @@ fn a_retried_queue_id_is_stored_once() {
 fn verify_finds_altered_messages_metadata_and_removed_entries() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let a = Archive::open(dir.path()).unwrap();
+        let a = open(dir.path());
         for i in 0..5 {
             a.put(
                 "in",
@@ -252,7 +266,7 @@ fn verify_finds_altered_messages_metadata_and_removed_entries() {
         let _ = entry;
     }
     {
-        let a = Archive::open(dir.path()).unwrap();
+        let a = open(dir.path());
         // Metadata changed in the index and the segment alike: the chain breaks.
         let (mut e, slot) = a.index.live(2).unwrap().unwrap();
         let chain = match a.index.stored(2).unwrap().unwrap() {
@@ -295,7 +309,7 @@ fn verify_finds_altered_messages_metadata_and_removed_entries() {
 #[test]
 fn purge_removes_expired_segments_and_keeps_the_chain() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Archive::open(dir.path()).unwrap();
+    let a = open(dir.path());
     for i in 0..3 {
         a.put(
             "in",
@@ -346,7 +360,7 @@ fn purge_removes_expired_segments_and_keeps_the_chain() {
     );
     // Numbering and the chain go on, across a reopen too.
     drop(a);
-    let a = Archive::open(dir.path()).unwrap();
+    let a = open(dir.path());
     let e = a
         .put(
             "in",
@@ -365,7 +379,7 @@ fn purge_removes_expired_segments_and_keeps_the_chain() {
     assert_eq!((v.messages, v.tombstones), (0, 0));
     assert_eq!(v.head.as_ref().map(|h| h.0), Some(7));
     drop(a);
-    let a = Archive::open(dir.path()).unwrap();
+    let a = open(dir.path());
     assert_eq!(
         a.put(
             "in",
@@ -393,7 +407,7 @@ fn only_segment(dir: &Path) -> PathBuf {
 fn recovery_cuts_torn_tails_and_drops_entries_that_never_reached_the_disk() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let a = Archive::open(dir.path()).unwrap();
+        let a = open(dir.path());
         for i in 0..4 {
             a.put(
                 "in",
@@ -411,7 +425,7 @@ fn recovery_cuts_torn_tails_and_drops_entries_that_never_reached_the_disk() {
     f.write_all(b"SLAR\x10\x00\x00\x00garbage").unwrap();
     drop(f);
     {
-        let a = Archive::open(dir.path()).unwrap();
+        let a = open(dir.path());
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), len);
         assert_eq!(ids(&a.search(&Query::default()).unwrap()), [4, 3, 2, 1]);
         assert!(a.verify().unwrap().problems.is_empty());
@@ -419,7 +433,7 @@ fn recovery_cuts_torn_tails_and_drops_entries_that_never_reached_the_disk() {
     // The index saw entry 4 but its record never reached the disk (power cut before the
     // sync): cut the segment before it and mark nothing as synced past entry 3.
     let (slot4, chain3) = {
-        let a = Archive::open(dir.path()).unwrap();
+        let a = open(dir.path());
         let (_, slot) = a.index.live(4).unwrap().unwrap();
         let chain3 = a.index.head().unwrap().unwrap();
         a.index.mark_synced(3, &[(slot.seg, slot.offset)]).unwrap();
@@ -428,7 +442,7 @@ fn recovery_cuts_torn_tails_and_drops_entries_that_never_reached_the_disk() {
     let _ = chain3;
     truncate_to(&seg, slot4.offset + 5);
     {
-        let a = Archive::open(dir.path()).unwrap();
+        let a = open(dir.path());
         assert_eq!(ids(&a.search(&Query::default()).unwrap()), [3, 2, 1]);
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), slot4.offset);
         let e = a
@@ -457,7 +471,7 @@ fn truncate_to(path: &Path, len: u64) {
 fn a_lost_index_is_rebuilt_from_the_segments() {
     let dir = tempfile::tempdir().unwrap();
     let head = {
-        let a = Archive::open(dir.path()).unwrap();
+        let a = open(dir.path());
         for i in 0..6 {
             a.put(
                 "in",
@@ -475,7 +489,7 @@ fn a_lost_index_is_rebuilt_from_the_segments() {
         a.verify().unwrap().head
     };
     std::fs::remove_dir_all(dir.path().join("index")).unwrap();
-    let a = Archive::open(dir.path()).unwrap();
+    let a = open(dir.path());
     assert_eq!(
         ids(&a
             .search(&Query {
@@ -513,7 +527,7 @@ fn a_lost_index_is_rebuilt_from_the_segments() {
 #[test]
 fn concurrent_writers_get_consecutive_ids_and_one_chain() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Arc::new(Archive::open(dir.path()).unwrap());
+    let a = Arc::new(open(dir.path()));
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let a = a.clone();
@@ -558,7 +572,7 @@ fn segment_names_round_trip() {
 fn damage_inside_the_synced_part_is_reported_not_cut_away() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let a = Archive::open(dir.path()).unwrap();
+        let a = open(dir.path());
         for i in 0..3 {
             a.put(
                 "in",
@@ -573,7 +587,7 @@ fn damage_inside_the_synced_part_is_reported_not_cut_away() {
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[40] ^= 1;
     std::fs::write(&seg, &bytes).unwrap();
-    let a = Archive::open(dir.path()).unwrap();
+    let a = open(dir.path());
     assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing cut");
     assert_eq!(ids(&a.search(&Query::default()).unwrap()), [3, 2, 1]);
     let v = a.verify().unwrap();
@@ -584,7 +598,7 @@ fn damage_inside_the_synced_part_is_reported_not_cut_away() {
 #[test]
 fn searches_drive_by_the_shortest_list_and_empty_ranges_are_empty() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Archive::open(dir.path()).unwrap();
+    let a = open(dir.path());
     for i in 0..30 {
         let to = if i == 17 {
             "rare@b.test"
