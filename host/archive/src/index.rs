@@ -237,6 +237,13 @@ impl Index {
         Ok(())
     }
 
+    /// Forgets how far a segment is indexed (as a lost index update would).
+    #[cfg(test)]
+    pub fn forget_indexed(&self, seg: SegId) -> Result<(), ArchiveError> {
+        self.tree.remove(skey(b"sl", seg))?;
+        self.flush()
+    }
+
     pub fn mark_synced(&self, id: u64, lens: &[(SegId, u64)]) -> Result<(), ArchiveError> {
         let mut b = sled::Batch::default();
         b.insert(&b"sw"[..], &id.to_be_bytes()[..]);

@@ -3,6 +3,7 @@
 //! # Layout
 //! - `main.rs`: the command line (clap) and `serve`.
 //! - `queue_cmd.rs`: `sluice queue list|show|retry|delete`.
+//! - `archive_cmd.rs`: `sluice archive search|show|raw|verify`.
 //! - `trace.rs`: `sluice trace`, one message through a policy offline.
 
 mod api_client;
@@ -669,19 +670,15 @@ async fn load_policies(
 /// Removes expired key-value entries and archived messages every few minutes, off the async
 /// workers.
 fn spawn_purger(stores: sluice_store::SledStores, archive: Arc<sluice_archive::Archive>) {
-    use sluice_store::KvStore;
+    use sluice_store::{BlobStore, KvStore};
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
         loop {
             tick.tick().await;
             let (s, a) = (stores.clone(), archive.clone());
-            let done = tokio::task::spawn_blocking(move || {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                (s.kv.purge_expired(), a.purge(now))
-            })
-            .await;
+            let done =
+                tokio::task::spawn_blocking(move || (s.kv.purge_expired(), a.purge_expired()))
+                    .await;
             match done {
                 Ok((Ok(kv), Ok(archived))) if kv + archived > 0 => {
                     let m = sluice_metrics::global();
