@@ -82,6 +82,12 @@ pub struct ParamArgs {
     rate: f32,
     #[arg(long, default_value_t = Params::default().l2)]
     l2: f32,
+    /// Seed of the order in which training visits the messages.
+    #[arg(long, default_value_t = Params::default().seed)]
+    seed: u64,
+    /// How many fits, each in its own order, are averaged into the model.
+    #[arg(long, default_value_t = Params::default().orders)]
+    orders: u32,
 }
 
 impl ParamArgs {
@@ -92,7 +98,8 @@ impl ParamArgs {
             ham_weight: self.ham_weight,
             rate: self.rate,
             l2: self.l2,
-            ..Params::default()
+            seed: self.seed,
+            orders: self.orders,
         }
     }
 }

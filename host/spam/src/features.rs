@@ -5,7 +5,7 @@
 /// The version of what [`extract`] computes, written into every model: change it with any
 /// change to the features or the hash, so that older models are refused instead of scoring
 /// nonsense.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The message as the plugin contract exposes it (`headers`, `text-parts`, `html-parts`,
 /// `attachments`, `parts`), decoded by the host.
@@ -54,6 +54,21 @@ const READ: [&str; 10] = [
     "content-type",
     "x-priority",
     "x-msmail-priority",
+];
+
+/// Header fields the sender's software writes (never the receiving side or a list), whose
+/// presence is a feature.
+const PRESENT: [&str; 10] = [
+    "in-reply-to",
+    "references",
+    "mime-version",
+    "organization",
+    "x-originating-ip",
+    "importance",
+    "thread-index",
+    "x-mimeole",
+    "x-accept-language",
+    "comments",
 ];
 
 struct Acc {
@@ -225,6 +240,15 @@ fn headers(acc: &mut Acc, view: &View<'_>) {
         }
     } else {
         acc.add("ct", "-none-");
+    }
+    for (name, value) in &view.headers {
+        let lower = name.to_ascii_lowercase();
+        if PRESENT.contains(&lower.as_str()) {
+            acc.add("hp", &lower);
+        }
+        if lower == "content-transfer-encoding" {
+            acc.add("cte", &value.trim().to_ascii_lowercase());
+        }
     }
     for name in ["x-priority", "x-msmail-priority"] {
         if let Some(v) = header(view, name) {
