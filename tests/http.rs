@@ -459,6 +459,176 @@ fn api_queue_list_show_retry_delete() {
     );
 }
 
+/// The event history: recent events by kind and recipient, one message's story with each
+/// delivery attempt's remote reply, from the API and the CLI (through the API while the
+/// server runs, from the database once it is stopped).
+#[test]
+fn api_events_and_message_history() {
+    let sink = support::sink::Sink::start();
+    let http = support::free_port();
+    let mut s = Sluice::configure_with(
+        "relay_domains = [\"remote.test\"]",
+        "",
+        &format!(
+            r#"[http]
+bind = "127.0.0.1:{http}"
+
+[delivery]
+retry_initial = "1h"
+retry_max = "1h"
+
+[[route]]
+domain = "remote.test"
+via = "smarthost"
+host = "127.0.0.1:{}"
+tls = "none"
+"#,
+            sink.port
+        ),
+    )
+    .spawn();
+    let key = new_key(&s, "viewer", "read");
+    let mut c = Client::connect(s.mx_port);
+    c.cmd("EHLO client.test");
+    // The sender is routed to the sink too: the bounce's DSN goes there, not to DNS.
+    let r = c.send_mail(
+        "app@remote.test",
+        &["ok@remote.test", "reject@remote.test", "defer@remote.test"],
+        "Subject: hi\r\nMessage-ID: <m1@example.com>\r\n\r\nhello",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    c.cmd("QUIT");
+    let id = r.split_whitespace().last().unwrap().to_string();
+    let get = |path: &str| {
+        let (status, _, body) = call(http, "GET", path, Some(&key));
+        assert_eq!(status, 200, "{path}: {body}");
+        json(&body)
+    };
+    let history = format!("/api/v1/queue/{id}/history");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            get(&history)["events"].as_array().unwrap().len() == 6
+        }),
+        "{}",
+        get(&history)
+    );
+    let h = get(&history);
+    assert_eq!(
+        h["in_queue"], true,
+        "the deferred recipient keeps it queued: {h}"
+    );
+    let events = h["events"].as_array().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(&kinds[..3], ["queued", "queued", "queued"], "{h}");
+    let of = |rcpt: &str, kind: &str| {
+        events
+            .iter()
+            .find(|e| e["recipient"] == rcpt && e["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} event for {rcpt}: {h}"))
+    };
+    assert!(
+        of("ok@remote.test", "delivered")["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("250")
+    );
+    let bounced = of("reject@remote.test", "bounced");
+    assert_eq!(bounced["reply"], "550 5.1.1 User unknown");
+    assert_eq!(bounced["message_id"], "m1@example.com");
+    let remote = bounced["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["key"] == "remote_mta")
+        .unwrap_or_else(|| panic!("{bounced}"));
+    assert!(
+        remote["value"].as_str().unwrap().contains("127.0.0.1"),
+        "{remote}"
+    );
+    assert_eq!(
+        of("defer@remote.test", "deferred")["reply"],
+        "451 4.2.1 Mailbox busy"
+    );
+    let times: Vec<u64> = events.iter().map(|e| e["time"].as_u64().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "oldest first: {times:?}"
+    );
+
+    // Recent events: by kind, by recipient (any case), both, paged, bounded in time.
+    let b = get("/api/v1/events?kind=bounced");
+    let b = b["events"].as_array().unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0]["recipient"], "reject@remote.test");
+    let d = get("/api/v1/events?recipient=DEFER@Remote.test");
+    let kinds: Vec<&str> = d["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["deferred", "queued"], "newest first");
+    let both = get("/api/v1/events?recipient=defer@remote.test&kind=queued");
+    assert_eq!(both["events"].as_array().unwrap().len(), 1);
+    // Every event (once the DSN to the sender is delivered too), then in two pages.
+    assert!(wait_until(Duration::from_secs(20), || {
+        get("/api/v1/events?kind=delivered&recipient=app@remote.test")["events"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    }));
+    let all = get("/api/v1/events?limit=1000")["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(all.len() >= 6, "{all:?}");
+    let p1 = get("/api/v1/events?limit=4");
+    assert_eq!(p1["events"].as_array().unwrap()[..], all[..4]);
+    let next = p1["next"].as_str().unwrap().to_string();
+    let p2 = get(&format!("/api/v1/events?limit=1000&before={next}"));
+    assert_eq!(p2["events"].as_array().unwrap()[..], all[4..]);
+    assert!(p2["next"].is_null());
+    let future = 4_102_444_800u64; // 2100-01-01
+    assert!(
+        get(&format!("/api/v1/events?since={future}"))["events"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    for bad in ["limit=0", "limit=1001", "since=-1", "since=soon"] {
+        let (status, _, body) = call(http, "GET", &format!("/api/v1/events?{bad}"), Some(&key));
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(json(&body)["error"].is_string(), "{body}");
+    }
+    let (status, _, body) = call(http, "GET", "/api/v1/queue/NOPE/history", Some(&key));
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(call(http, "GET", "/api/v1/events", None).0, 401);
+
+    // The CLI: through the API now, from the database once the server is stopped.
+    let bounces = s.cli_ok(&["events", "--kind", "bounced"]);
+    assert!(
+        bounces.contains("reject@remote.test") && bounces.contains("550 5.1.1"),
+        "{bounces}"
+    );
+    let online = s.cli_ok(&["queue", "history", &id]);
+    assert_eq!(online.lines().count(), 6, "{online}");
+    assert!(
+        online.contains("\tdeferred\t") && online.contains("451 4.2.1"),
+        "{online}"
+    );
+    s.stop();
+    let offline = s.cli_ok(&["queue", "history", &id]);
+    assert_eq!(offline, online);
+    let out = s.cli(&["queue", "history", "NOPE"], "");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no message NOPE"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// An independent OpenAPI fuzzer (schemathesis) against the running server, every check:
 /// no 5xx, every response as the document says.
 #[test]

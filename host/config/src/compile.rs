@@ -264,6 +264,7 @@ impl Compiler<'_> {
             event_retry_initial: d.event_retry_initial,
             event_retry_max: d.event_retry_max,
             event_expire: d.event_expire,
+            event_history: d.event_history,
             expire: d.expire,
             delay_notify_after: d.delay_notify_after,
             tls,

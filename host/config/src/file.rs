@@ -308,6 +308,11 @@ pub struct DeliveryFile {
     /// Age after which an event no `event` step acknowledged is dropped (and logged).
     #[serde(with = "humantime_serde")]
     pub event_expire: Duration,
+    /// How long every event (queued, each delivery attempt with the remote's reply,
+    /// bounces, opens, ...) stays in the history that `sluice events`, `sluice queue
+    /// history` and the API read; `0s` keeps none.
+    #[serde(with = "humantime_serde")]
+    pub event_history: Duration,
 }
 
 impl Default for DeliveryFile {
@@ -331,6 +336,7 @@ impl Default for DeliveryFile {
             event_retry_initial: Duration::from_secs(5),
             event_retry_max: Duration::from_secs(600),
             event_expire: Duration::from_secs(3 * 86400),
+            event_history: Duration::from_secs(45 * 86400),
         }
     }
 }

@@ -198,6 +198,7 @@ pub struct DeliverySettings {
     pub event_retry_initial: Duration,
     pub event_retry_max: Duration,
     pub event_expire: Duration,
+    pub event_history: Duration,
 }
 
 /// How mail for a domain leaves.

@@ -994,7 +994,8 @@ impl Engine {
             );
             events.push((kind, i));
         }
-        if self.pipelines.current().wants_events() {
+        {
+            let deliver = self.pipelines.current().wants_events();
             let message_id = sluice_core::envelope::message_id(body);
             for (kind, i) in &events {
                 let r = &meta.recipients[*i];
@@ -1022,7 +1023,7 @@ impl Engine {
                 }
                 // Published before the record changes: sled keeps the order, so the
                 // result is never on disk without its event.
-                if let Err(err) = self.queue.publish_event(e) {
+                if let Err(err) = self.queue.event(e, deliver) {
                     tracing::error!(id = %meta.id, error = %err, "cannot publish event; the attempt's result is not recorded and will be retried");
                     published = false;
                 }

@@ -713,11 +713,11 @@ impl utoipa::Modify for Security {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Sluice admin API", description = "Operate a running Sluice: queue, policies, bans, suppressions, archive. Every error is JSON `{\"error\": message}`; 401 without a valid key, 403 when the key's scope does not allow the request."),
+    info(title = "Sluice admin API", description = "Operate a running Sluice: queue, events and message history, policies, bans, suppressions, archive. Every error is JSON `{\"error\": message}`; 401 without a valid key, 403 when the key's scope does not allow the request."),
     paths(queue_list, queue_show, queue_retry, queue_release, queue_delete, policies, reload, bans, lift_ban,
         suppressions, suppressions_csv, suppress_add, suppress_remove,
         crate::archive::archive_search, crate::archive::archive_show, crate::archive::archive_raw,
-        crate::archive::archive_verify),
+        crate::archive::archive_verify, crate::events::events, crate::events::message_history),
     components(schemas(StateFilter, Reason, Origin)),
     modifiers(&Security)
 )]
@@ -784,6 +784,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/queue/{id}", get(queue_show).delete(queue_delete))
         .route("/api/v1/queue/{id}/retry", post(queue_retry))
         .route("/api/v1/queue/{id}/release", post(queue_release))
+        .route(
+            "/api/v1/queue/{id}/history",
+            get(crate::events::message_history),
+        )
+        .route("/api/v1/events", get(crate::events::events))
         .route("/api/v1/policies", get(policies))
         .route("/api/v1/policies/reload", post(reload))
         .route("/api/v1/bans", get(bans))

@@ -132,7 +132,7 @@ impl Metrics {
             purged: counter(
                 &r,
                 "sluice_store_purged_total",
-                "Expired entries purged from the plugin stores, by store (kv, archive).",
+                "Expired entries purged, by store (kv: plugin key-value data, archive: archived messages, events: the event history).",
                 &["store"],
             ),
             messages_queued: counter(

@@ -16,12 +16,14 @@
 //! *Invariant*: when `enqueue` returns `Ok`, the message and its envelope are on disk.
 
 pub mod body_log;
+pub mod history;
 pub mod mem;
 pub mod meta;
 pub mod outbox;
 pub mod sled_queue;
 pub mod sled_sync;
 
+pub use history::{EventPage, EventQuery};
 pub use mem::MemQueue;
 pub use meta::{MessageMeta, RecipientState, Status, new_id, now_secs};
 pub use outbox::{Outbox, OutboxEntry};
@@ -111,13 +113,23 @@ impl QueueError {
 pub trait Queue: Send + Sync {
     /// Stores a new message; returns once it is durable.
     async fn enqueue(&self, meta: &MessageMeta, body: &[u8]) -> Result<(), QueueError>;
-    /// Stores a new message and puts events on the bus; returns once both are durable.
+    /// Stores a new message and its events: on the bus for `event` steps when `deliver`,
+    /// in the history in any case; returns once the message (and the bus's copy) is
+    /// durable.
     async fn enqueue_with_events(
         &self,
         meta: &MessageMeta,
         body: &[u8],
         events: Vec<sluice_core::Event>,
+        deliver: bool,
     ) -> Result<(), QueueError> {
+        if !deliver {
+            self.enqueue(meta, body).await?;
+            for e in &events {
+                self.record_event(e)?;
+            }
+            return Ok(());
+        }
         for e in events {
             self.publish_event(e)?;
         }
@@ -128,6 +140,31 @@ pub trait Queue: Send + Sync {
     fn publish_event(&self, event: sluice_core::Event) -> Result<(), QueueError> {
         tracing::debug!(id = %event.id, kind = event.kind.name(), "event dropped: no outbox");
         Ok(())
+    }
+    /// Records an event in the history only (no `event` step wants it). A queue without a
+    /// history drops it.
+    fn record_event(&self, event: &sluice_core::Event) -> Result<(), QueueError> {
+        let _ = event;
+        Ok(())
+    }
+    /// Recorded events matching `q`, newest first. A queue without a history has none.
+    fn history(&self, q: &EventQuery) -> Result<EventPage, QueueError> {
+        let _ = q;
+        Ok(EventPage::default())
+    }
+    /// Every recorded event of one message, oldest first.
+    fn message_history(&self, queue_id: &str) -> Result<Vec<sluice_core::Event>, QueueError> {
+        let _ = queue_id;
+        Ok(Vec::new())
+    }
+    /// Puts an event on the bus when `deliver` (an `event` step wants it), else records it
+    /// in the history only.
+    fn event(&self, event: sluice_core::Event, deliver: bool) -> Result<(), QueueError> {
+        if deliver {
+            self.publish_event(event)
+        } else {
+            self.record_event(&event)
+        }
     }
     /// Whether a message of `size` bytes would fit now (the disk's reserve included);
     /// checked before a client sends the data.

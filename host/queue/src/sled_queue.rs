@@ -521,8 +521,18 @@ impl Queue for SledQueue {
         meta: &MessageMeta,
         body: &[u8],
         events: Vec<sluice_core::Event>,
+        deliver: bool,
     ) -> Result<(), QueueError> {
         let outbox = &self.shared.outbox;
+        if !deliver {
+            self.enqueue(meta, body).await?;
+            for e in &events {
+                if let Err(err) = outbox.record(e) {
+                    tracing::error!(id = %meta.id, error = %err, "cannot record an event in the history");
+                }
+            }
+            return Ok(());
+        }
         // Events first: the flush that makes the record durable covers them too.
         let mut published = Vec::with_capacity(events.len());
         for e in events {
@@ -545,6 +555,18 @@ impl Queue for SledQueue {
 
     fn publish_event(&self, event: sluice_core::Event) -> Result<(), QueueError> {
         self.shared.outbox.publish(event)
+    }
+
+    fn record_event(&self, event: &sluice_core::Event) -> Result<(), QueueError> {
+        self.shared.outbox.record(event)
+    }
+
+    fn history(&self, q: &crate::EventQuery) -> Result<crate::EventPage, QueueError> {
+        self.shared.outbox.history(q)
+    }
+
+    fn message_history(&self, queue_id: &str) -> Result<Vec<sluice_core::Event>, QueueError> {
+        self.shared.outbox.message_history(queue_id)
     }
 
     fn has_room(&self, size: u64) -> Result<(), QueueError> {

@@ -8,6 +8,7 @@
 
 mod api_client;
 mod archive_cmd;
+mod events_cmd;
 mod queue_cmd;
 mod spam_cmd;
 mod suppression_cmd;
@@ -46,7 +47,8 @@ enum Command {
     Serve,
     /// Checks the configuration and reports every problem.
     CheckConfig,
-    /// Inspects and changes the queue (stop the server first: the queue is locked).
+    /// Inspects and changes the queue (directly with the server stopped, through its API
+    /// while it runs).
     Queue {
         #[command(subcommand)]
         command: queue_cmd::QueueCommand,
@@ -72,6 +74,9 @@ enum Command {
         #[command(subcommand)]
         command: suppression_cmd::SuppressionCommand,
     },
+    /// Recent events from the history (kept `[delivery] event_history`, default 45 days),
+    /// newest first: time, kind, queue id, recipient, reply, remote MTA (TAB separated).
+    Events(events_cmd::EventsArgs),
     /// The message archive: search, show, raw message, verify the hash chain.
     Archive {
         #[command(subcommand)]
@@ -420,6 +425,7 @@ fn main() -> Result<()> {
         Command::Ban { command } => ban(&settings, command),
         Command::Suppression { command } => suppression_cmd::run(&settings, command),
         Command::Archive { command } => archive_cmd::run(&settings, command),
+        Command::Events(args) => events_cmd::run(&settings, args),
         Command::Trace(_) | Command::Score(_) | Command::Spam { .. } => {
             unreachable!("handled above")
         }
@@ -472,6 +478,8 @@ async fn serve(settings: Settings) -> Result<()> {
     })?;
     queue.set_min_free(settings.queue_min_free);
     let outbox = queue.outbox();
+    outbox.set_history(settings.delivery.event_history);
+    spawn_history_purger(outbox.clone());
     let queue: Arc<dyn Queue> = Arc::new(queue);
     let tls = sluice_smtp::tls::server_config(
         settings.tls_cert.as_ref(),
@@ -665,6 +673,29 @@ async fn load_policies(
             )
         }
     }
+}
+
+/// Drops events older than the history's retention every few minutes.
+fn spawn_history_purger(outbox: sluice_queue::Outbox) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
+        loop {
+            tick.tick().await;
+            let o = outbox.clone();
+            match tokio::task::spawn_blocking(move || o.purge_history()).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => {
+                    sluice_metrics::global()
+                        .purged
+                        .with_label_values(&["events"])
+                        .inc_by(n as u64);
+                    tracing::info!(events = n, "event history purged");
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "purging the event history failed"),
+                Err(e) => tracing::error!(error = %e, "purge task failed"),
+            }
+        }
+    });
 }
 
 /// Removes expired key-value entries and archived messages every few minutes, off the async

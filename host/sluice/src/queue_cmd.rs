@@ -29,6 +29,9 @@ pub enum QueueCommand {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Every recorded event of one message, oldest first (also after it left the queue):
+    /// time, kind, queue id, recipient, reply, remote MTA (TAB separated).
+    History { id: String },
 }
 
 pub fn run(settings: &Settings, command: QueueCommand) -> Result<()> {
@@ -47,6 +50,7 @@ pub fn run(settings: &Settings, command: QueueCommand) -> Result<()> {
         }
     };
     match command {
+        QueueCommand::History { id } => crate::events_cmd::history(Some(&queue), None, &id)?,
         QueueCommand::List => {
             let all = queue.list()?;
             for m in &all {
@@ -185,6 +189,7 @@ fn online(settings: &Settings, command: QueueCommand) -> Result<()> {
         }
     };
     match command {
+        QueueCommand::History { id } => crate::events_cmd::history(None, Some(&api), &id)?,
         QueueCommand::List => {
             let all = list_all()?;
             for m in &all {

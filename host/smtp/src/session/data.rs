@@ -290,9 +290,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         message: &[u8],
         reply: &Reply,
     ) {
-        if !self.pipeline.wants_events() {
-            return;
-        }
         let message_id = sluice_core::envelope::message_id(message);
         for r in &envelope.recipients {
             let mut e = Event::new(EventKind::Rejected, &envelope.sender);
@@ -319,7 +316,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         meta.session = Some(self.info.clone());
         meta.queued_pending =
             meta.quarantine.is_none() && self.pipeline.wants_queued(Some(&self.info), envelope);
-        let events = if self.pipeline.wants_events() {
+        let events = {
             let message_id = sluice_core::envelope::message_id(message);
             let kind = if meta.quarantine.is_some() {
                 EventKind::Quarantined
@@ -342,13 +339,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     e
                 })
                 .collect()
-        } else {
-            Vec::new()
         };
         if let Err(e) = self
             .ctx
             .queue
-            .enqueue_with_events(&meta, message.as_slice(), events)
+            .enqueue_with_events(
+                &meta,
+                message.as_slice(),
+                events,
+                self.pipeline.wants_events(),
+            )
             .await
         {
             tracing::error!(error = %e, "cannot queue message");

@@ -278,17 +278,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         reply.write_to(&mut self.out);
     }
 
-    /// Puts an event about this session's mail on the bus, when any chain has event steps:
-    /// for what never reaches the queue (recipients refused or dropped by policy).
+    /// Records an event about this session's mail (on the bus too when any chain has
+    /// event steps): for what never reaches the queue (recipients refused or dropped by
+    /// policy).
     fn publish(&self, event: sluice_core::Event) {
-        if !self.pipeline.wants_events() {
-            return;
-        }
-        if let Err(err) = self
-            .ctx
-            .queue
-            .publish_event(event.with_session(Some(&self.info)))
-        {
+        if let Err(err) = self.ctx.queue.event(
+            event.with_session(Some(&self.info)),
+            self.pipeline.wants_events(),
+        ) {
             tracing::error!(error = %err, "cannot publish event");
         }
     }

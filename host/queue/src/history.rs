@@ -1,0 +1,317 @@
+//! The event history: every event, kept for a retention period after it happened, whether
+//! or not any `event` step wants it. It answers "what happened to this message" (each
+//! delivery attempt is an event with the remote reply) and "recent bounces for this
+//! address".
+//!
+//! It shares the outbox's `events` tree so that an event and its history record are one
+//! atomic batch:
+//! - `h/<event id>` = the event (format version byte, then postcard). Event ids start with
+//!   their time in fixed-width hex, so key order is time order.
+//! - `hq/<queue id>\0<event id>`, `hr/<recipient, lowercase>\0<event id>`,
+//!   `hk/<kind>\0<event id>`: indexes (empty values).
+
+use crate::QueueError;
+use sluice_core::Event;
+
+const LOG: &[u8] = b"h/";
+const BY_QUEUE: &[u8] = b"hq/";
+const BY_RCPT: &[u8] = b"hr/";
+const BY_KIND: &[u8] = b"hk/";
+const VERSION: u8 = 1;
+
+/// What [`search`] looks for; every given criterion must hold.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// An event kind's name (`delivered`, `bounced`, or an extension's name).
+    pub kind: Option<String>,
+    /// A recipient address (any case).
+    pub recipient: Option<String>,
+    /// Events at or after this time, unix milliseconds.
+    pub since_ms: Option<u64>,
+    /// Events older than this event id (paging: the previous page's `next`).
+    pub before: Option<String>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// A page of [`search`], newest first.
+#[derive(Debug, Clone, Default)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    /// Pass as `before` for the next page; `None` on the last one.
+    pub next: Option<String>,
+}
+
+fn log_key(id: &str) -> Vec<u8> {
+    [LOG, id.as_bytes()].concat()
+}
+
+fn index_key(prefix: &[u8], term: &str, id: &str) -> Vec<u8> {
+    [prefix, term.as_bytes(), b"\0", id.as_bytes()].concat()
+}
+
+fn index_keys(e: &Event) -> Vec<Vec<u8>> {
+    let mut keys = vec![index_key(BY_KIND, e.kind.name(), &e.id)];
+    if let Some(q) = &e.queue_id {
+        keys.push(index_key(BY_QUEUE, q, &e.id));
+    }
+    if let Some(r) = &e.recipient {
+        keys.push(index_key(BY_RCPT, &r.to_lowercase(), &e.id));
+    }
+    keys
+}
+
+/// Adds an event's history records to a batch.
+pub(crate) fn add(batch: &mut sled::Batch, e: &Event) {
+    let mut bytes = vec![VERSION];
+    bytes = postcard::to_extend(e, bytes).expect("events always serialize");
+    batch.insert(log_key(&e.id), bytes);
+    for k in index_keys(e) {
+        batch.insert(k, &[]);
+    }
+}
+
+fn decode(id: &str, bytes: &[u8]) -> Result<Event, QueueError> {
+    let corrupt = |reason: String| QueueError::Corrupt {
+        id: id.to_string(),
+        reason,
+    };
+    match bytes {
+        [VERSION, rest @ ..] => postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string())),
+        [v, ..] => Err(corrupt(format!("unknown history format version {v}"))),
+        [] => Err(corrupt("empty history record".into())),
+    }
+}
+
+/// The time in an event id (`E` + 13 hex digits of unix milliseconds + ...).
+fn id_time(id: &[u8]) -> Option<u64> {
+    let hex = std::str::from_utf8(id.get(1..14)?).ok()?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+fn get(tree: &sled::Tree, id: &str) -> Result<Option<Event>, QueueError> {
+    match tree.get(log_key(id))? {
+        Some(v) => Ok(Some(decode(id, &v)?)),
+        None => Ok(None),
+    }
+}
+
+/// Events matching `q`, newest first. Driven by the most selective index given
+/// (recipient, then kind, then the whole log); ids are time-ordered, so a `since` bound
+/// ends the scan.
+pub(crate) fn search(tree: &sled::Tree, q: &EventQuery) -> Result<EventPage, QueueError> {
+    let limit = q.limit.max(1);
+    let recipient = q.recipient.as_ref().map(|r| r.to_lowercase());
+    let whole_log = recipient.is_none() && q.kind.is_none();
+    let prefix: Vec<u8> = match (&recipient, &q.kind) {
+        (Some(r), _) => [BY_RCPT, r.as_bytes(), b"\0"].concat(),
+        (None, Some(k)) => [BY_KIND, k.as_bytes(), b"\0"].concat(),
+        (None, None) => LOG.to_vec(),
+    };
+    let end = match &q.before {
+        Some(b) => [&prefix[..], b.as_bytes()].concat(),
+        None => {
+            let mut e = prefix.clone();
+            e.push(0xff);
+            e
+        }
+    };
+    let mut page = EventPage::default();
+    for item in tree.range(prefix.clone()..end).rev() {
+        let (k, v) = item?;
+        let id_bytes = &k[prefix.len()..];
+        if let (Some(since), Some(t)) = (q.since_ms, id_time(id_bytes))
+            && t < since
+        {
+            break;
+        }
+        let id = String::from_utf8_lossy(id_bytes).into_owned();
+        let event = if whole_log {
+            decode(&id, &v)?
+        } else {
+            match get(tree, &id)? {
+                Some(e) => e,
+                None => continue,
+            }
+        };
+        if q.kind.as_deref().is_some_and(|k| event.kind.name() != k) {
+            continue;
+        }
+        if page.events.len() == limit {
+            page.next = page.events.last().map(|e| e.id.clone());
+            break;
+        }
+        page.events.push(event);
+    }
+    Ok(page)
+}
+
+/// Every event of one message, oldest first (at most `limit`).
+pub(crate) fn of_message(
+    tree: &sled::Tree,
+    queue_id: &str,
+    limit: usize,
+) -> Result<Vec<Event>, QueueError> {
+    let prefix = [BY_QUEUE, queue_id.as_bytes(), b"\0"].concat();
+    let mut out = Vec::new();
+    for item in tree.scan_prefix(&prefix).take(limit) {
+        let (k, _) = item?;
+        let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+        if let Some(e) = get(tree, &id)? {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the history of events older than `before_ms`; returns how many.
+pub(crate) fn purge(tree: &sled::Tree, before_ms: u64) -> Result<usize, QueueError> {
+    let mut removed = 0;
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in tree.scan_prefix(LOG).take(1000) {
+            let (k, v) = item?;
+            let id_bytes = &k[LOG.len()..];
+            if id_time(id_bytes).is_some_and(|t| t >= before_ms) {
+                break;
+            }
+            let id = String::from_utf8_lossy(id_bytes).into_owned();
+            match decode(&id, &v) {
+                Ok(e) => {
+                    for key in index_keys(&e) {
+                        batch.remove(key);
+                    }
+                }
+                // Its index keys cannot be named: they stay, and searches skip them.
+                Err(e) => tracing::warn!(%id, error = %e, "purging an unreadable history record"),
+            }
+            batch.remove(k);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(removed);
+        }
+        tree.apply_batch(batch)?;
+        removed += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::EventKind;
+
+    fn event(kind: EventKind, queue_id: &str, rcpt: &str, time_ms: u64) -> Event {
+        let mut e = Event::new(kind, "sender@example.com");
+        // A fixed time, in the id too (as Event::new writes it).
+        e.id = format!("E{time_ms:013X}{:016X}", e.id.len() as u64 + time_ms);
+        e.time_ms = time_ms;
+        e.queue_id = Some(queue_id.into());
+        e.recipient = Some(rcpt.into());
+        e
+    }
+
+    fn tree() -> (tempfile::TempDir, sled::Tree) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let t = db.open_tree("events").unwrap();
+        (dir, t)
+    }
+
+    fn put(t: &sled::Tree, events: &[Event]) {
+        let mut b = sled::Batch::default();
+        for e in events {
+            add(&mut b, e);
+        }
+        t.apply_batch(b).unwrap();
+    }
+
+    #[test]
+    fn searches_page_newest_first_and_filter() {
+        let (_d, t) = tree();
+        let mut all = Vec::new();
+        for i in 0..25u64 {
+            let kind = if i % 5 == 0 {
+                EventKind::Bounced
+            } else {
+                EventKind::Delivered
+            };
+            all.push(event(
+                kind,
+                &format!("Q{}", i / 3),
+                &format!("User{}@X.example", i % 2),
+                1_000 + i,
+            ));
+        }
+        put(&t, &all);
+        // Whole log, paged.
+        let mut q = EventQuery {
+            limit: 10,
+            ..EventQuery::default()
+        };
+        let p1 = search(&t, &q).unwrap();
+        assert_eq!(p1.events.len(), 10);
+        assert_eq!(p1.events[0].time_ms, 1_024);
+        q.before = p1.next.clone();
+        let p2 = search(&t, &q).unwrap();
+        assert_eq!(p2.events[0].time_ms, 1_014);
+        q.before = search(&t, &q).unwrap().next;
+        let p3 = search(&t, &q).unwrap();
+        assert_eq!((p3.events.len(), p3.next), (5, None));
+        // By kind, by recipient (any case), both, and a time bound.
+        let bounced = search(
+            &t,
+            &EventQuery {
+                kind: Some("bounced".into()),
+                limit: 100,
+                ..EventQuery::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(bounced.events.len(), 5);
+        let user0 = EventQuery {
+            recipient: Some("user0@x.EXAMPLE".into()),
+            limit: 100,
+            ..EventQuery::default()
+        };
+        assert_eq!(search(&t, &user0).unwrap().events.len(), 13);
+        let both = EventQuery {
+            kind: Some("bounced".into()),
+            ..user0.clone()
+        };
+        // i in 0, 10, 20 (even and a multiple of 5).
+        assert_eq!(search(&t, &both).unwrap().events.len(), 3);
+        let recent = EventQuery {
+            since_ms: Some(1_020),
+            ..user0
+        };
+        assert_eq!(search(&t, &recent).unwrap().events.len(), 3);
+        // One message's history, oldest first.
+        let h = of_message(&t, "Q2", 100).unwrap();
+        let times: Vec<u64> = h.iter().map(|e| e.time_ms).collect();
+        assert_eq!(times, [1_006, 1_007, 1_008]);
+    }
+
+    #[test]
+    fn purge_removes_old_events_and_their_index_entries() {
+        let (_d, t) = tree();
+        let events: Vec<Event> = (0..2500u64)
+            .map(|i| {
+                event(
+                    EventKind::Delivered,
+                    &format!("Q{i}"),
+                    "a@b.example",
+                    10_000 + i,
+                )
+            })
+            .collect();
+        put(&t, &events);
+        assert_eq!(purge(&t, 12_000).unwrap(), 2000);
+        assert!(of_message(&t, "Q1999", 10).unwrap().is_empty());
+        assert_eq!(of_message(&t, "Q2000", 10).unwrap().len(), 1);
+        // Nothing left behind but the 500 newer events' keys (log + 3 indexes each).
+        assert_eq!(t.len(), 500 * 4);
+        assert_eq!(purge(&t, 12_000).unwrap(), 0);
+    }
+}

@@ -1,0 +1,158 @@
+//! `sluice events` (recent events from the history, by kind, recipient and time) and the
+//! printing of `sluice queue history`. With the server stopped they open the queue's
+//! database directly; while it runs they go through the admin API. Both print the same.
+
+use crate::api_client::ApiClient;
+use anyhow::{Context, Result};
+use clap::Args;
+use sluice_config::Settings;
+use sluice_http::events::EventInfo;
+use sluice_queue::{EventQuery, Queue, SledQueue};
+
+#[derive(Args)]
+pub struct EventsArgs {
+    /// An event kind: queued, delivered, deferred, bounced, rejected, quarantined, opened,
+    /// clicked, unsubscribed, complained, or a plugin's own.
+    #[arg(long)]
+    kind: Option<String>,
+    /// A recipient address (any case).
+    #[arg(long)]
+    recipient: Option<String>,
+    /// From this time: unix seconds, RFC 3339 or YYYY-MM-DD.
+    #[arg(long)]
+    since: Option<String>,
+    /// Older than this event id (paging).
+    #[arg(long)]
+    before: Option<String>,
+    /// At most this many (1 to 1000).
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// Print the JSON the API answers instead of lines.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The queue's database when the server is stopped, else `None` (use the API).
+fn open_queue(settings: &Settings) -> Result<Option<SledQueue>> {
+    match SledQueue::open(&settings.queue_dir()) {
+        Ok(q) => Ok(Some(q)),
+        Err(e) if settings.http_bind.is_none() => Err(e).with_context(|| {
+            format!(
+                "cannot open the queue in {} (is the server running? stop it, or configure [http] so that this command can use its API)",
+                settings.queue_dir().display()
+            )
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
+pub fn run(settings: &Settings, a: EventsArgs) -> Result<()> {
+    let since = a
+        .since
+        .as_ref()
+        .map(|s| {
+            sluice_archive::parse_time(s).with_context(|| {
+                format!("--since: `{s}` is not unix seconds, RFC 3339 or YYYY-MM-DD")
+            })
+        })
+        .transpose()?;
+    let limit = a.limit.clamp(1, 1000);
+    let page = match open_queue(settings)? {
+        Some(queue) => {
+            let page = queue.history(&EventQuery {
+                kind: a.kind.clone(),
+                recipient: a.recipient.clone(),
+                since_ms: since.map(|s| s.saturating_mul(1000)),
+                before: a.before.clone(),
+                limit: limit as usize,
+            })?;
+            serde_json::json!({
+                "events": page.events.into_iter().map(EventInfo::from).collect::<Vec<_>>(),
+                "next": page.next,
+            })
+        }
+        None => {
+            let mut params: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            for (k, v) in [
+                ("kind", &a.kind),
+                ("recipient", &a.recipient),
+                ("before", &a.before),
+            ] {
+                if let Some(v) = v {
+                    params.push((k, v.clone()));
+                }
+            }
+            if let Some(s) = since {
+                params.push(("since", s.to_string()));
+            }
+            ApiClient::new(settings)?.get_with("/events", &params)?
+        }
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&page)?);
+        return Ok(());
+    }
+    for e in page["events"].as_array().into_iter().flatten() {
+        println!("{}", line(e));
+    }
+    if let Some(next) = page["next"].as_str() {
+        eprintln!("more: --before {next}");
+    }
+    Ok(())
+}
+
+/// `sluice queue history ID`: every event of one message, oldest first, from the queue's
+/// database or else the API.
+pub fn history(queue: Option<&SledQueue>, api: Option<&ApiClient>, id: &str) -> Result<()> {
+    let events: Vec<serde_json::Value> = match (queue, api) {
+        (Some(queue), _) => {
+            let events = queue.message_history(id)?;
+            if events.is_empty() && queue.get(id)?.is_none() {
+                anyhow::bail!("no message {id} in the queue or the event history");
+            }
+            events
+                .into_iter()
+                .map(|e| serde_json::to_value(EventInfo::from(e)))
+                .collect::<Result<_, _>>()?
+        }
+        (None, Some(api)) => {
+            let h = api.call("GET", &format!("/queue/{id}/history"))?;
+            h["events"].as_array().cloned().unwrap_or_default()
+        }
+        (None, None) => anyhow::bail!("neither the queue nor the API to read the history from"),
+    };
+    for e in &events {
+        println!("{}", line(e));
+    }
+    Ok(())
+}
+
+/// time, kind, queue id, recipient, reply, remote MTA (TAB separated, one line).
+fn line(e: &serde_json::Value) -> String {
+    let time = e["time"]
+        .as_i64()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    let remote = e["attributes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["key"] == "remote_mta")
+        .and_then(|a| a["value"].as_str())
+        .unwrap_or("");
+    let field = |k: &str| {
+        e[k].as_str()
+            .unwrap_or("")
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect::<String>()
+    };
+    format!(
+        "{time}\t{}\t{}\t{}\t{}\t{remote}",
+        field("kind"),
+        field("queue_id"),
+        field("recipient"),
+        field("reply"),
+    )
+}
