@@ -232,7 +232,7 @@ def html_message(size):
 class Sluice:
     name = "sluice"
 
-    def __init__(self, workdir, sink_port, binary, steps=0):
+    def __init__(self, workdir, sink_port, binary, steps=0, delivery=""):
         self.dir = os.path.join(workdir, "sluice")
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
@@ -295,7 +295,7 @@ max_recipients = 1000
 
 {extra}[delivery]
 max_connections_per_destination = 20
-
+{delivery}
 [[route]]
 domain = "bench.test"
 via = "smarthost"
@@ -517,6 +517,9 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
         server = Sluice(workdir, sink.port, binary)
     elif kind == "baseline":
         server = Sluice(workdir, sink.port, baseline)
+    elif kind == "sluice-history":
+        # The same server without the event history (`event_history = "0s"`).
+        server = Sluice(workdir, sink.port, binary, delivery='event_history = "0s"\n')
     elif kind == "sluice+spam":
         server = Sluice(workdir, sink.port, binary, steps="spam")
     elif kind == "sluice+track":

@@ -23,7 +23,7 @@ pub mod outbox;
 pub mod sled_queue;
 pub mod sled_sync;
 
-pub use history::{EventPage, EventQuery};
+pub use history::{EventPage, EventQuery, History};
 pub use mem::MemQueue;
 pub use meta::{MessageMeta, RecipientState, Status, new_id, now_secs};
 pub use outbox::{Outbox, OutboxEntry};

@@ -37,8 +37,8 @@ pub struct Outbox {
     tree: Arc<std::sync::RwLock<Option<sled::Tree>>>,
     wake: Arc<tokio::sync::Notify>,
     ttl: Arc<std::sync::atomic::AtomicU64>,
-    /// How long the history keeps an event, milliseconds; 0: no history.
-    history_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Where every event is also recorded (none: no history).
+    history: Arc<std::sync::RwLock<Option<Arc<crate::History>>>>,
 }
 
 fn entry_key(id: &str) -> Vec<u8> {
@@ -62,7 +62,7 @@ impl Outbox {
             tree: Arc::new(std::sync::RwLock::new(None)),
             wake: Arc::new(tokio::sync::Notify::new()),
             ttl: Arc::new(std::sync::atomic::AtomicU64::new(3 * 24 * 3600 * 1000)),
-            history_ms: Arc::new(std::sync::atomic::AtomicU64::new(45 * 24 * 3600 * 1000)),
+            history: Arc::new(std::sync::RwLock::new(None)),
         }
     }
 
@@ -92,47 +92,24 @@ impl Outbox {
             .store(ttl.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// How long the history keeps every event (default 45 days); zero turns it off.
-    pub fn set_history(&self, keep: Duration) {
-        self.history_ms.store(
-            keep.as_millis() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+    /// Records every event published from now on in `history` as well.
+    pub fn set_history(&self, history: Option<Arc<crate::History>>) {
+        *self.history.write().unwrap_or_else(|e| e.into_inner()) = history;
     }
 
-    fn history_on(&self) -> bool {
-        self.history_ms.load(std::sync::atomic::Ordering::Relaxed) > 0
+    /// The history events are recorded in, if any.
+    pub fn history(&self) -> Option<Arc<crate::History>> {
+        self.history
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// Records an event in the history only (no `event` step wants it); durable at the
-    /// next flush like the queue's other changes.
-    pub fn record(&self, event: &Event) -> Result<(), QueueError> {
-        if !self.history_on() {
-            return Ok(());
+    /// Records an event in the history only (no `event` step wants it).
+    pub fn record(&self, event: &Event) {
+        if let Some(h) = self.history() {
+            h.record(event.clone());
         }
-        let mut batch = sled::Batch::default();
-        crate::history::add(&mut batch, event);
-        self.tree()?.apply_batch(batch)?;
-        Ok(())
-    }
-
-    /// Events in the history matching `q`, newest first.
-    pub fn history(&self, q: &crate::EventQuery) -> Result<crate::EventPage, QueueError> {
-        crate::history::search(&self.tree()?, q)
-    }
-
-    /// Every recorded event of one message, oldest first (at most 10,000).
-    pub fn message_history(&self, queue_id: &str) -> Result<Vec<Event>, QueueError> {
-        crate::history::of_message(&self.tree()?, queue_id, 10_000)
-    }
-
-    /// Drops history older than the retention; returns how many events.
-    pub fn purge_history(&self) -> Result<usize, QueueError> {
-        let keep = self.history_ms.load(std::sync::atomic::Ordering::Relaxed);
-        if keep == 0 {
-            return Ok(0);
-        }
-        crate::history::purge(&self.tree()?, now_ms().saturating_sub(keep))
     }
 
     /// Woken when an event is published.
@@ -142,7 +119,8 @@ impl Outbox {
 
     /// Adds an event, due now.
     pub fn publish(&self, event: Event) -> Result<(), QueueError> {
-        self.publish_inner(event, 0, true)?;
+        self.record(&event);
+        self.publish_after(event, 0)?;
         self.wake.notify_one();
         Ok(())
     }
@@ -152,10 +130,6 @@ impl Outbox {
     /// with [`Outbox::discard`] if it never is). A crash in between leaves them due a moment
     /// later, never lost.
     pub(crate) fn publish_after(&self, event: Event, delay_ms: u64) -> Result<(), QueueError> {
-        self.publish_inner(event, delay_ms, false)
-    }
-
-    fn publish_inner(&self, event: Event, delay_ms: u64, history: bool) -> Result<(), QueueError> {
         sluice_metrics::global()
             .events_published
             .with_label_values(&[sluice_metrics::event_kind(event.kind.name())])
@@ -168,7 +142,7 @@ impl Outbox {
             expires_ms: event.time_ms.max(now).saturating_add(ttl),
             event,
         };
-        self.write(&entry, None, history)
+        self.write(&entry, None)
     }
 
     /// Makes events published with a delay due now, and records them in the history.
@@ -178,7 +152,8 @@ impl Outbox {
             if let Ok(Some(e)) = self.get(id) {
                 let mut due = e.clone();
                 due.next_ms = now;
-                if let Err(err) = self.write(&due, Some(e.next_ms), true) {
+                self.record(&e.event);
+                if let Err(err) = self.write(&due, Some(e.next_ms)) {
                     tracing::error!(%id, error = %err, "cannot make an event due; it will be due shortly anyway");
                 }
             }
@@ -186,14 +161,7 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// Writes an entry (replacing its due index `old_due`), with its history record when
-    /// `history`.
-    fn write(
-        &self,
-        entry: &OutboxEntry,
-        old_due: Option<u64>,
-        history: bool,
-    ) -> Result<(), QueueError> {
+    fn write(&self, entry: &OutboxEntry, old_due: Option<u64>) -> Result<(), QueueError> {
         let id = &entry.event.id;
         let mut bytes = vec![VERSION];
         bytes = postcard::to_extend(entry, bytes).expect("events always serialize");
@@ -203,9 +171,6 @@ impl Outbox {
         }
         batch.insert(entry_key(id), bytes);
         batch.insert(due_key(entry.next_ms, id), &[]);
-        if history && self.history_on() {
-            crate::history::add(&mut batch, &entry.event);
-        }
         self.tree()?.apply_batch(batch)?;
         Ok(())
     }
@@ -301,7 +266,7 @@ impl Outbox {
         let mut e = entry.clone();
         e.attempts += 1;
         e.next_ms = next_ms;
-        self.write(&e, Some(entry.next_ms), false)?;
+        self.write(&e, Some(entry.next_ms))?;
         Ok(e)
     }
 

@@ -527,9 +527,7 @@ impl Queue for SledQueue {
         if !deliver {
             self.enqueue(meta, body).await?;
             for e in &events {
-                if let Err(err) = outbox.record(e) {
-                    tracing::error!(id = %meta.id, error = %err, "cannot record an event in the history");
-                }
+                outbox.record(e);
             }
             return Ok(());
         }
@@ -558,15 +556,22 @@ impl Queue for SledQueue {
     }
 
     fn record_event(&self, event: &sluice_core::Event) -> Result<(), QueueError> {
-        self.shared.outbox.record(event)
+        self.shared.outbox.record(event);
+        Ok(())
     }
 
     fn history(&self, q: &crate::EventQuery) -> Result<crate::EventPage, QueueError> {
-        self.shared.outbox.history(q)
+        match self.shared.outbox.history() {
+            Some(h) => h.search(q),
+            None => Ok(crate::EventPage::default()),
+        }
     }
 
     fn message_history(&self, queue_id: &str) -> Result<Vec<sluice_core::Event>, QueueError> {
-        self.shared.outbox.message_history(queue_id)
+        match self.shared.outbox.history() {
+            Some(h) => h.of_message(queue_id),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn has_room(&self, size: u64) -> Result<(), QueueError> {

@@ -1,13 +1,15 @@
-//! `sluice events` (recent events from the history, by kind, recipient and time) and the
-//! printing of `sluice queue history`. With the server stopped they open the queue's
-//! database directly; while it runs they go through the admin API. Both print the same.
+//! `sluice events` (recent events from the history, by kind, recipient and time) and
+//! `sluice queue history`. With the server stopped they open the event history
+//! (`<data_dir>/history`) directly; while it runs (sled holds a lock) they go through the
+//! admin API. Both print the same.
 
 use crate::api_client::ApiClient;
 use anyhow::{Context, Result};
 use clap::Args;
 use sluice_config::Settings;
 use sluice_http::events::EventInfo;
-use sluice_queue::{EventQuery, Queue, SledQueue};
+use sluice_queue::{EventQuery, History, Queue, SledQueue};
+use std::sync::Arc;
 
 #[derive(Args)]
 pub struct EventsArgs {
@@ -32,14 +34,18 @@ pub struct EventsArgs {
     json: bool,
 }
 
-/// The queue's database when the server is stopped, else `None` (use the API).
-fn open_queue(settings: &Settings) -> Result<Option<SledQueue>> {
-    match SledQueue::open(&settings.queue_dir()) {
-        Ok(q) => Ok(Some(q)),
+/// The event history when the server is stopped, else `None` (use the API).
+fn open_history(settings: &Settings) -> Result<Option<Arc<History>>> {
+    let dir = settings.data_dir.join("history");
+    if !dir.exists() {
+        anyhow::bail!("no event history in {} yet", dir.display());
+    }
+    match History::open(&dir, settings.delivery.event_history) {
+        Ok(h) => Ok(Some(h)),
         Err(e) if settings.http_bind.is_none() => Err(e).with_context(|| {
             format!(
-                "cannot open the queue in {} (is the server running? stop it, or configure [http] so that this command can use its API)",
-                settings.queue_dir().display()
+                "cannot open the event history in {} (is the server running? stop it, or configure [http] so that this command can use its API)",
+                dir.display()
             )
         }),
         Err(_) => Ok(None),
@@ -57,9 +63,9 @@ pub fn run(settings: &Settings, a: EventsArgs) -> Result<()> {
         })
         .transpose()?;
     let limit = a.limit.clamp(1, 1000);
-    let page = match open_queue(settings)? {
-        Some(queue) => {
-            let page = queue.history(&EventQuery {
+    let page = match open_history(settings)? {
+        Some(history) => {
+            let page = history.search(&EventQuery {
                 kind: a.kind.clone(),
                 recipient: a.recipient.clone(),
                 since_ms: since.map(|s| s.saturating_mul(1000)),
@@ -101,27 +107,26 @@ pub fn run(settings: &Settings, a: EventsArgs) -> Result<()> {
     Ok(())
 }
 
-/// `sluice queue history ID`: every event of one message, oldest first, from the queue's
-/// database or else the API.
-pub fn history(queue: Option<&SledQueue>, api: Option<&ApiClient>, id: &str) -> Result<()> {
-    let events: Vec<serde_json::Value> = match (queue, api) {
-        (Some(queue), _) => {
-            let events = queue.message_history(id)?;
-            if events.is_empty() && queue.get(id)?.is_none() {
-                anyhow::bail!("no message {id} in the queue or the event history");
-            }
-            events
-                .into_iter()
-                .map(|e| serde_json::to_value(EventInfo::from(e)))
-                .collect::<Result<_, _>>()?
-        }
-        (None, Some(api)) => {
-            let h = api.call("GET", &format!("/queue/{id}/history"))?;
-            h["events"].as_array().cloned().unwrap_or_default()
-        }
-        (None, None) => anyhow::bail!("neither the queue nor the API to read the history from"),
+/// `sluice queue history ID` with the server stopped: every event of one message, oldest
+/// first.
+pub fn history_offline(settings: &Settings, queue: &SledQueue, id: &str) -> Result<()> {
+    let events = match settings.data_dir.join("history").exists() {
+        true => open_history(settings)?.map_or(Ok(Vec::new()), |h| h.of_message(id))?,
+        false => Vec::new(),
     };
-    for e in &events {
+    if events.is_empty() && queue.get(id)?.is_none() {
+        anyhow::bail!("no message {id} in the queue or the event history");
+    }
+    for e in events {
+        println!("{}", line(&serde_json::to_value(EventInfo::from(e))?));
+    }
+    Ok(())
+}
+
+/// `sluice queue history ID` through the API of the running server.
+pub fn history_online(api: &ApiClient, id: &str) -> Result<()> {
+    let h = api.call("GET", &format!("/queue/{id}/history"))?;
+    for e in h["events"].as_array().into_iter().flatten() {
         println!("{}", line(e));
     }
     Ok(())

@@ -478,8 +478,16 @@ async fn serve(settings: Settings) -> Result<()> {
     })?;
     queue.set_min_free(settings.queue_min_free);
     let outbox = queue.outbox();
-    outbox.set_history(settings.delivery.event_history);
-    spawn_history_purger(outbox.clone());
+    let history = if settings.delivery.event_history.is_zero() {
+        None
+    } else {
+        let dir = settings.data_dir.join("history");
+        let h = sluice_queue::History::open(&dir, settings.delivery.event_history)
+            .with_context(|| format!("cannot open the event history in {}", dir.display()))?;
+        spawn_history_purger(h.clone());
+        Some(h)
+    };
+    outbox.set_history(history.clone());
     let queue: Arc<dyn Queue> = Arc::new(queue);
     let tls = sluice_smtp::tls::server_config(
         settings.tls_cert.as_ref(),
@@ -627,6 +635,9 @@ async fn serve(settings: Settings) -> Result<()> {
     let _ = shutdown_tx.send(true);
     while tasks.join_next().await.is_some() {}
     queue.sync().await?;
+    if let Some(h) = history {
+        tokio::task::spawn_blocking(move || h.close()).await?;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -676,13 +687,14 @@ async fn load_policies(
 }
 
 /// Drops events older than the history's retention every few minutes.
-fn spawn_history_purger(outbox: sluice_queue::Outbox) {
+fn spawn_history_purger(history: Arc<sluice_queue::History>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
         loop {
             tick.tick().await;
-            let o = outbox.clone();
-            match tokio::task::spawn_blocking(move || o.purge_history()).await {
+            let h = history.clone();
+            let now = sluice_queue::now_secs() * 1000;
+            match tokio::task::spawn_blocking(move || h.purge_expired(now)).await {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => {
                     sluice_metrics::global()

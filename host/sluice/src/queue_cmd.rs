@@ -50,7 +50,7 @@ pub fn run(settings: &Settings, command: QueueCommand) -> Result<()> {
         }
     };
     match command {
-        QueueCommand::History { id } => crate::events_cmd::history(Some(&queue), None, &id)?,
+        QueueCommand::History { id } => crate::events_cmd::history_offline(settings, &queue, &id)?,
         QueueCommand::List => {
             let all = queue.list()?;
             for m in &all {
@@ -189,7 +189,7 @@ fn online(settings: &Settings, command: QueueCommand) -> Result<()> {
         }
     };
     match command {
-        QueueCommand::History { id } => crate::events_cmd::history(None, Some(&api), &id)?,
+        QueueCommand::History { id } => crate::events_cmd::history_online(&api, &id)?,
         QueueCommand::List => {
             let all = list_all()?;
             for m in &all {
