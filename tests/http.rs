@@ -366,6 +366,16 @@ fn api_queue_list_show_retry_delete() {
             .len()
             == 3
     }));
+    // Queue depth by state, from the server's periodic census (every 15 s).
+    assert!(
+        wait_until(Duration::from_secs(40), || {
+            let m = get(http, "/metrics").1;
+            sample(&m, "sluice_queue_messages{state=\"deferred\"}") == 3.0
+                && sample(&m, "sluice_queue_messages{state=\"pending\"}") == 0.0
+        }),
+        "{}",
+        get(http, "/metrics").1
+    );
     let all = page("");
     let ids: Vec<String> = all["messages"]
         .as_array()

@@ -6,8 +6,8 @@
 //! listener (`sluice-http`) renders [`Metrics::render`] at `/metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::OnceLock;
 
@@ -45,6 +45,8 @@ pub struct Metrics {
     pub queue_scheduled: IntGauge,
     /// Delivery attempts running.
     pub queue_in_flight: IntGauge,
+    /// Messages in the queue by state, from a periodic scan.
+    pub queue_messages: IntGaugeVec,
     /// Events put on the event bus.
     pub events_published: IntCounterVec,
     /// Events the event chain acknowledged, deferred (retried later) or let expire.
@@ -66,6 +68,12 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(g.clone())).expect("registered once");
     g
 }
@@ -171,6 +179,12 @@ impl Metrics {
                 "Messages waiting in the delivery schedule.",
             ),
             queue_in_flight: gauge(&r, "sluice_queue_in_flight", "Delivery attempts running."),
+            queue_messages: gauge_vec(
+                &r,
+                "sluice_queue_messages",
+                "Messages in the queue by state (pending: a recipient not tried yet; deferred: waiting for a retry; quarantined), from a scan of the queue every 15 s or more.",
+                &["state"],
+            ),
             events_published: counter(
                 &r,
                 "sluice_events_published_total",
@@ -218,7 +232,7 @@ impl Metrics {
     /// The name of every metric declared, whether or not it has samples yet.
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let all: [&dyn Collector; 19] = [
+        let all: [&dyn Collector; 20] = [
             &self.smtp_connections,
             &self.smtp_replies,
             &self.tls_handshakes,
@@ -234,6 +248,7 @@ impl Metrics {
             &self.delivery_latency_seconds,
             &self.queue_scheduled,
             &self.queue_in_flight,
+            &self.queue_messages,
             &self.events_published,
             &self.events_handled,
             &self.plugin_call_seconds,

@@ -489,6 +489,7 @@ async fn serve(settings: Settings) -> Result<()> {
     };
     outbox.set_history(history.clone());
     let queue: Arc<dyn Queue> = Arc::new(queue);
+    spawn_queue_census(queue.clone());
     let tls = sluice_smtp::tls::server_config(
         settings.tls_cert.as_ref(),
         &settings.tls_dir(),
@@ -684,6 +685,54 @@ async fn load_policies(
             )
         }
     }
+}
+
+/// Counts queued messages by state into `sluice_queue_messages`: a scan every 15 s, or
+/// 20 times as long as the last scan took (a large backlog is not scanned back to back).
+fn spawn_queue_census(queue: Arc<dyn Queue>) {
+    use sluice_queue::Status;
+    tokio::spawn(async move {
+        loop {
+            let q = queue.clone();
+            let started = std::time::Instant::now();
+            let counted = tokio::task::spawn_blocking(move || {
+                let (mut pending, mut deferred, mut quarantined) = (0i64, 0i64, 0i64);
+                q.for_each(&mut |m| {
+                    if m.quarantine.is_some() {
+                        quarantined += 1;
+                    } else if m.recipients.iter().any(|r| r.status == Status::Pending) {
+                        pending += 1;
+                    } else if m
+                        .recipients
+                        .iter()
+                        .any(|r| matches!(r.status, Status::Deferred { .. }))
+                    {
+                        deferred += 1;
+                    }
+                })
+                .map(|()| {
+                    [
+                        ("pending", pending),
+                        ("deferred", deferred),
+                        ("quarantined", quarantined),
+                    ]
+                })
+            })
+            .await;
+            match counted {
+                Ok(Ok(counts)) => {
+                    let g = &sluice_metrics::global().queue_messages;
+                    for (state, n) in counts {
+                        g.with_label_values(&[state]).set(n);
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot count the queue"),
+                Err(e) => tracing::error!(error = %e, "queue census task failed"),
+            }
+            let wait = (started.elapsed() * 20).max(std::time::Duration::from_secs(15));
+            tokio::time::sleep(wait).await;
+        }
+    });
 }
 
 /// Drops events older than the history's retention every few minutes.
