@@ -229,8 +229,14 @@ fn new_key(s: &Sluice, name: &str, scope: &str) -> String {
 }
 
 fn api_server() -> (Sluice, u16) {
-    let http = support::free_port();
     let dead = support::free_port(); // nothing listens: mail stays deferred
+    api_server_routed(dead)
+}
+
+/// A server with the API whose mail for `remote.test` goes to 127.0.0.1:`port`, retried
+/// only after an hour.
+fn api_server_routed(port: u16) -> (Sluice, u16) {
+    let http = support::free_port();
     let s = Sluice::configure_with(
         "relay_domains = [\"remote.test\"]",
         "",
@@ -245,7 +251,7 @@ retry_max = "1h"
 [[route]]
 domain = "remote.test"
 via = "smarthost"
-host = "127.0.0.1:{dead}"
+host = "127.0.0.1:{port}"
 tls = "none"
 "#
         ),
@@ -475,28 +481,7 @@ fn api_queue_list_show_retry_delete() {
 #[test]
 fn api_events_and_message_history() {
     let sink = support::sink::Sink::start();
-    let http = support::free_port();
-    let mut s = Sluice::configure_with(
-        "relay_domains = [\"remote.test\"]",
-        "",
-        &format!(
-            r#"[http]
-bind = "127.0.0.1:{http}"
-
-[delivery]
-retry_initial = "1h"
-retry_max = "1h"
-
-[[route]]
-domain = "remote.test"
-via = "smarthost"
-host = "127.0.0.1:{}"
-tls = "none"
-"#,
-            sink.port
-        ),
-    )
-    .spawn();
+    let (mut s, http) = api_server_routed(sink.port);
     let key = new_key(&s, "viewer", "read");
     let mut c = Client::connect(s.mx_port);
     c.cmd("EHLO client.test");

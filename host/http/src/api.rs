@@ -127,6 +127,16 @@ pub struct Attribute {
     pub value: String,
 }
 
+impl Attribute {
+    /// Key-value pairs as the API shows them.
+    pub fn list(pairs: Vec<(String, String)>) -> Vec<Attribute> {
+        pairs
+            .into_iter()
+            .map(|(key, value)| Attribute { key, value })
+            .collect()
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct SessionView {
     pub listener: String,
@@ -339,14 +349,7 @@ async fn queue_show(
                     }
                 })
                 .collect(),
-            meta: m
-                .meta
-                .iter()
-                .map(|(k, v)| Attribute {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
+            meta: Attribute::list(m.meta.clone()),
             session: m.session.as_ref().map(|s| SessionView {
                 listener: s.listener.clone(),
                 client_ip: s.client_ip.to_string(),

@@ -53,11 +53,7 @@ impl From<Entry> for ArchiveEntry {
             sender: one(keys::SENDER),
             recipients: e.values(keys::RECIPIENT).map(str::to_string).collect(),
             subject: one(keys::SUBJECT),
-            attributes: e
-                .attributes
-                .into_iter()
-                .map(|(key, value)| Attribute { key, value })
-                .collect(),
+            attributes: Attribute::list(e.attributes),
         }
     }
 }

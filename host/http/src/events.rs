@@ -54,11 +54,7 @@ impl From<Event> for EventInfo {
             reply: e.reply.map(|r| r.to_string()),
             listener: e.listener,
             authenticated: e.authenticated,
-            attributes: e
-                .attributes
-                .into_iter()
-                .map(|(key, value)| Attribute { key, value })
-                .collect(),
+            attributes: Attribute::list(e.attributes),
         }
     }
 }
