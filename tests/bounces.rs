@@ -96,15 +96,7 @@ fn reports_become_events_and_suppressions() {
         "{}",
         s.log()
     );
-    let listed = |s: &Sluice| {
-        let out = s.cli(&["suppression", "list", "--stream", "outbound"], "");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let listed = |s: &Sluice| s.cli_ok(&["suppression", "list", "--stream", "outbound"]);
     assert!(
         wait_until(Duration::from_secs(20), || listed(&s)
             .contains("mikeneko@example.jp")),

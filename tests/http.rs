@@ -190,23 +190,12 @@ fn the_grafana_dashboard_uses_existing_metrics() {
     assert!(used >= 10, "{used} metric references");
 }
 
-/// One request with an optional bearer key: status, headers, body.
+/// One request with an optional bearer key: status, headers (`name: value` lines,
+/// lowercased names), body.
 fn call(port: u16, method: &str, path: &str, key: Option<&str>) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = key
-        .map(|k| format!("Authorization: Bearer {k}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    (status, head.to_string(), body.to_string())
+    let r = support::web::request_as(port, method, path, key, "");
+    let head: Vec<String> = r.headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    (r.status, head.join("\r\n"), r.body)
 }
 
 fn json(body: &str) -> serde_json::Value {
@@ -377,7 +366,8 @@ fn api_queue_list_show_retry_delete() {
         wait_until(Duration::from_secs(40), || {
             let m = get(http, "/metrics").1;
             sample(&m, "sluice_queue_messages{state=\"deferred\"}") == 3.0
-                && sample(&m, "sluice_queue_messages{state=\"pending\"}") == 0.0
+                && m.lines()
+                    .any(|l| l == "sluice_queue_messages{state=\"pending\"} 0")
         }),
         "{}",
         get(http, "/metrics").1

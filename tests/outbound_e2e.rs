@@ -102,21 +102,13 @@ fn submission_tracking_bounces_complaints_and_webhooks_in_one_run() {
     )
     .unwrap();
     s.cli(&["user", "add", "app"], "pw\n");
-    let out = s.cli(
-        &[
-            "suppression",
-            "add",
-            "--stream",
-            "outbound",
-            "gone@remote.test",
-        ],
-        "",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.cli_ok(&[
+        "suppression",
+        "add",
+        "--stream",
+        "outbound",
+        "gone@remote.test",
+    ]);
     let mut s = s.spawn();
 
     // The application sends; the webhook receiver is down.
@@ -307,15 +299,7 @@ fn submission_tracking_bounces_complaints_and_webhooks_in_one_run() {
     assert_eq!(clicked["message_id"], "order-1@example.com");
 
     // The list now holds everyone who cannot or will not get mail.
-    let list = || {
-        let out = s.cli(&["suppression", "list", "--stream", "outbound"], "");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let list = || s.cli_ok(&["suppression", "list", "--stream", "outbound"]);
     let expected = [
         ("gone@remote.test", "manual"),
         ("alice@remote.test", "unsubscribe"),

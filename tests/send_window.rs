@@ -59,12 +59,7 @@ fn mail_waits_for_the_window_and_leaves_when_it_opens() {
     assert!(sink.messages().is_empty(), "delivered outside the window");
 
     std::fs::write(s.dir.path().join("policy.toml"), policy(&DAYS)).unwrap();
-    let out = s.cli(&["reload"], "");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.cli_ok(&["reload"]);
     assert!(
         wait_until(Duration::from_secs(20), || sink.messages().len() == 1),
         "{}",

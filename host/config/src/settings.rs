@@ -73,6 +73,11 @@ impl Settings {
         self.data_dir.join("queue")
     }
 
+    /// The event history's database.
+    pub fn history_dir(&self) -> PathBuf {
+        self.data_dir.join("history")
+    }
+
     /// The admin API's keys (`sluice api-key`), hashed.
     pub fn api_keys_file(&self) -> PathBuf {
         self.data_dir.join("api-keys.json")

@@ -994,8 +994,8 @@ impl Engine {
             );
             events.push((kind, i));
         }
-        {
-            let deliver = self.pipelines.current().wants_events();
+        let deliver = self.pipelines.current().wants_events();
+        if deliver || self.queue.keeps_events() {
             let message_id = sluice_core::envelope::message_id(body);
             for (kind, i) in &events {
                 let r = &meta.recipients[*i];
@@ -1022,7 +1022,7 @@ impl Engine {
                     e.attributes.push(("reason".into(), reason.name().into()));
                 }
                 // Published before the record changes: sled keeps the order, so the
-                // result is never on disk without its event.
+                // result is never on disk without its event for event steps.
                 if let Err(err) = self.queue.event(e, deliver) {
                     tracing::error!(id = %meta.id, error = %err, "cannot publish event; the attempt's result is not recorded and will be retried");
                     published = false;

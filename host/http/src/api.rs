@@ -69,6 +69,8 @@ pub struct ApiState {
     pub control: Arc<dyn Control>,
     /// The message archive (capability `blobs`).
     pub archive: Arc<sluice_archive::Archive>,
+    /// The event history (`None` with `event_history = "0s"`: no events to show).
+    pub history: Option<Arc<sluice_queue::History>>,
 }
 
 /// Every error: an HTTP status and this body.
@@ -241,11 +243,8 @@ fn item(m: &MessageMeta) -> QueueItem {
 fn matches(m: &MessageMeta, q: &QueueQuery) -> bool {
     let state = match q.state.unwrap_or_default() {
         StateFilter::All => true,
-        StateFilter::Pending => m.recipients.iter().any(|r| r.status == Status::Pending),
-        StateFilter::Deferred => m
-            .recipients
-            .iter()
-            .any(|r| matches!(r.status, Status::Deferred { .. })),
+        StateFilter::Pending => m.has_pending(),
+        StateFilter::Deferred => m.has_deferred(),
         StateFilter::Quarantined => m.quarantine.is_some(),
     };
     state

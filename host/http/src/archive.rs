@@ -66,6 +66,15 @@ pub struct ArchivePage {
     pub next: Option<u64>,
 }
 
+impl From<sluice_archive::Page> for ArchivePage {
+    fn from(p: sluice_archive::Page) -> ArchivePage {
+        ArchivePage {
+            entries: p.entries.into_iter().map(ArchiveEntry::from).collect(),
+            next: p.next,
+        }
+    }
+}
+
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ArchiveQuery {
@@ -141,11 +150,7 @@ pub(crate) async fn archive_search(
     };
     let archive = s.archive.clone();
     match tokio::task::spawn_blocking(move || archive.search(&query)).await {
-        Ok(Ok(page)) => Json(ArchivePage {
-            entries: page.entries.into_iter().map(ArchiveEntry::from).collect(),
-            next: page.next,
-        })
-        .into_response(),
+        Ok(Ok(page)) => Json(ArchivePage::from(page)).into_response(),
         Ok(Err(e)) => failed(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -235,6 +240,20 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
 }
 
+impl From<sluice_archive::Verification> for VerifyReport {
+    fn from(v: sluice_archive::Verification) -> VerifyReport {
+        VerifyReport {
+            ok: v.problems.is_empty(),
+            messages: v.messages,
+            tombstones: v.tombstones,
+            bytes: v.bytes,
+            head_id: v.head.as_ref().map(|h| h.0),
+            head_chain: v.head.map(|h| h.1),
+            problems: v.problems,
+        }
+    }
+}
+
 /// Checks the archive's hash chain and every stored message (reads the whole archive).
 #[utoipa::path(post, path = "/api/v1/archive/verify", tag = "archive",
     security(("api_key" = [])),
@@ -243,16 +262,7 @@ pub struct VerifyReport {
 pub(crate) async fn archive_verify(State(s): State<Arc<ApiState>>) -> Response {
     let archive = s.archive.clone();
     match tokio::task::spawn_blocking(move || archive.verify()).await {
-        Ok(Ok(v)) => Json(VerifyReport {
-            ok: v.problems.is_empty(),
-            messages: v.messages,
-            tombstones: v.tombstones,
-            bytes: v.bytes,
-            head_id: v.head.as_ref().map(|h| h.0),
-            head_chain: v.head.map(|h| h.1),
-            problems: v.problems,
-        })
-        .into_response(),
+        Ok(Ok(v)) => Json(VerifyReport::from(v)).into_response(),
         Ok(Err(e)) => failed(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

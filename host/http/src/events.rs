@@ -67,6 +67,15 @@ pub struct EventPage {
     pub next: Option<String>,
 }
 
+impl From<sluice_queue::EventPage> for EventPage {
+    fn from(p: sluice_queue::EventPage) -> EventPage {
+        EventPage {
+            events: p.events.into_iter().map(EventInfo::from).collect(),
+            next: p.next,
+        }
+    }
+}
+
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
@@ -127,13 +136,13 @@ pub(crate) async fn events(
         before: q.before,
         limit: limit as usize,
     };
-    let queue = s.queue.clone();
-    match tokio::task::spawn_blocking(move || queue.history(&query)).await {
-        Ok(Ok(page)) => Json(EventPage {
-            events: page.events.into_iter().map(EventInfo::from).collect(),
-            next: page.next,
-        })
-        .into_response(),
+    let history = s.history.clone();
+    let search = move || match history {
+        Some(h) => h.search(&query),
+        None => Ok(sluice_queue::EventPage::default()),
+    };
+    match tokio::task::spawn_blocking(search).await {
+        Ok(Ok(page)) => Json(EventPage::from(page)).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -164,10 +173,13 @@ pub(crate) async fn message_history(
         Ok(id) => id,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    let queue = s.queue.clone();
+    let (queue, history) = (s.queue.clone(), s.history.clone());
     let qid = id.clone();
     let r = tokio::task::spawn_blocking(move || {
-        let events = queue.message_history(&qid)?;
+        let events = match history {
+            Some(h) => h.of_message(&qid)?,
+            None => Vec::new(),
+        };
         let in_queue = queue.get(&qid)?.is_some();
         Ok::<_, sluice_queue::QueueError>((events, in_queue))
     })

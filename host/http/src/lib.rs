@@ -1,6 +1,6 @@
 //! The HTTP listener: `/healthz` (the process is alive), `/readyz` (queue open, listeners
 //! bound, policies loaded), `/metrics` (Prometheus text format) and the admin API under
-//! `/api/v1` ([`api`], with the API keys of [`keys`]; the archive's endpoints in [`archive`]), and the tracking endpoints
+//! `/api/v1` ([`api`], with the API keys of [`keys`]; the archive's endpoints in [`archive`], the event history's in [`events`]), and the tracking endpoints
 //! `/c/`, `/o/`, `/u/` ([`track`]) when `[tracking]` is configured.
 
 pub mod api;

@@ -29,7 +29,7 @@ pub struct Metrics {
     pub auth_bans: IntCounterVec,
     /// 4xx and 5xx replies by listener, stage and class: what was refused where.
     pub smtp_refusals: IntCounterVec,
-    /// Expired entries purged from the plugin stores, by store (`kv`, `archive`).
+    /// Expired entries purged, by store (`kv`, `archive`, `events`: the event history).
     pub purged: IntCounterVec,
     /// Messages queued after a 250, by listener and kind (`normal`, `quarantined`).
     pub messages_queued: IntCounterVec,

@@ -172,24 +172,14 @@ fn write_loop(tree: &sled::Tree, rx: &Receiver<Event>) {
 
 /// Adds an event's history records to a batch.
 fn add(batch: &mut sled::Batch, e: &Event) {
-    let mut bytes = vec![VERSION];
-    bytes = postcard::to_extend(e, bytes).expect("events always serialize");
-    batch.insert(log_key(&e.id), bytes);
+    batch.insert(log_key(&e.id), crate::versioned::encode(VERSION, e));
     for k in index_keys(e) {
         batch.insert(k, &[]);
     }
 }
 
 fn decode(id: &str, bytes: &[u8]) -> Result<Event, QueueError> {
-    let corrupt = |reason: String| QueueError::Corrupt {
-        id: id.to_string(),
-        reason,
-    };
-    match bytes {
-        [VERSION, rest @ ..] => postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string())),
-        [v, ..] => Err(corrupt(format!("unknown history format version {v}"))),
-        [] => Err(corrupt("empty history record".into())),
-    }
+    crate::versioned::decode(id, bytes, VERSION, "history")
 }
 
 /// The time in an event id (`E` + 13 hex digits of unix milliseconds + ...).

@@ -22,6 +22,7 @@ pub mod meta;
 pub mod outbox;
 pub mod sled_queue;
 pub mod sled_sync;
+mod versioned;
 
 pub use history::{EventPage, EventQuery, History};
 pub use mem::MemQueue;
@@ -113,9 +114,8 @@ impl QueueError {
 pub trait Queue: Send + Sync {
     /// Stores a new message; returns once it is durable.
     async fn enqueue(&self, meta: &MessageMeta, body: &[u8]) -> Result<(), QueueError>;
-    /// Stores a new message and its events: on the bus for `event` steps when `deliver`,
-    /// in the history in any case; returns once the message (and the bus's copy) is
-    /// durable.
+    /// Stores a new message and its events (see [`Queue::event`]); returns once the
+    /// message, and the bus's copies when `deliver`, are durable.
     async fn enqueue_with_events(
         &self,
         meta: &MessageMeta,
@@ -123,48 +123,25 @@ pub trait Queue: Send + Sync {
         events: Vec<sluice_core::Event>,
         deliver: bool,
     ) -> Result<(), QueueError> {
-        if !deliver {
-            self.enqueue(meta, body).await?;
-            for e in &events {
-                self.record_event(e)?;
-            }
-            return Ok(());
-        }
+        self.enqueue(meta, body).await?;
         for e in events {
-            self.publish_event(e)?;
+            self.event(e, deliver)?;
         }
-        self.enqueue(meta, body).await
+        Ok(())
     }
-    /// Puts an event on the bus; durable at the next flush, ordered before any later
-    /// queue change. A queue without an outbox drops it.
-    fn publish_event(&self, event: sluice_core::Event) -> Result<(), QueueError> {
+    /// Whether events given to [`Queue::event`] without `deliver` are kept (an event
+    /// history is open): when not, and no `event` step wants them, callers need not build
+    /// them.
+    fn keeps_events(&self) -> bool {
+        false
+    }
+    /// Puts an event on the bus when `deliver` (an `event` step wants it; durable at the
+    /// next flush, ordered before any later queue change) and in the history if there is
+    /// one. A queue without an outbox drops it.
+    fn event(&self, event: sluice_core::Event, deliver: bool) -> Result<(), QueueError> {
+        let _ = deliver;
         tracing::debug!(id = %event.id, kind = event.kind.name(), "event dropped: no outbox");
         Ok(())
-    }
-    /// Records an event in the history only (no `event` step wants it). A queue without a
-    /// history drops it.
-    fn record_event(&self, event: &sluice_core::Event) -> Result<(), QueueError> {
-        let _ = event;
-        Ok(())
-    }
-    /// Recorded events matching `q`, newest first. A queue without a history has none.
-    fn history(&self, q: &EventQuery) -> Result<EventPage, QueueError> {
-        let _ = q;
-        Ok(EventPage::default())
-    }
-    /// Every recorded event of one message, oldest first.
-    fn message_history(&self, queue_id: &str) -> Result<Vec<sluice_core::Event>, QueueError> {
-        let _ = queue_id;
-        Ok(Vec::new())
-    }
-    /// Puts an event on the bus when `deliver` (an `event` step wants it), else records it
-    /// in the history only.
-    fn event(&self, event: sluice_core::Event, deliver: bool) -> Result<(), QueueError> {
-        if deliver {
-            self.publish_event(event)
-        } else {
-            self.record_event(&event)
-        }
     }
     /// Whether a message of `size` bytes would fit now (the disk's reserve included);
     /// checked before a client sends the data.

@@ -161,6 +161,18 @@ impl MessageMeta {
         }
     }
 
+    /// Some recipient not tried yet.
+    pub fn has_pending(&self) -> bool {
+        self.recipients.iter().any(|r| r.status == Status::Pending)
+    }
+
+    /// Some recipient waiting for a retry.
+    pub fn has_deferred(&self) -> bool {
+        self.recipients
+            .iter()
+            .any(|r| matches!(r.status, Status::Deferred { .. }))
+    }
+
     /// Every recipient has a final status.
     pub fn is_done(&self) -> bool {
         self.recipients.iter().all(|r| r.status.is_final())

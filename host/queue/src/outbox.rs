@@ -37,8 +37,8 @@ pub struct Outbox {
     tree: Arc<std::sync::RwLock<Option<sled::Tree>>>,
     wake: Arc<tokio::sync::Notify>,
     ttl: Arc<std::sync::atomic::AtomicU64>,
-    /// Where every event is also recorded (none: no history).
-    history: Arc<std::sync::RwLock<Option<Arc<crate::History>>>>,
+    /// Where every event is also recorded (unset: no history).
+    history: Arc<std::sync::OnceLock<Arc<crate::History>>>,
 }
 
 fn entry_key(id: &str) -> Vec<u8> {
@@ -62,7 +62,7 @@ impl Outbox {
             tree: Arc::new(std::sync::RwLock::new(None)),
             wake: Arc::new(tokio::sync::Notify::new()),
             ttl: Arc::new(std::sync::atomic::AtomicU64::new(3 * 24 * 3600 * 1000)),
-            history: Arc::new(std::sync::RwLock::new(None)),
+            history: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
@@ -92,23 +92,21 @@ impl Outbox {
             .store(ttl.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Records every event published from now on in `history` as well.
-    pub fn set_history(&self, history: Option<Arc<crate::History>>) {
-        *self.history.write().unwrap_or_else(|e| e.into_inner()) = history;
+    /// Records every event published from now on in `history` as well (set once, at
+    /// start).
+    pub fn set_history(&self, history: Arc<crate::History>) {
+        let _ = self.history.set(history);
     }
 
-    /// The history events are recorded in, if any.
-    pub fn history(&self) -> Option<Arc<crate::History>> {
-        self.history
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// Whether events are recorded in a history.
+    pub fn keeps_history(&self) -> bool {
+        self.history.get().is_some()
     }
 
     /// Records an event in the history only (no `event` step wants it).
-    pub fn record(&self, event: &Event) {
-        if let Some(h) = self.history() {
-            h.record(event.clone());
+    pub fn record(&self, event: Event) {
+        if let Some(h) = self.history.get() {
+            h.record(event);
         }
     }
 
@@ -119,8 +117,11 @@ impl Outbox {
 
     /// Adds an event, due now.
     pub fn publish(&self, event: Event) -> Result<(), QueueError> {
-        self.record(&event);
+        let copy = self.keeps_history().then(|| event.clone());
         self.publish_after(event, 0)?;
+        if let Some(e) = copy {
+            self.record(e);
+        }
         self.wake.notify_one();
         Ok(())
     }
@@ -149,13 +150,13 @@ impl Outbox {
     pub(crate) fn make_due(&self, ids: &[String]) {
         let now = now_ms();
         for id in ids {
-            if let Ok(Some(e)) = self.get(id) {
-                let mut due = e.clone();
-                due.next_ms = now;
-                self.record(&e.event);
-                if let Err(err) = self.write(&due, Some(e.next_ms)) {
+            if let Ok(Some(mut e)) = self.get(id) {
+                let old = e.next_ms;
+                e.next_ms = now;
+                if let Err(err) = self.write(&e, Some(old)) {
                     tracing::error!(%id, error = %err, "cannot make an event due; it will be due shortly anyway");
                 }
+                self.record(e.event);
             }
         }
         self.wake.notify_one();
@@ -163,8 +164,7 @@ impl Outbox {
 
     fn write(&self, entry: &OutboxEntry, old_due: Option<u64>) -> Result<(), QueueError> {
         let id = &entry.event.id;
-        let mut bytes = vec![VERSION];
-        bytes = postcard::to_extend(entry, bytes).expect("events always serialize");
+        let bytes = crate::versioned::encode(VERSION, entry);
         let mut batch = sled::Batch::default();
         if let Some(old) = old_due {
             batch.remove(due_key(old, id));
@@ -176,15 +176,7 @@ impl Outbox {
     }
 
     fn decode(id: &str, bytes: &[u8]) -> Result<OutboxEntry, QueueError> {
-        let corrupt = |reason: String| QueueError::Corrupt {
-            id: id.to_string(),
-            reason,
-        };
-        match bytes {
-            [VERSION, rest @ ..] => postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string())),
-            [v, ..] => Err(corrupt(format!("unknown event format version {v}"))),
-            [] => Err(corrupt("empty event record".into())),
-        }
+        crate::versioned::decode(id, bytes, VERSION, "event")
     }
 
     pub fn get(&self, id: &str) -> Result<Option<OutboxEntry>, QueueError> {

@@ -526,7 +526,7 @@ impl Queue for SledQueue {
         let outbox = &self.shared.outbox;
         if !deliver {
             self.enqueue(meta, body).await?;
-            for e in &events {
+            for e in events {
                 outbox.record(e);
             }
             return Ok(());
@@ -551,26 +551,16 @@ impl Queue for SledQueue {
         result
     }
 
-    fn publish_event(&self, event: sluice_core::Event) -> Result<(), QueueError> {
-        self.shared.outbox.publish(event)
+    fn keeps_events(&self) -> bool {
+        self.shared.outbox.keeps_history()
     }
 
-    fn record_event(&self, event: &sluice_core::Event) -> Result<(), QueueError> {
-        self.shared.outbox.record(event);
-        Ok(())
-    }
-
-    fn history(&self, q: &crate::EventQuery) -> Result<crate::EventPage, QueueError> {
-        match self.shared.outbox.history() {
-            Some(h) => h.search(q),
-            None => Ok(crate::EventPage::default()),
-        }
-    }
-
-    fn message_history(&self, queue_id: &str) -> Result<Vec<sluice_core::Event>, QueueError> {
-        match self.shared.outbox.history() {
-            Some(h) => h.of_message(queue_id),
-            None => Ok(Vec::new()),
+    fn event(&self, event: sluice_core::Event, deliver: bool) -> Result<(), QueueError> {
+        if deliver {
+            self.shared.outbox.publish(event)
+        } else {
+            self.shared.outbox.record(event);
+            Ok(())
         }
     }
 

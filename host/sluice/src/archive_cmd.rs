@@ -6,7 +6,7 @@ use crate::api_client::ApiClient;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use sluice_config::Settings;
-use sluice_http::archive::ArchiveEntry;
+use sluice_http::archive::{ArchiveEntry, ArchivePage, VerifyReport};
 use std::io::Write;
 
 #[derive(Subcommand)]
@@ -52,7 +52,7 @@ pub struct SearchArgs {
     #[arg(long)]
     until: Option<String>,
     /// At most this many (1 to 1000).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
     limit: u32,
     /// Older than this id (paging).
     #[arg(long)]
@@ -83,7 +83,7 @@ pub fn run(settings: &Settings, command: ArchiveCommand) -> Result<()> {
     }
 }
 
-fn time(name: &str, v: &Option<String>) -> Result<Option<u64>> {
+pub(crate) fn time(name: &str, v: &Option<String>) -> Result<Option<u64>> {
     v.as_ref()
         .map(|s| {
             sluice_archive::parse_time(s).with_context(|| {
@@ -106,13 +106,9 @@ fn offline(archive: &sluice_archive::Archive, command: ArchiveCommand) -> Result
                 since: time("since", &a.since)?,
                 until: time("until", &a.until)?,
                 before: a.before,
-                limit: a.limit.clamp(1, 1000) as usize,
+                limit: a.limit as usize,
             })?;
-            let json = serde_json::json!({
-                "entries": page.entries.into_iter().map(ArchiveEntry::from).collect::<Vec<_>>(),
-                "next": page.next,
-            });
-            print_page(&json, a.json)
+            print_page(&serde_json::to_value(ArchivePage::from(page))?, a.json)
         }
         ArchiveCommand::Show { id } => match archive.entry(id)? {
             Some(e) => print_entry(&serde_json::to_value(ArchiveEntry::from(e))?),
@@ -122,18 +118,9 @@ fn offline(archive: &sluice_archive::Archive, command: ArchiveCommand) -> Result
             Some((_, raw)) => write_raw(&raw, output),
             None => bail!("no archived message {id}"),
         },
-        ArchiveCommand::Verify => {
-            let v = archive.verify()?;
-            print_verification(&serde_json::json!({
-                "ok": v.problems.is_empty(),
-                "messages": v.messages,
-                "tombstones": v.tombstones,
-                "bytes": v.bytes,
-                "head_id": v.head.as_ref().map(|h| h.0),
-                "head_chain": v.head.as_ref().map(|h| h.1.clone()),
-                "problems": v.problems,
-            }))
-        }
+        ArchiveCommand::Verify => print_verification(&serde_json::to_value(VerifyReport::from(
+            archive.verify()?,
+        ))?),
     }
 }
 
@@ -206,7 +193,7 @@ fn print_page(page: &serde_json::Value, json: bool) -> Result<()> {
 }
 
 /// One line whatever the subject holds.
-fn clean(s: &str) -> String {
+pub(crate) fn clean(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()

@@ -27,7 +27,7 @@ pub struct EventsArgs {
     #[arg(long)]
     before: Option<String>,
     /// At most this many (1 to 1000).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
     limit: u32,
     /// Print the JSON the API answers instead of lines.
     #[arg(long)]
@@ -36,10 +36,7 @@ pub struct EventsArgs {
 
 /// The event history when the server is stopped, else `None` (use the API).
 fn open_history(settings: &Settings) -> Result<Option<Arc<History>>> {
-    let dir = settings.data_dir.join("history");
-    if !dir.exists() {
-        anyhow::bail!("no event history in {} yet", dir.display());
-    }
+    let dir = settings.history_dir();
     match History::open(&dir, settings.delivery.event_history) {
         Ok(h) => Ok(Some(h)),
         Err(e) if settings.http_bind.is_none() => Err(e).with_context(|| {
@@ -53,16 +50,14 @@ fn open_history(settings: &Settings) -> Result<Option<Arc<History>>> {
 }
 
 pub fn run(settings: &Settings, a: EventsArgs) -> Result<()> {
-    let since = a
-        .since
-        .as_ref()
-        .map(|s| {
-            sluice_archive::parse_time(s).with_context(|| {
-                format!("--since: `{s}` is not unix seconds, RFC 3339 or YYYY-MM-DD")
-            })
-        })
-        .transpose()?;
-    let limit = a.limit.clamp(1, 1000);
+    let since = crate::archive_cmd::time("since", &a.since)?;
+    let limit = a.limit;
+    if !settings.history_dir().exists() {
+        anyhow::bail!(
+            "no event history in {} yet",
+            settings.history_dir().display()
+        );
+    }
     let page = match open_history(settings)? {
         Some(history) => {
             let page = history.search(&EventQuery {
@@ -72,10 +67,7 @@ pub fn run(settings: &Settings, a: EventsArgs) -> Result<()> {
                 before: a.before.clone(),
                 limit: limit as usize,
             })?;
-            serde_json::json!({
-                "events": page.events.into_iter().map(EventInfo::from).collect::<Vec<_>>(),
-                "next": page.next,
-            })
+            serde_json::to_value(sluice_http::events::EventPage::from(page))?
         }
         None => {
             let mut params: Vec<(&str, String)> = vec![("limit", limit.to_string())];
@@ -110,7 +102,7 @@ pub fn run(settings: &Settings, a: EventsArgs) -> Result<()> {
 /// `sluice queue history ID` with the server stopped: every event of one message, oldest
 /// first.
 pub fn history_offline(settings: &Settings, queue: &SledQueue, id: &str) -> Result<()> {
-    let events = match settings.data_dir.join("history").exists() {
+    let events = match settings.history_dir().exists() {
         true => open_history(settings)?.map_or(Ok(Vec::new()), |h| h.of_message(id))?,
         false => Vec::new(),
     };
@@ -146,13 +138,7 @@ fn line(e: &serde_json::Value) -> String {
         .find(|a| a["key"] == "remote_mta")
         .and_then(|a| a["value"].as_str())
         .unwrap_or("");
-    let field = |k: &str| {
-        e[k].as_str()
-            .unwrap_or("")
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect::<String>()
-    };
+    let field = |k: &str| crate::archive_cmd::clean(e[k].as_str().unwrap_or(""));
     format!(
         "{time}\t{}\t{}\t{}\t{}\t{remote}",
         field("kind"),

@@ -4,6 +4,7 @@
 //! - `main.rs`: the command line (clap) and `serve`.
 //! - `queue_cmd.rs`: `sluice queue list|show|retry|delete`.
 //! - `archive_cmd.rs`: `sluice archive search|show|raw|verify`.
+//! - `events_cmd.rs`: `sluice events` and `sluice queue history` (the event history).
 //! - `trace.rs`: `sluice trace`, one message through a policy offline.
 
 mod api_client;
@@ -481,13 +482,15 @@ async fn serve(settings: Settings) -> Result<()> {
     let history = if settings.delivery.event_history.is_zero() {
         None
     } else {
-        let dir = settings.data_dir.join("history");
+        let dir = settings.history_dir();
         let h = sluice_queue::History::open(&dir, settings.delivery.event_history)
             .with_context(|| format!("cannot open the event history in {}", dir.display()))?;
         spawn_history_purger(h.clone());
         Some(h)
     };
-    outbox.set_history(history.clone());
+    if let Some(h) = &history {
+        outbox.set_history(h.clone());
+    }
     let queue: Arc<dyn Queue> = Arc::new(queue);
     spawn_queue_census(queue.clone());
     let tls = sluice_smtp::tls::server_config(
@@ -555,6 +558,7 @@ async fn serve(settings: Settings) -> Result<()> {
             queue: queue.clone(),
             kv: stores.as_ref().expect("opened with [http]").0.kv.clone(),
             archive: stores.as_ref().expect("opened with [http]").1.clone(),
+            history: history.clone(),
             keys: Arc::new(sluice_http::keys::KeyStore::new(settings.api_keys_file())),
             control: Arc::new(ServerControl {
                 wasm: wasm.clone(),
@@ -690,7 +694,6 @@ async fn load_policies(
 /// Counts queued messages by state into `sluice_queue_messages`: a scan every 15 s, or
 /// 20 times as long as the last scan took (a large backlog is not scanned back to back).
 fn spawn_queue_census(queue: Arc<dyn Queue>) {
-    use sluice_queue::Status;
     tokio::spawn(async move {
         loop {
             let q = queue.clone();
@@ -700,13 +703,9 @@ fn spawn_queue_census(queue: Arc<dyn Queue>) {
                 q.for_each(&mut |m| {
                     if m.quarantine.is_some() {
                         quarantined += 1;
-                    } else if m.recipients.iter().any(|r| r.status == Status::Pending) {
+                    } else if m.has_pending() {
                         pending += 1;
-                    } else if m
-                        .recipients
-                        .iter()
-                        .any(|r| matches!(r.status, Status::Deferred { .. }))
-                    {
+                    } else if m.has_deferred() {
                         deferred += 1;
                     }
                 })

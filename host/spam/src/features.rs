@@ -40,9 +40,10 @@ const MAX_TEXT: usize = 64 * 1024;
 /// Word bigrams are taken from the first words only.
 const MAX_BIGRAM_WORDS: usize = 3000;
 
-/// Headers whose values are read. Everything else (`Received`, `To`, `Cc`, `Delivered-To`,
-/// `Return-Path`, `List-*`, `X-Spam-*`, `X-Keywords`, ...) describes the recipient's mailbox
-/// or the path the mail took to it, not the message, and is never read.
+/// Headers whose values are read (plus the top-level `Content-Transfer-Encoding`, and
+/// whether the [`PRESENT`] fields are there). Everything else (`Received`, `To`, `Cc`,
+/// `Delivered-To`, `Return-Path`, `List-*`, `X-Spam-*`, `X-Keywords`, ...) describes the
+/// recipient's mailbox or the path the mail took to it, not the message, and is never read.
 const READ: [&str; 10] = [
     "subject",
     "from",

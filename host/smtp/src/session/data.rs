@@ -290,6 +290,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         message: &[u8],
         reply: &Reply,
     ) {
+        if !self.events_kept() {
+            return;
+        }
         let message_id = sluice_core::envelope::message_id(message);
         for r in &envelope.recipients {
             let mut e = Event::new(EventKind::Rejected, &envelope.sender);
@@ -316,7 +319,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         meta.session = Some(self.info.clone());
         meta.queued_pending =
             meta.quarantine.is_none() && self.pipeline.wants_queued(Some(&self.info), envelope);
-        let events = {
+        let events = if self.events_kept() {
             let message_id = sluice_core::envelope::message_id(message);
             let kind = if meta.quarantine.is_some() {
                 EventKind::Quarantined
@@ -339,6 +342,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     e
                 })
                 .collect()
+        } else {
+            Vec::new()
         };
         if let Err(e) = self
             .ctx

@@ -278,6 +278,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         reply.write_to(&mut self.out);
     }
 
+    /// Whether events about this session's mail go anywhere (event steps or the history):
+    /// when not, they are not built.
+    fn events_kept(&self) -> bool {
+        self.pipeline.wants_events() || self.ctx.queue.keeps_events()
+    }
+
     /// Records an event about this session's mail (on the bus too when any chain has
     /// event steps): for what never reaches the queue (recipients refused or dropped by
     /// policy).
