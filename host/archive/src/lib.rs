@@ -155,7 +155,6 @@ pub struct Archive {
     index: Index,
     writer: Mutex<Writer>,
     sync: Durability,
-    level: i32,
 }
 
 struct Writer {
@@ -163,7 +162,6 @@ struct Writer {
     head: [u8; 32],
     last_ms: u64,
     open: HashMap<u32, Open>,
-    failed: Option<String>,
 }
 
 struct Open {
@@ -179,6 +177,7 @@ struct SyncState {
     synced: u64,
     flushing: bool,
     dirty: HashMap<SegId, (Arc<File>, u64)>,
+    /// Why writes are refused: a failed append or sync (until reopened).
     failed: Option<String>,
 }
 
@@ -194,8 +193,7 @@ impl Archive {
     /// segments.
     pub fn open(dir: &Path) -> Result<Archive, ArchiveError> {
         let segments = dir.join("segments");
-        std::fs::create_dir_all(&segments)?;
-        sync_dir(dir)?;
+        sluice_core::durable::create_dir_all(&segments)?;
         let index = Index::open(&dir.join("index"))?;
         let recovered = index.recover(&segments)?;
         let archive = Archive {
@@ -206,7 +204,6 @@ impl Archive {
                 head: recovered.head,
                 last_ms: recovered.last_ms,
                 open: HashMap::new(),
-                failed: None,
             }),
             sync: Durability {
                 state: Mutex::new(SyncState {
@@ -216,7 +213,6 @@ impl Archive {
                 }),
                 done: Condvar::new(),
             },
-            level: 3,
         };
         Ok(archive)
     }
@@ -239,11 +235,11 @@ impl Archive {
             .iter()
             .find(|(k, _)| k == keys::QUEUE_ID)
             .map(|(_, v)| v.clone());
-        let compressed = compress(raw, self.level)?;
+        let compressed = compress(raw)?;
         let sha256: [u8; 32] = Sha256::digest(raw).into();
         let entry = {
             let mut w = self.writer.lock().expect("archive writer");
-            if let Some(f) = &w.failed {
+            if let Some(f) = &self.sync.state.lock().expect("archive sync").failed {
                 return Err(ArchiveError::Failed(f.clone()));
             }
             // Checked under the lock: two tries of one stage never both store.
@@ -272,7 +268,7 @@ impl Archive {
             let bytes = segment::encode(&record, &compressed)?;
             let result = self.append(&mut w, purge_day as u32, &record, &bytes);
             if let Err(e) = &result {
-                w.failed = Some(e.to_string());
+                self.sync.state.lock().expect("archive sync").failed = Some(e.to_string());
             }
             result?;
             w.next += 1;
@@ -307,7 +303,7 @@ impl Archive {
                 .open(&path)?;
             let len = file.metadata()?.len();
             file.sync_all()?;
-            sync_dir(&self.segments())?;
+            sluice_core::durable::sync_dir(&self.segments())?;
             w.open.insert(
                 day,
                 Open {
@@ -476,7 +472,7 @@ impl Archive {
             tracing::info!(segment = %seg.file_name(), "archive segment purged");
         }
         if purged > 0 {
-            sync_dir(&self.segments())?;
+            sluice_core::durable::sync_dir(&self.segments())?;
             self.index.compact_tombstones()?;
             self.index.flush()?;
         }
@@ -575,8 +571,11 @@ impl Drop for Archive {
     }
 }
 
+/// zstd level: fast, and most of the gain on mail text.
+const LEVEL: i32 = 3;
+
 /// zstd with one compression context per thread (creating one zeroes hundreds of KB).
-fn compress(raw: &[u8], level: i32) -> Result<Vec<u8>, ArchiveError> {
+fn compress(raw: &[u8]) -> Result<Vec<u8>, ArchiveError> {
     thread_local! {
         static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
             const { std::cell::RefCell::new(None) };
@@ -585,15 +584,10 @@ fn compress(raw: &[u8], level: i32) -> Result<Vec<u8>, ArchiveError> {
         let mut c = c.borrow_mut();
         let ctx = match c.as_mut() {
             Some(ctx) => ctx,
-            None => c.insert(zstd::bulk::Compressor::new(level)?),
+            None => c.insert(zstd::bulk::Compressor::new(LEVEL)?),
         };
         Ok(ctx.compress(raw)?)
     })
-}
-
-fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
-    File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 /// Parses a time for a search bound: unix seconds, RFC 3339, or a `YYYY-MM-DD` date (UTC

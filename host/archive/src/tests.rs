@@ -161,10 +161,14 @@ fn put_get_and_search() {
 fn date_ranges_find_the_id_boundaries() {
     let dir = tempfile::tempdir().unwrap();
     let a = open(dir.path());
+    // One entry per second (created times only grow, from the last one): the boundaries
+    // fall between entries, so the binary search over ids has work to do.
+    let base = now_ms();
     for i in 0..40 {
+        a.writer.lock().unwrap().last_ms = base + 1000 * i;
         a.put(
             "in",
-            &message(i),
+            &message(i as usize),
             attrs(&format!("Q{i}"), "a@a.test", &["b@b.test"], "x"),
             30,
         )
@@ -172,6 +176,8 @@ fn date_ranges_find_the_id_boundaries() {
     }
     let all: Vec<Entry> = a.list(None, None, 100).unwrap();
     assert_eq!(all.len(), 40);
+    let seconds: std::collections::HashSet<u64> = all.iter().map(|e| e.created_ms / 1000).collect();
+    assert_eq!(seconds.len(), 40);
     // Every boundary at an entry's creation time splits the list there.
     for e in &all {
         let secs = e.created_ms / 1000;

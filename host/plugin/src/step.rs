@@ -762,12 +762,11 @@ impl host::Host for StepState {
         }
         let mut all = stored_attributes(&message);
         all.extend(attributes.into_iter().map(|a| (a.key, a.value)));
-        let attributes = all;
         let retention =
             std::time::Duration::from_secs(u64::from(retention_days.clamp(1, 3650)) * 86400);
         let blobs = self.services.blobs.clone();
         // The store syncs to disk: a blocking thread waits, not an async worker.
-        tokio::task::spawn_blocking(move || blobs.put(&ns, &message.raw, attributes, retention))
+        tokio::task::spawn_blocking(move || blobs.put(&ns, &message.raw, all, retention))
             .await
             .map_err(|e| host::Error::Failed(e.to_string()))?
             .map_err(store_error)
@@ -779,15 +778,15 @@ fn stored_attributes(m: &MessageData) -> Vec<(String, String)> {
     use sluice_store::blob::keys;
     let mut a: Vec<(String, String)> = Vec::new();
     let mut put = |k: &str, v: &str| a.push((k.to_string(), v.to_string()));
+    let parsed = m.parsed();
     put(keys::QUEUE_ID, &m.queue_id);
-    if let Some(id) = sluice_core::envelope::message_id(&m.raw) {
-        put(keys::MESSAGE_ID, &id);
+    if let Some(id) = parsed.message_id() {
+        put(keys::MESSAGE_ID, id);
     }
     put(keys::SENDER, &m.envelope.sender);
     for r in &m.envelope.recipients {
         put(keys::RECIPIENT, &r.address);
     }
-    let parsed = m.parsed();
     if let Some(subject) = parsed.subject() {
         put(keys::SUBJECT, subject);
     }

@@ -9,9 +9,10 @@
 //! the metadata `archive.id` to the entry's id, so events link to the archive.
 //!
 //! At the `queued` stage (recommended) mail is archived after its 250, with the host's
-//! durable retries: if the archive cannot store it, the stage defers and delivery waits
-//! (`on_failure = "defer"`, the default), or the message goes on unarchived with a log
-//! line (`on_failure = "continue"`). A retried stage does not store a message twice.
+//! durable retries. If the archive cannot store a message the step fails and its
+//! `on_error` decides: `tempfail` (the default) defers the stage and delivery waits, `skip`
+//! lets the message go on unarchived (logged). A retried stage does not store a message
+//! twice.
 //!
 //! ```toml
 //! [[pipeline.step]]
@@ -24,7 +25,6 @@
 //! retention_days = 45          # 7 to 365
 //! direction = "inbound"        # default: inbound on mx listeners, outbound otherwise
 //! headers = ["X-Spam-Score", "X-Spam-Status", "X-Virus-Scanned"]
-//! on_failure = "defer"         # or "continue"
 //! ```
 
 use serde::Deserialize;
@@ -39,8 +39,6 @@ struct Config {
     direction: Option<String>,
     #[serde(default = "default_headers")]
     headers: Vec<String>,
-    #[serde(default = "default_on_failure")]
-    on_failure: String,
 }
 
 fn default_retention() -> u32 {
@@ -51,10 +49,6 @@ fn default_headers() -> Vec<String> {
     ["X-Spam-Score", "X-Spam-Status", "X-Virus-Scanned"]
         .map(String::from)
         .to_vec()
-}
-
-fn default_on_failure() -> String {
-    "defer".into()
 }
 
 impl Config {
@@ -69,12 +63,6 @@ impl Config {
             && !matches!(d.as_str(), "inbound" | "outbound")
         {
             return Err(format!("direction: `inbound` or `outbound`, not `{d}`"));
-        }
-        if !matches!(self.on_failure.as_str(), "defer" | "continue") {
-            return Err(format!(
-                "on_failure: `defer` or `continue`, not `{}`",
-                self.on_failure
-            ));
         }
         if self.headers.len() > 32 {
             return Err("headers: at most 32".into());
@@ -121,15 +109,8 @@ fn archive(message: &Message, stage: &str) -> Outcome {
     }
     match host::store_message(message, &attributes, c.retention_days) {
         Ok(id) => Outcome::cont().set_meta("archive.id", &id),
-        Err(e) => {
-            let why = format!("archive unavailable: {e:?}");
-            if c.on_failure == "continue" {
-                sluice_plugin_sdk::log(host::Level::Error, &format!("{why}; not archived"));
-                Outcome::cont()
-            } else {
-                Outcome::defer(451, "4.3.0", &why)
-            }
-        }
+        // The archive failed: the step's on_error decides.
+        Err(e) => panic!("archive unavailable: {e:?}"),
     }
 }
 
