@@ -23,6 +23,7 @@ const PLUGINS: &[&str] = &[
     "sender-policy",
     "send-window",
     "archive",
+    "dmarc-reports",
 ];
 /// Python plugins, each a folder of `plugins/python` with an `app.py`.
 const PYTHON_PLUGINS: &[&str] = &["spam_words", "tag"];
@@ -48,6 +49,8 @@ fn main() {
         "plugins/sender-policy",
         "plugins/send-window",
         "plugins/archive",
+        "plugins/dmarc-reports",
+        "host/dmarc/src",
         "host/bounce/src",
         "host/spam/src",
         "wit",

@@ -63,7 +63,7 @@ pub enum QueueAction {
 
 pub struct ApiState {
     pub queue: Arc<dyn Queue>,
-    /// The plugin stores' key-value side (suppressions).
+    /// The plugin stores' key-value side (suppressions, DMARC reports).
     pub kv: Arc<dyn sluice_store::KvStore>,
     pub keys: Arc<KeyStore>,
     pub control: Arc<dyn Control>,
@@ -77,6 +77,22 @@ pub struct ApiState {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+/// Runs blocking store work off the async threads; a failure (or a panic) is a 500 with
+/// its message.
+pub(crate) async fn blocking<T, E>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, Response>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
 }
 
 pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -715,11 +731,12 @@ impl utoipa::Modify for Security {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Sluice admin API", description = "Operate a running Sluice: queue, events and message history, policies, bans, suppressions, archive. Every error is JSON `{\"error\": message}`; 401 without a valid key, 403 when the key's scope does not allow the request."),
+    info(title = "Sluice admin API", description = "Operate a running Sluice: queue, events and message history, policies, bans, suppressions, archive, DMARC reports. Every error is JSON `{\"error\": message}`; 401 without a valid key, 403 when the key's scope does not allow the request."),
     paths(queue_list, queue_show, queue_retry, queue_release, queue_delete, policies, reload, bans, lift_ban,
         suppressions, suppressions_csv, suppress_add, suppress_remove,
         crate::archive::archive_search, crate::archive::archive_show, crate::archive::archive_raw,
-        crate::archive::archive_verify, crate::events::events, crate::events::message_history),
+        crate::archive::archive_verify, crate::events::events, crate::events::message_history,
+        crate::dmarc::reports, crate::dmarc::report, crate::dmarc::day_summary),
     components(schemas(StateFilter, Reason, Origin)),
     modifiers(&Security)
 )]
@@ -811,6 +828,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/api/v1/archive/{id}", get(crate::archive::archive_show))
         .route("/api/v1/archive/{id}/raw", get(crate::archive::archive_raw))
+        .route("/api/v1/dmarc/reports", get(crate::dmarc::reports))
+        .route("/api/v1/dmarc/reports/{id}", get(crate::dmarc::report))
+        .route("/api/v1/dmarc/summary", get(crate::dmarc::day_summary))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod archive;
+pub mod dmarc;
 pub mod events;
 pub mod keys;
 pub mod suppress;

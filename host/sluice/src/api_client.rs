@@ -90,3 +90,33 @@ impl ApiClient {
         }
     }
 }
+
+/// Where a command that reads a store works: on the store itself while the server is
+/// stopped, through the running server's API while it holds the store's lock.
+pub enum Access<T> {
+    Local(T),
+    Api(ApiClient),
+}
+
+/// Opens a store with `open`; when that fails (the running server holds it) and `[http]`
+/// is configured, the API instead; otherwise the open's error, naming `what` and `dir`.
+pub fn local_or_api<T, E>(
+    settings: &Settings,
+    what: &str,
+    dir: &std::path::Path,
+    open: impl FnOnce() -> std::result::Result<T, E>,
+) -> Result<Access<T>>
+where
+    E: Into<anyhow::Error>,
+{
+    match open() {
+        Ok(store) => Ok(Access::Local(store)),
+        Err(e) if settings.http_bind.is_none() => Err(e.into()).with_context(|| {
+            format!(
+                "cannot open {what} in {} (is the server running? stop it, or configure [http] so that this command can use its API)",
+                dir.display()
+            )
+        }),
+        Err(_) => Ok(Access::Api(ApiClient::new(settings)?)),
+    }
+}

@@ -2,7 +2,7 @@
 //! check the hash chain. With the server stopped it opens the archive directly; while it
 //! runs (sled holds a lock) it goes through the admin API. Both print the same.
 
-use crate::api_client::ApiClient;
+use crate::api_client::{Access, ApiClient, local_or_api};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use sluice_config::Settings;
@@ -67,19 +67,11 @@ pub fn run(settings: &Settings, command: ArchiveCommand) -> Result<()> {
     if !dir.exists() {
         bail!("no archive in {} yet", dir.display());
     }
-    match sluice_archive::Archive::open(&dir) {
-        Ok(archive) => offline(&archive, command),
-        Err(e) => {
-            if settings.http_bind.is_none() {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot open the archive in {} (is the server running? stop it, or configure [http] so that this command can use its API)",
-                        dir.display()
-                    )
-                });
-            }
-            online(&ApiClient::new(settings)?, command)
-        }
+    match local_or_api(settings, "the archive", &dir, || {
+        sluice_archive::Archive::open(&dir)
+    })? {
+        Access::Local(archive) => offline(&archive, command),
+        Access::Api(api) => online(&api, command),
     }
 }
 

@@ -3,8 +3,8 @@
 //! (`<data_dir>/history`) directly; while it runs (sled holds a lock) they go through the
 //! admin API. Both print the same.
 
-use crate::api_client::ApiClient;
-use anyhow::{Context, Result};
+use crate::api_client::{Access, ApiClient, local_or_api};
+use anyhow::Result;
 use clap::Args;
 use sluice_config::Settings;
 use sluice_http::events::EventInfo;
@@ -37,16 +37,13 @@ pub struct EventsArgs {
 /// The event history when the server is stopped, else `None` (use the API).
 fn open_history(settings: &Settings) -> Result<Option<Arc<History>>> {
     let dir = settings.history_dir();
-    match History::open(&dir, settings.delivery.event_history) {
-        Ok(h) => Ok(Some(h)),
-        Err(e) if settings.http_bind.is_none() => Err(e).with_context(|| {
-            format!(
-                "cannot open the event history in {} (is the server running? stop it, or configure [http] so that this command can use its API)",
-                dir.display()
-            )
-        }),
-        Err(_) => Ok(None),
-    }
+    let open = || History::open(&dir, settings.delivery.event_history);
+    Ok(
+        match local_or_api(settings, "the event history", &dir, open)? {
+            Access::Local(h) => Some(h),
+            Access::Api(_) => None,
+        },
+    )
 }
 
 pub fn run(settings: &Settings, a: EventsArgs) -> Result<()> {

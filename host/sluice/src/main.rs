@@ -9,6 +9,7 @@
 
 mod api_client;
 mod archive_cmd;
+mod dmarc_cmd;
 mod events_cmd;
 mod queue_cmd;
 mod spam_cmd;
@@ -82,6 +83,12 @@ enum Command {
     Archive {
         #[command(subcommand)]
         command: archive_cmd::ArchiveCommand,
+    },
+    /// DMARC aggregate reports received (the `dmarc-reports` plugin's store): summary per
+    /// domain and day, list, show.
+    Dmarc {
+        #[command(subcommand)]
+        command: dmarc_cmd::DmarcCommand,
     },
     /// Addresses banned after failed AUTH attempts (running server, through its API).
     Ban {
@@ -427,6 +434,7 @@ fn main() -> Result<()> {
         Command::Suppression { command } => suppression_cmd::run(&settings, command),
         Command::Archive { command } => archive_cmd::run(&settings, command),
         Command::Events(args) => events_cmd::run(&settings, args),
+        Command::Dmarc { command } => dmarc_cmd::run(&settings, command),
         Command::Trace(_) | Command::Score(_) | Command::Spam { .. } => {
             unreachable!("handled above")
         }

@@ -5,7 +5,8 @@
 //! local key the server writes to `<data_dir>/cli.key` (readable only by its owner, like
 //! the queue itself).
 
-use anyhow::{Context, Result, bail};
+use crate::api_client::{Access, ApiClient, local_or_api};
+use anyhow::{Result, bail};
 use clap::Subcommand;
 use sluice_config::Settings;
 use sluice_queue::{Queue, SledQueue, Status};
@@ -35,19 +36,10 @@ pub enum QueueCommand {
 }
 
 pub fn run(settings: &Settings, command: QueueCommand) -> Result<()> {
-    let queue = match SledQueue::open(&settings.queue_dir()) {
-        Ok(q) => q,
-        Err(e) => {
-            if settings.http_bind.is_none() {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot open the queue in {} (is the server running? stop it, or configure [http] so that this command can use its API)",
-                        settings.queue_dir().display()
-                    )
-                });
-            }
-            return online(settings, command);
-        }
+    let dir = settings.queue_dir();
+    let queue = match local_or_api(settings, "the queue", &dir, || SledQueue::open(&dir))? {
+        Access::Local(q) => q,
+        Access::Api(api) => return online(&api, command),
     };
     match command {
         QueueCommand::History { id } => crate::events_cmd::history_offline(settings, &queue, &id)?,
@@ -169,8 +161,7 @@ fn flush(queue: &SledQueue) -> Result<()> {
 }
 
 /// The same commands through the running server's admin API.
-fn online(settings: &Settings, command: QueueCommand) -> Result<()> {
-    let api = crate::api_client::ApiClient::new(settings)?;
+fn online(api: &ApiClient, command: QueueCommand) -> Result<()> {
     let call = |method: &str, path: &str| api.call(method, path);
     let list_all = || -> Result<Vec<serde_json::Value>> {
         let mut all = Vec::new();
@@ -189,7 +180,7 @@ fn online(settings: &Settings, command: QueueCommand) -> Result<()> {
         }
     };
     match command {
-        QueueCommand::History { id } => crate::events_cmd::history_online(&api, &id)?,
+        QueueCommand::History { id } => crate::events_cmd::history_online(api, &id)?,
         QueueCommand::List => {
             let all = list_all()?;
             for m in &all {

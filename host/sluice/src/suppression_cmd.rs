@@ -2,7 +2,7 @@
 //! With the server stopped it opens the plugin stores directly; while it runs (sled holds a
 //! lock) it goes through the admin API.
 
-use crate::api_client::ApiClient;
+use crate::api_client::{Access, ApiClient, local_or_api};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use sluice_config::Settings;
@@ -48,19 +48,11 @@ fn checked(stream: &str, address: Option<&str>) -> Result<Option<String>> {
 
 pub fn run(settings: &Settings, command: SuppressionCommand) -> Result<()> {
     let dir = settings.data_dir.join("stores");
-    match sluice_store::SledStores::open(&dir) {
-        Ok(stores) => offline(&*stores.kv, command),
-        Err(e) => {
-            if settings.http_bind.is_none() {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot open the plugin stores in {} (is the server running? stop it, or configure [http] so that this command can use its API)",
-                        dir.display()
-                    )
-                });
-            }
-            online(&ApiClient::new(settings)?, command)
-        }
+    match local_or_api(settings, "the plugin stores", &dir, || {
+        sluice_store::SledStores::open(&dir)
+    })? {
+        Access::Local(stores) => offline(&*stores.kv, command),
+        Access::Api(api) => online(&api, command),
     }
 }
 
