@@ -104,7 +104,10 @@ fn archive(message: &Message, stage: &str) -> Outcome {
     ];
     for name in &c.headers {
         for v in message.header(name) {
-            attributes.push(attribute(&format!("header.{}", name.to_ascii_lowercase()), v.trim()));
+            attributes.push(attribute(
+                &format!("header.{}", name.to_ascii_lowercase()),
+                v.trim(),
+            ));
         }
     }
     match host::store_message(message, &attributes, c.retention_days) {

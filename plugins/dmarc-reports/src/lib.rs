@@ -158,7 +158,8 @@ impl Filter for DmarcReports {
         let addresses: Vec<String> = c.addresses.iter().map(|a| a.to_lowercase()).collect();
         let domains: Vec<String> = c.domains.iter().map(|d| d.to_lowercase()).collect();
         let recipients = message.envelope().recipients;
-        let for_reports = |r: &String| addresses.is_empty() || addresses.contains(&r.to_lowercase());
+        let for_reports =
+            |r: &String| addresses.is_empty() || addresses.contains(&r.to_lowercase());
         if !recipients.iter().any(for_reports) {
             return Outcome::cont();
         }
@@ -168,17 +169,15 @@ impl Filter for DmarcReports {
         let mut problem: Option<String> = None;
         for p in message.parts().iter().filter(|p| candidate(p)) {
             if p.size > MAX_ATTACHMENT {
-                problem.get_or_insert(format!(
-                    "attachment of {} bytes is too large",
-                    p.size
-                ));
+                problem.get_or_insert(format!("attachment of {} bytes is too large", p.size));
                 continue;
             }
             let content = sluice_plugin_sdk::read_part(message, p.id);
             match sluice_dmarc::extract(&content).and_then(|xml| sluice_dmarc::parse_xml(&xml)) {
                 Ok(r) if covered(&domains, &r.domain) => reports.push(r),
                 Ok(r) => {
-                    problem.get_or_insert(format!("report about {}, not a domain of ours", r.domain));
+                    problem
+                        .get_or_insert(format!("report about {}, not a domain of ours", r.domain));
                 }
                 // A text or image part labelled octet-stream: keep looking.
                 Err(ParseError::NotAnAttachment) => {}
@@ -226,7 +225,10 @@ impl Filter for DmarcReports {
                     &format!("DMARC report {} from {} already stored", r.id(), r.reporter),
                 ),
                 Err(e) => {
-                    host::log(host::Level::Error, &format!("DMARC report not stored: {e:?}"));
+                    host::log(
+                        host::Level::Error,
+                        &format!("DMARC report not stored: {e:?}"),
+                    );
                     return Outcome::defer(451, "4.3.0", "report not stored, try again later");
                 }
             }
@@ -241,3 +243,46 @@ impl Filter for DmarcReports {
 }
 
 export_filter!(DmarcReports);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_cover_their_subdomains_only() {
+        let ours = vec!["example.com".to_string()];
+        assert!(covered(&ours, "example.com"));
+        assert!(covered(&ours, "mail.example.com"));
+        assert!(!covered(&ours, "badexample.com"));
+        assert!(!covered(&ours, "example.org"));
+        assert!(covered(&[], "anything.test"));
+    }
+
+    fn part(content_type: &str, filename: Option<&str>, size: u64) -> sluice_plugin_sdk::Part {
+        sluice_plugin_sdk::Part {
+            id: 1,
+            parent: Some(0),
+            content_type: content_type.into(),
+            disposition: Some("attachment".into()),
+            filename: filename.map(str::to_string),
+            charset: None,
+            size,
+        }
+    }
+
+    #[test]
+    fn report_parts_are_found_by_type_or_name() {
+        assert!(candidate(&part("application/gzip", None, 10)));
+        assert!(candidate(&part("application/zip", None, 10)));
+        assert!(candidate(&part("text/xml", None, 10)));
+        assert!(candidate(&part("application/octet-stream", None, 10)));
+        assert!(candidate(&part(
+            "application/x-unknown",
+            Some("r.XML.GZ"),
+            10
+        )));
+        assert!(!candidate(&part("text/plain", Some("readme.txt"), 10)));
+        assert!(!candidate(&part("multipart/mixed", None, 0)));
+        assert!(!candidate(&part("application/gzip", None, 0)));
+    }
+}
