@@ -5,8 +5,8 @@
 mod support;
 
 use sluice_test_plugins::{
-    ACCESS, ANTIVIRUS, ARCHIVE, BOUNCES, GREYLIST, LINK_TRACKING, PY_SPAM_WORDS, Plugin,
-    SENDER_POLICY, SPAM_SCORE, SUPPRESSION, TAG,
+    ACCESS, ANTIVIRUS, ARCHIVE, BOUNCES, DMARC_REPORTS, GREYLIST, LINK_TRACKING, PY_SPAM_WORDS,
+    Plugin, SENDER_POLICY, SPAM_SCORE, SUPPRESSION, TAG,
 };
 use std::time::Duration;
 use support::{Client, Sluice, message, wait_until};
@@ -230,8 +230,12 @@ fn example_policies_are_valid() {
                     SENDER_POLICY
                 } else if line.contains("archive") {
                     ARCHIVE
-                } else {
+                } else if line.contains("dmarc_reports") {
+                    DMARC_REPORTS
+                } else if line.contains("/tag.wasm") {
                     TAG
+                } else {
+                    panic!("{name}: no test build for `{line}`: add it here");
                 };
                 fixed.push_str(&format!(
                     "plugin = \"{}\"\nsha256 = \"{}\"\n",
