@@ -186,6 +186,197 @@ secret = "bench-webhook-secret-0123456789"
 ''')
 
 
+ACCESS = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "access.wasm")
+GREYLIST = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "greylist.wasm")
+ANTIVIRUS = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "antivirus.wasm")
+FORWARD = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release",
+                       "webhook_forward.wasm")
+
+
+def inbound_policy(path, hook_port, clamd_port=None):
+    """policies/inbound.toml's chain as it costs per message: allow/deny lists (entries that
+    do not match, so every check runs), greylisting (the bench's triplets passed beforehand,
+    no network whitelisting: a triplet lookup per recipient), antivirus against a real clamd
+    when `clamd_port`, the archive at the queued stage, and webhook-forward in queued mode
+    to the local receiver (the POST is the delivery). The host's SPF/DKIM/DMARC checks run
+    too (`[authentication]`, a local DNS server)."""
+    import hashlib
+    digest = lambda p: hashlib.sha256(open(p, "rb").read()).hexdigest()
+    av = ""
+    if clamd_port:
+        av = f'''
+[[pipeline.step]]
+name = "antivirus"
+plugin = "{ANTIVIRUS}"
+sha256 = "{digest(ANTIVIRUS)}"
+stages = ["data"]
+timeout_ms = 30000
+on_error = "tempfail"
+[pipeline.step.capabilities]
+tcp = ["127.0.0.1:{clamd_port}"]
+[pipeline.step.config]
+clamd = "127.0.0.1:{clamd_port}"
+action = "reject"
+'''
+    with open(path, "w") as f:
+        f.write(f'''[[pipeline]]
+name = "inbound"
+listeners = ["mx"]
+
+[[pipeline.step]]
+name = "access"
+plugin = "{ACCESS}"
+sha256 = "{digest(ACCESS)}"
+stages = ["connect", "mail", "rcpt", "data"]
+[pipeline.step.config]
+deny_clients = ["192.0.2.0/24", "2001:db8::/32"]
+deny_senders = ["@spam.example", "bad@example.net"]
+deny_recipients = ["nobody@bench.test"]
+
+[[pipeline.step]]
+name = "greylist"
+plugin = "{GREYLIST}"
+sha256 = "{digest(GREYLIST)}"
+stages = ["rcpt"]
+[pipeline.step.capabilities]
+kv = "greylist"
+[pipeline.step.config]
+delay_seconds = 1
+auto_whitelist_after = 0
+{av}
+[[pipeline.step]]
+name = "archive"
+plugin = "{ARCHIVE}"
+sha256 = "{digest(ARCHIVE)}"
+stages = ["queued"]
+[pipeline.step.capabilities]
+blobs = "inbound"
+[pipeline.step.config]
+retention_days = 7
+
+[[pipeline.step]]
+name = "forward"
+plugin = "{FORWARD}"
+sha256 = "{digest(FORWARD)}"
+stages = ["queued"]
+timeout_ms = 35000
+[pipeline.step.capabilities]
+http = ["http://127.0.0.1:{hook_port}"]
+[pipeline.step.config]
+url = "http://127.0.0.1:{hook_port}/incoming"
+secret = "bench-forward-secret-0123456789"
+''')
+
+
+class Dns:
+    """A DNS server on 127.0.0.1 (dnslib, UDP and TCP) for the host's SPF and DMARC checks of
+    the bench's mail: bench.test publishes SPF for loopback and DMARC p=none; other names
+    do not exist."""
+
+    ZONE = """
+bench.test. 3600 IN TXT "v=spf1 ip4:127.0.0.0/8 -all"
+_dmarc.bench.test. 3600 IN TXT "v=DMARC1; p=none"
+"""
+
+    def __init__(self):
+        try:
+            from dnslib.server import DNSServer
+            from dnslib.zoneresolver import ZoneResolver
+        except ImportError:
+            sys.exit("the inbound bench needs dnslib: python3 -m pip install dnslib")
+        self.port = free_port()
+        zone = self.ZONE
+        if DKIM_KEY:
+            r = DKIM_KEY["record"]
+            parts = " ".join(f'"{r[i:i + 250]}"' for i in range(0, len(r), 250))
+            zone += f"s1._domainkey.bench.test. 3600 IN TXT {parts}\n"
+        resolver = ZoneResolver(zone)
+        self.servers = [DNSServer(resolver, port=self.port, address="127.0.0.1", tcp=tcp,
+                                  logger=_QuietDnsLog()) for tcp in (False, True)]
+        for srv in self.servers:
+            srv.start_thread()
+
+    def stop(self):
+        for srv in self.servers:
+            srv.stop()
+
+
+class _QuietDnsLog:
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+EICAR = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+class Clamd:
+    """A real clamd (Debian clamav-daemon) on 127.0.0.1 with one signature, the EICAR file's
+    MD5 (`sigtool --md5`): no download, the scanning work per message is clamd's own."""
+
+    def __init__(self, workdir):
+        for tool in ("clamd", "sigtool"):
+            if not shutil.which(tool):
+                sys.exit(f"{tool} not found: apt-get install clamav-daemon")
+        d = os.path.join(workdir, "clamd")
+        db = os.path.join(d, "db")
+        os.makedirs(db)
+        eicar = os.path.join(d, "eicar.com")
+        with open(eicar, "w") as f:
+            f.write(EICAR)
+        md5 = subprocess.run(["sigtool", "--md5", eicar], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        digest, size = md5.split(":")[:2]
+        with open(os.path.join(db, "bench.hdb"), "w") as f:
+            f.write(f"{digest}:{size}:Bench-EICAR\n")
+        self.port = free_port()
+        conf = os.path.join(d, "clamd.conf")
+        with open(conf, "w") as f:
+            f.write(f"Foreground yes\nTCPSocket {self.port}\nTCPAddr 127.0.0.1\n"
+                    f"DatabaseDirectory {db}\nLogFile {d}/clamd.log\n"
+                    f"MaxThreads 20\nStreamMaxLength 100M\n")
+        self.proc = subprocess.Popen(["clamd", "-c", conf], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.port, limit=120)
+
+    def cpu(self):
+        return proc_cpu(self.proc.pid)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def pass_greylist(port, pairs):
+    """Passes greylisting for each (sender, recipient): a first RCPT (451), a retry after
+    the delay (250)."""
+    def attempt(sender, rcpt):
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        f = s.makefile("rb")
+
+        def reply():
+            while True:
+                line = f.readline()
+                if not line or line[3:4] != b"-":
+                    return line
+        reply()
+        s.sendall(b"EHLO warmup.bench.test\r\n")
+        reply()
+        s.sendall(f"MAIL FROM:<{sender}>\r\n".encode())
+        reply()
+        s.sendall(f"RCPT TO:<{rcpt}>\r\n".encode())
+        r = reply()
+        s.sendall(b"QUIT\r\n")
+        s.close()
+        return r
+    for sender, rcpt in pairs:
+        attempt(sender, rcpt)
+    time.sleep(1.5)
+    for sender, rcpt in pairs:
+        r = attempt(sender, rcpt)
+        if not r.startswith(b"250"):
+            sys.exit(f"greylisting did not pass {sender} -> {rcpt}: {r!r}")
+
+
 class Hooks:
     """The local webhook receiver (target/release/hook_sink): 204 to every POST, counted."""
 
@@ -229,6 +420,49 @@ def html_message(size):
     return body + tail
 
 
+DKIM_KEY = {}
+
+
+def dkim_key(workdir):
+    """An RSA-2048 key for bench.test (selector s1): the private key's path and the DNS
+    record publishing it, made once per run."""
+    if not DKIM_KEY:
+        path = os.path.join(workdir, "bench-dkim.pem")
+        rsa_key(path)
+        der = subprocess.run(["openssl", "pkey", "-in", path, "-pubout", "-outform", "DER"],
+                             capture_output=True, check=True).stdout
+        import base64
+        p = base64.b64encode(der).decode()
+        DKIM_KEY.update(path=path, record=f"v=DKIM1; k=rsa; p={p}")
+    return DKIM_KEY
+
+
+def signed_message(workdir, size):
+    """A plain-text message of about `size` bytes from bench.test, DKIM-signed (dkimpy,
+    RSA-SHA256, relaxed/relaxed) with the key `Dns` publishes, LF line ends for
+    smtp-source -F: the inbound chain's DKIM and DMARC checks verify a real signature."""
+    try:
+        import dkim
+    except ImportError:
+        sys.exit("the inbound bench signs with dkimpy: python3 -m pip install dkimpy")
+    key = dkim_key(workdir)
+    head = ("From: Load <load@bench.test>\r\nTo: rcpt@bench.test\r\nSubject: inbound bench\r\n"
+            "Date: Mon, 23 Nov 2026 12:00:00 +0000\r\nMessage-ID: <inbound-bench@bench.test>\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n")
+    line = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n"
+    body = ""
+    while len(head) + len(body) + 500 < size:
+        body += line
+    msg = (head + body).encode()
+    sig = dkim.sign(msg, b"s1", b"bench.test", open(key["path"], "rb").read(),
+                    canonicalize=(b"relaxed", b"relaxed"),
+                    include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+    path = os.path.join(workdir, f"signed-{size}.eml")
+    with open(path, "wb") as f:
+        f.write((sig + msg).replace(b"\r\n", b"\n"))
+    return path
+
+
 class Sluice:
     name = "sluice"
 
@@ -239,6 +473,9 @@ class Sluice:
         sub = free_port()
         self.submission = sub
         self.hooks = None
+        self.dns = None
+        self.clamd = None
+        self.http = None
         conf = os.path.join(self.dir, "sluice.toml")
         policies = ""
         extra = ""
@@ -257,6 +494,17 @@ class Sluice:
             extra = (f'[http]\nbind = "127.0.0.1:{http}"\n\n[tracking]\n'
                      f'base_url = "https://t.bench.test"\nkey = "tracking.key"\n\n'
                      f'[[dkim]]\ndomain = "bench.test"\nselector = "s1"\nkey = "{key}"\n\n')
+        elif steps in ("inbound", "inbound-av"):
+            self.hooks = Hooks()
+            self.dns = Dns()
+            self.clamd = Clamd(workdir) if steps == "inbound-av" else None
+            inbound_policy(os.path.join(self.dir, "policy.toml"), self.hooks.port,
+                           self.clamd.port if self.clamd else None)
+            policies = 'policies = "policy.toml"'
+            http = free_port()
+            self.http = http
+            extra = f'[http]\nbind = "127.0.0.1:{http}"\n\n[authentication]\n\n'
+            delivery += f'nameservers = ["127.0.0.1:{self.dns.port}"]\n'
         elif steps == "queued":
             noop_policy(os.path.join(self.dir, "policy.toml"), 1, stage="queued")
             policies = 'policies = "policy.toml"'
@@ -324,6 +572,10 @@ tls = "none"
             self.proc.wait()
         if self.hooks:
             self.hooks.stop()
+        if self.dns:
+            self.dns.stop()
+        if self.clamd:
+            self.clamd.stop()
 
 
 class OpenDkim:
@@ -510,6 +762,22 @@ def probe(port, size, stop, latencies, sent):
         print("probe:", e, file=sys.stderr)
 
 
+def step_costs(http_port):
+    """Mean wall-clock time per call of each plugin step and stage, and of end of data to
+    the reply, from the server's /metrics."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10).read().decode()
+    sums, counts = {}, {}
+    for line in text.splitlines():
+        m = re.match(r'sluice_plugin_call_seconds_(sum|count)\{chain="[^"]*",stage="([^"]*)",step="([^"]*)"\} (\S+)', line)
+        if m:
+            (sums if m.group(1) == "sum" else counts)[f"{m.group(3)}@{m.group(2)}"] = float(m.group(4))
+        m = re.match(r'sluice_smtp_end_of_data_seconds_(sum|count) (\S+)', line)
+        if m:
+            (sums if m.group(1) == "sum" else counts)["end-of-data"] = float(m.group(2))
+    return {k: sums[k] / counts[k] * 1000 for k in sums if counts.get(k)}
+
+
 def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_file=None,
             recipients=1):
     sink = Sink(workdir)
@@ -530,6 +798,10 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
         server = Sluice(workdir, sink.port, binary, steps="queued")
     elif kind == "sluice+archive":
         server = Sluice(workdir, sink.port, binary, steps="archive")
+    elif kind in ("sluice+inbound", "sluice+inbound-av"):
+        server = Sluice(workdir, sink.port, binary, steps=kind.split("+")[1])
+        pass_greylist(server.port, [("load@bench.test", "rcpt@bench.test"),
+                                    ("probe@bench.test", "probe@bench.test")])
     elif kind == "postfix+opendkim":
         server = Postfix(workdir, sink.port, dkim=True)
     elif kind.startswith("sluice+"):
@@ -540,6 +812,8 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
         server = Direct(workdir, sink.port)
     try:
         cpu0 = server.cpu()
+        clamd = getattr(server, "clamd", None)
+        clamd_cpu0 = clamd.cpu() if clamd else 0.0
         stop = threading.Event()
         latencies, sent = [], [0]
         t = threading.Thread(target=probe, args=(server.port, size, stop, latencies, sent))
@@ -563,14 +837,22 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
         # Per-recipient rendering sends each recipient its own transaction.
         per_recipient = kind in ("sluice+track", "sluice+outbound")
         expected = n * recipients + sent[0] if per_recipient else total
+        # Inbound mail is delivered by its POST to the application's endpoint.
+        inbound = kind.startswith("sluice+inbound")
+        count = (lambda: server.hooks.count) if inbound else sink.count
         deadline = time.time() + 600
-        while sink.count() < expected and time.time() < deadline:
+        while count() < expected and time.time() < deadline:
             time.sleep(0.02)
         delivered_s = time.perf_counter() - t0
-        got = sink.count()
+        got = count()
         cpu = server.cpu() - cpu0
+        clamd_cpu = clamd.cpu() - clamd_cpu0 if clamd else 0.0
         hooks = getattr(server, "hooks", None)
-        if hooks:
+        if getattr(server, "http", None):
+            costs = step_costs(server.http)
+            print(f"{kind}: mean ms per call: " +
+                  ", ".join(f"{k} {v:.3f}" for k, v in sorted(costs.items())), file=sys.stderr)
+        if hooks and not inbound:
             # Events still in the outbox are sent after the run; how many arrived by now.
             print(f"{kind}: {hooks.count} webhook events received", file=sys.stderr)
     finally:
@@ -583,7 +865,7 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
         "cpu_per_recipient_ms": cpu / (n * recipients + sent[0]) * 1000,
         "accepted_rate": total / accepted_s, "delivered_rate": got / delivered_s,
         "cpu_per_1000": cpu / total * 1000, "p50": p(0.50), "p99": p(0.99),
-        "probe": len(lat),
+        "probe": len(lat), "clamd_cpu_per_1000": clamd_cpu / total * 1000,
     }
 
 
@@ -601,6 +883,10 @@ def main():
                          "sluice+outbound (STARTTLS+AUTH submission, suppression, tracking, "
                          "DKIM RSA-2048, webhook events; needs --html), "
                          "postfix+opendkim (Postfix with OpenDKIM signing as a milter), "
+                         "sluice+inbound (SPF/DKIM/DMARC checks, allow/deny lists, greylisting "
+                         "passed, archive, webhook-forward queued to a local receiver), "
+                         "sluice+inbound-av (the same with antivirus, a real clamd; its CPU "
+                         "in its own column), "
                          "baseline (another sluice binary, --baseline)")
     ap.add_argument("--message-file", help="send this message (headers and body, LF line ends) "
                     "instead of smtp-source's generated text; --sizes is then ignored")
@@ -631,6 +917,11 @@ def main():
             message_file = os.path.join(html_dir, "news.eml")
             with open(message_file, "w") as f:
                 f.write(html_message(size))
+        signed_dir = None
+        if "sluice+inbound" in a.relays and not message_file:
+            # Every relay of the run gets the same DKIM-signed message.
+            signed_dir = tempfile.mkdtemp()
+            message_file = signed_message(signed_dir, size)
         for kind in a.relays.split(","):
             with tempfile.TemporaryDirectory() as workdir:
                 os.chmod(workdir, 0o755)
@@ -640,11 +931,15 @@ def main():
                 print(f"{kind} {size} B: {r}", file=sys.stderr)
         if html_dir:
             shutil.rmtree(html_dir)
-    print(f"| relay | size | recipients | messages | accepted msg/s | delivered msg/s | CPU s / 1000 msgs | CPU ms / recipient | p50 ms | p99 ms |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        if signed_dir:
+            shutil.rmtree(signed_dir)
+            DKIM_KEY.clear()
+    print(f"| relay | size | recipients | messages | accepted msg/s | delivered msg/s | CPU s / 1000 msgs | CPU ms / recipient | clamd CPU s / 1000 | p50 ms | p99 ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['kind']} | {r['size'] // 1000} KB | {r['recipients']} | {r['delivered']}/{r['n']} | {r['accepted_rate']:.0f} | "
-              f"{r['delivered_rate']:.0f} | {r['cpu_per_1000']:.2f} | {r['cpu_per_recipient_ms']:.3f} | {r['p50']:.2f} | {r['p99']:.2f} |")
+              f"{r['delivered_rate']:.0f} | {r['cpu_per_1000']:.2f} | {r['cpu_per_recipient_ms']:.3f} | "
+              f"{r['clamd_cpu_per_1000']:.2f} | {r['p50']:.2f} | {r['p99']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -265,6 +265,7 @@ impl Compiler<'_> {
             event_retry_max: d.event_retry_max,
             event_expire: d.event_expire,
             event_history: d.event_history,
+            quarantine_retention: d.quarantine_retention,
             expire: d.expire,
             delay_notify_after: d.delay_notify_after,
             tls,

@@ -313,6 +313,11 @@ pub struct DeliveryFile {
     /// history` and the API read; `0s` keeps none.
     #[serde(with = "humantime_serde")]
     pub event_history: Duration,
+    /// How long a quarantined message is kept for an operator to release it; after that it
+    /// is deleted (no notice to the sender), counted in `sluice_store_purged_total{store=
+    /// "quarantine"}`. `0s` keeps quarantined mail until released or deleted.
+    #[serde(with = "humantime_serde")]
+    pub quarantine_retention: Duration,
 }
 
 impl Default for DeliveryFile {
@@ -337,6 +342,7 @@ impl Default for DeliveryFile {
             event_retry_max: Duration::from_secs(600),
             event_expire: Duration::from_secs(3 * 86400),
             event_history: Duration::from_secs(45 * 86400),
+            quarantine_retention: Duration::from_secs(30 * 86400),
         }
     }
 }

@@ -204,6 +204,7 @@ pub struct DeliverySettings {
     pub event_retry_max: Duration,
     pub event_expire: Duration,
     pub event_history: Duration,
+    pub quarantine_retention: Duration,
 }
 
 /// How mail for a domain leaves.

@@ -71,6 +71,9 @@ pub enum Command {
     Delete(String),
     /// Deliver a quarantined message after all.
     Release(String),
+    /// Delete a message whose quarantine outlived its retention (unless it was released
+    /// meanwhile: then `Conflict`).
+    Expire(String),
 }
 
 /// Metadata key marking a message an operator released from quarantine.
@@ -597,7 +600,8 @@ impl Engine {
         cancelled: &mut HashSet<String>,
         timers: &mut BinaryHeap<Reverse<(u64, Box<str>)>>,
     ) -> Answer {
-        let (Command::Retry(id) | Command::Delete(id) | Command::Release(id)) = &command;
+        let (Command::Retry(id) | Command::Delete(id) | Command::Release(id) | Command::Expire(id)) =
+            &command;
         let meta = match self.queue.get(id) {
             Ok(Some(m)) => m,
             Ok(None) => return Answer::NotFound,
@@ -617,6 +621,18 @@ impl Engine {
                 }
                 Err(e) => Answer::Failed(e.to_string()),
             },
+            Command::Expire(id) => {
+                let Some(reason) = &meta.quarantine else {
+                    return Answer::Conflict(format!("message {id} is not quarantined"));
+                };
+                match self.queue.remove(&id) {
+                    Ok(()) => {
+                        tracing::info!(%id, %reason, "quarantined message expired, deleted");
+                        Answer::Done
+                    }
+                    Err(e) => Answer::Failed(e.to_string()),
+                }
+            }
             Command::Release(id) => {
                 let mut meta = meta;
                 let Some(reason) = meta.quarantine.take() else {

@@ -140,7 +140,7 @@ impl Metrics {
             purged: counter(
                 &r,
                 "sluice_store_purged_total",
-                "Expired entries purged, by store (kv: plugin key-value data, archive: archived messages, events: the event history).",
+                "Expired entries purged, by store (kv: plugin key-value data, archive: archived messages, events: the event history, quarantine: quarantined messages past their retention).",
                 &["store"],
             ),
             messages_queued: counter(

@@ -84,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         command: archive_cmd::ArchiveCommand,
     },
+    /// Quarantined messages: list, show, release (deliver), delete.
+    Quarantine {
+        #[command(subcommand)]
+        command: queue_cmd::QuarantineCommand,
+    },
     /// DMARC aggregate reports received (the `dmarc-reports` plugin's store): summary per
     /// domain and day, list, show.
     Dmarc {
@@ -435,6 +440,7 @@ fn main() -> Result<()> {
         Command::Archive { command } => archive_cmd::run(&settings, command),
         Command::Events(args) => events_cmd::run(&settings, args),
         Command::Dmarc { command } => dmarc_cmd::run(&settings, command),
+        Command::Quarantine { command } => queue_cmd::quarantine(&settings, command),
         Command::Trace(_) | Command::Score(_) | Command::Spam { .. } => {
             unreachable!("handled above")
         }
@@ -500,7 +506,6 @@ async fn serve(settings: Settings) -> Result<()> {
         outbox.set_history(h.clone());
     }
     let queue: Arc<dyn Queue> = Arc::new(queue);
-    spawn_queue_census(queue.clone());
     let tls = sluice_smtp::tls::server_config(
         settings.tls_cert.as_ref(),
         &settings.tls_dir(),
@@ -557,6 +562,11 @@ async fn serve(settings: Settings) -> Result<()> {
     });
     let mut tasks = tokio::task::JoinSet::new();
     let (engine_control, engine_control_rx) = sluice_delivery::engine::control();
+    spawn_queue_census(
+        queue.clone(),
+        engine_control.clone(),
+        settings.delivery.quarantine_retention,
+    );
     let guard = Arc::new(sluice_smtp::protect::Guard::new(
         settings.protection.clone(),
     ));
@@ -701,16 +711,28 @@ async fn load_policies(
 
 /// Counts queued messages by state into `sluice_queue_messages`: a scan every 15 s, or
 /// 20 times as long as the last scan took (a large backlog is not scanned back to back).
-fn spawn_queue_census(queue: Arc<dyn Queue>) {
+/// The same scan finds quarantined messages older than `retention` (not zero), which the
+/// delivery engine then deletes (so that a release at the same moment wins).
+fn spawn_queue_census(
+    queue: Arc<dyn Queue>,
+    engine: sluice_delivery::engine::Control,
+    retention: std::time::Duration,
+) {
     tokio::spawn(async move {
         loop {
             let q = queue.clone();
             let started = std::time::Instant::now();
+            let cutoff = (!retention.is_zero())
+                .then(|| sluice_queue::now_secs().saturating_sub(retention.as_secs()));
+            let mut expired = Vec::new();
             let counted = tokio::task::spawn_blocking(move || {
                 let (mut pending, mut deferred, mut quarantined) = (0i64, 0i64, 0i64);
                 q.for_each(&mut |m| {
                     if m.quarantine.is_some() {
                         quarantined += 1;
+                        if cutoff.is_some_and(|c| m.received_at < c) {
+                            expired.push(m.id.clone());
+                        }
                     } else if m.has_pending() {
                         pending += 1;
                     } else if m.has_deferred() {
@@ -718,19 +740,42 @@ fn spawn_queue_census(queue: Arc<dyn Queue>) {
                     }
                 })
                 .map(|()| {
-                    [
-                        ("pending", pending),
-                        ("deferred", deferred),
-                        ("quarantined", quarantined),
-                    ]
+                    (
+                        [
+                            ("pending", pending),
+                            ("deferred", deferred),
+                            ("quarantined", quarantined),
+                        ],
+                        expired,
+                    )
                 })
             })
             .await;
             match counted {
-                Ok(Ok(counts)) => {
+                Ok(Ok((counts, expired))) => {
                     let g = &sluice_metrics::global().queue_messages;
                     for (state, n) in counts {
                         g.with_label_values(&[state]).set(n);
+                    }
+                    let mut purged = 0;
+                    for id in expired {
+                        use sluice_delivery::engine::{Answer, Command};
+                        match engine.send(Command::Expire(id.clone())).await {
+                            Some(Answer::Done) => purged += 1,
+                            // Released or deleted meanwhile.
+                            Some(Answer::Conflict(_) | Answer::NotFound) => {}
+                            Some(Answer::Failed(e)) => {
+                                tracing::error!(%id, error = %e, "cannot delete an expired quarantined message")
+                            }
+                            None => break,
+                        }
+                    }
+                    if purged > 0 {
+                        sluice_metrics::global()
+                            .purged
+                            .with_label_values(&["quarantine"])
+                            .inc_by(purged);
+                        g.with_label_values(&["quarantined"]).sub(purged as i64);
                     }
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot count the queue"),

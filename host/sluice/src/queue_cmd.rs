@@ -14,7 +14,11 @@ use sluice_queue::{Queue, SledQueue, Status};
 #[derive(Subcommand)]
 pub enum QueueCommand {
     /// One line per queued message.
-    List,
+    List {
+        /// Only quarantined messages (`sluice quarantine list`).
+        #[arg(long)]
+        quarantined: bool,
+    },
     /// Envelope, per-recipient state and headers of one message.
     Show { id: String },
     /// Makes deferred recipients due now (all messages, or the given ones).
@@ -29,6 +33,9 @@ pub enum QueueCommand {
     Delete {
         #[arg(required = true)]
         ids: Vec<String>,
+        /// Refuse messages that are not quarantined (`sluice quarantine delete`).
+        #[arg(skip)]
+        quarantined_only: bool,
     },
     /// Every recorded event of one message, oldest first (also after it left the queue):
     /// time, kind, queue id, recipient, reply, remote MTA (TAB separated).
@@ -43,8 +50,11 @@ pub fn run(settings: &Settings, command: QueueCommand) -> Result<()> {
     };
     match command {
         QueueCommand::History { id } => crate::events_cmd::history_offline(settings, &queue, &id)?,
-        QueueCommand::List => {
-            let all = queue.list()?;
+        QueueCommand::List { quarantined } => {
+            let mut all = queue.list()?;
+            if quarantined {
+                all.retain(|m| m.quarantine.is_some());
+            }
             for m in &all {
                 let pending = m.recipients.iter().filter(|r| !r.status.is_final()).count();
                 println!(
@@ -60,7 +70,11 @@ pub fn run(settings: &Settings, command: QueueCommand) -> Result<()> {
                         .unwrap_or_default()
                 );
             }
-            let bad = queue.unreadable()?;
+            let bad = if quarantined {
+                Vec::new()
+            } else {
+                queue.unreadable()?
+            };
             for id in &bad {
                 println!(
                     "{id}  unreadable record, moved aside (delete it with `sluice queue delete {id}`)"
@@ -81,6 +95,9 @@ pub fn run(settings: &Settings, command: QueueCommand) -> Result<()> {
             );
             if let Some(envid) = &m.envid {
                 println!("envid: {envid}");
+            }
+            if let Some(q) = &m.quarantine {
+                println!("quarantined: {q}");
             }
             for r in &m.recipients {
                 println!(
@@ -136,8 +153,15 @@ pub fn run(settings: &Settings, command: QueueCommand) -> Result<()> {
             flush(&queue)?;
             println!("{} message(s) released", ids.len());
         }
-        QueueCommand::Delete { ids } => {
+        QueueCommand::Delete {
+            ids,
+            quarantined_only,
+        } => {
             for id in &ids {
+                if quarantined_only && !matches!(queue.get(id)?, Some(m) if m.quarantine.is_some())
+                {
+                    bail!("message {id} is not quarantined");
+                }
                 // A record that cannot be read fails `get`; it may also be moved aside.
                 let readable = matches!(queue.get(id), Ok(Some(_)));
                 if readable || queue.get(id).is_err() {
@@ -163,13 +187,13 @@ fn flush(queue: &SledQueue) -> Result<()> {
 /// The same commands through the running server's admin API.
 fn online(api: &ApiClient, command: QueueCommand) -> Result<()> {
     let call = |method: &str, path: &str| api.call(method, path);
-    let list_all = || -> Result<Vec<serde_json::Value>> {
+    let list = |state: &str| -> Result<Vec<serde_json::Value>> {
         let mut all = Vec::new();
         let mut after: Option<String> = None;
         loop {
             let q = match &after {
-                Some(a) => format!("/queue?limit=1000&after={a}"),
-                None => "/queue?limit=1000".to_string(),
+                Some(a) => format!("/queue?state={state}&limit=1000&after={a}"),
+                None => format!("/queue?state={state}&limit=1000"),
             };
             let page = call("GET", &q)?;
             all.extend(page["messages"].as_array().cloned().unwrap_or_default());
@@ -181,8 +205,8 @@ fn online(api: &ApiClient, command: QueueCommand) -> Result<()> {
     };
     match command {
         QueueCommand::History { id } => crate::events_cmd::history_online(api, &id)?,
-        QueueCommand::List => {
-            let all = list_all()?;
+        QueueCommand::List { quarantined } => {
+            let all = list(if quarantined { "quarantined" } else { "all" })?;
             for m in &all {
                 println!(
                     "{}  {:>8}  <{}>  {} recipient(s), {} pending{}",
@@ -229,7 +253,7 @@ fn online(api: &ApiClient, command: QueueCommand) -> Result<()> {
         }
         QueueCommand::Retry { ids } => {
             let ids = if ids.is_empty() {
-                list_all()?
+                list("all")?
                     .iter()
                     .filter_map(|m| m["id"].as_str().map(str::to_string))
                     .collect()
@@ -247,12 +271,55 @@ fn online(api: &ApiClient, command: QueueCommand) -> Result<()> {
             }
             println!("{} message(s) released", ids.len());
         }
-        QueueCommand::Delete { ids } => {
+        QueueCommand::Delete {
+            ids,
+            quarantined_only,
+        } => {
             for id in &ids {
+                if quarantined_only && call("GET", &format!("/queue/{id}"))?["quarantine"].is_null()
+                {
+                    bail!("message {id} is not quarantined");
+                }
                 call("DELETE", &format!("/queue/{id}"))?;
             }
             println!("{} message(s) deleted", ids.len());
         }
     }
     Ok(())
+}
+
+/// `sluice quarantine`: the queue's quarantined messages (held by a policy verdict, kept
+/// `[delivery] quarantine_retention`, 30 days by default).
+#[derive(Subcommand)]
+pub enum QuarantineCommand {
+    /// Quarantined messages, one line each with the reason.
+    List,
+    /// Envelope, reason, per-recipient state and headers of one message.
+    Show { id: String },
+    /// Delivers quarantined messages as if accepted (the quarantine verdict is not applied
+    /// to them again).
+    Release {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Deletes quarantined messages without notice to the sender.
+    Delete {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+pub fn quarantine(settings: &Settings, command: QuarantineCommand) -> Result<()> {
+    run(
+        settings,
+        match command {
+            QuarantineCommand::List => QueueCommand::List { quarantined: true },
+            QuarantineCommand::Show { id } => QueueCommand::Show { id },
+            QuarantineCommand::Release { ids } => QueueCommand::Release { ids },
+            QuarantineCommand::Delete { ids } => QueueCommand::Delete {
+                ids,
+                quarantined_only: true,
+            },
+        },
+    )
 }
