@@ -74,6 +74,16 @@ fn health_readiness_and_metrics() {
     assert!(delta("sluice_smtp_replies_total{class=\"2xx\",listener=\"mx\"}") >= 4.0);
     assert!(delta("sluice_smtp_replies_total{class=\"5xx\",listener=\"mx\"}") >= 1.0);
     assert!(delta("sluice_smtp_end_of_data_seconds_count") >= 1.0);
+    // Commands by verb: one EHLO, MAIL, DATA; two RCPT.
+    for (command, n) in [("ehlo", 1.0), ("mail", 1.0), ("rcpt", 2.0), ("data", 1.0)] {
+        assert_eq!(
+            delta(&format!(
+                "sluice_smtp_commands_total{{command=\"{command}\",listener=\"mx\"}}"
+            )),
+            n,
+            "{command}: {after}"
+        );
+    }
     // The refused RCPT, by stage.
     assert!(
         delta("sluice_smtp_refusals_total{class=\"5xx\",listener=\"mx\",stage=\"rcpt\"}") >= 1.0,
@@ -161,6 +171,14 @@ fn plugin_steps_are_measured() {
         sample(
             &m,
             "sluice_plugin_errors_total{chain=\"inbound\",kind=\"trap\",step=\"crash\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    // The message's score (none: the failed step scored nothing) in the distribution.
+    assert!(
+        sample(
+            &m,
+            "sluice_message_score_bucket{chain=\"inbound\",le=\"0\"}"
         ) >= 1.0,
         "{m}"
     );

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub smtp_connections: IntCounterVec,
     /// SMTP replies sent, by listener and class (`2xx`, `3xx`, `4xx`, `5xx`).
     pub smtp_replies: IntCounterVec,
+    /// SMTP commands received, by listener and command (`ehlo`, `mail`, ..., `other`).
+    pub smtp_commands: IntCounterVec,
     /// STARTTLS handshakes, by listener and result (`ok`, `failed`).
     pub tls_handshakes: IntCounterVec,
     /// AUTH attempts, by listener and result (`success`, `failure`).
@@ -55,6 +57,8 @@ pub struct Metrics {
     pub plugin_call_seconds: HistogramVec,
     /// Plugin step verdicts, by chain, step and verdict.
     pub plugin_verdicts: IntCounterVec,
+    /// Each message's summed data-stage score, by chain.
+    pub message_score: HistogramVec,
     /// Plugin step failures, by chain, step and kind (`timeout`, `wall_timeout`, `memory`,
     /// `trap`, `edit`, `oversized`, `symbols`).
     pub plugin_errors: IntCounterVec,
@@ -106,6 +110,12 @@ impl Metrics {
                 "sluice_smtp_replies_total",
                 "SMTP replies sent, by listener and reply class.",
                 &["listener", "class"],
+            ),
+            smtp_commands: counter(
+                &r,
+                "sluice_smtp_commands_total",
+                "SMTP commands received, by listener and command (ehlo, helo, mail, rcpt, data, bdat, auth, starttls, rset, noop, quit, vrfy, expn, help, other).",
+                &["listener", "command"],
             ),
             tls_handshakes: counter(
                 &r,
@@ -208,6 +218,21 @@ impl Metrics {
                         0.1, 1.0,
                     ]),
                     &["chain", "step", "stage"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("registered once");
+                h
+            },
+            message_score: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "sluice_message_score",
+                        "Summed data-stage score of each message whose chain ran to its end, by chain (spam and other scoring steps; the thresholds act on it).",
+                    )
+                    .buckets(vec![
+                        -5.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 9.0, 12.0, 15.0, 20.0, 30.0,
+                    ]),
+                    &["chain"],
                 )
                 .expect("valid metric");
                 r.register(Box::new(h.clone())).expect("registered once");

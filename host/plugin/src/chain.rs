@@ -395,6 +395,10 @@ impl Chain {
             }
         }
         if stage == Stage::Data {
+            sluice_metrics::global()
+                .message_score
+                .with_label_values(&[&self.name])
+                .observe(result.score);
             let before = result.edits.len();
             self.apply_thresholds(&mut result);
             let added = result.edits[before..].to_vec();

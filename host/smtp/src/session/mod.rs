@@ -425,6 +425,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn on_request(&mut self, request: Request<String>) -> Flow {
+        let command = match &request {
+            Request::Ehlo { .. } => "ehlo",
+            Request::Helo { .. } | Request::Lhlo { .. } => "helo",
+            Request::Mail { .. } => "mail",
+            Request::Rcpt { .. } => "rcpt",
+            Request::Data => "data",
+            Request::Bdat { .. } => "bdat",
+            Request::Auth { .. } => "auth",
+            Request::StartTls => "starttls",
+            Request::Rset => "rset",
+            Request::Noop { .. } => "noop",
+            Request::Quit => "quit",
+            Request::Vrfy { .. } => "vrfy",
+            Request::Expn { .. } => "expn",
+            Request::Help { .. } => "help",
+            _ => "other",
+        };
+        sluice_metrics::global()
+            .smtp_commands
+            .with_label_values(&[self.cfg.name.as_str(), command])
+            .inc();
         self.stage = match &request {
             Request::Ehlo { .. } | Request::Helo { .. } => "ehlo",
             Request::Mail { .. } => "mail",
