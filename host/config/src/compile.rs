@@ -1,7 +1,7 @@
 //! Turns a [`ConfigFile`] into [`Settings`], collecting every problem before failing.
 
 use crate::error::{ConfigError, Problem, line_of, locate};
-use crate::file::{ConfigFile, RouteFile, TrackingFile};
+use crate::file::{ConfigFile, RouteFile, TrackingFile, VerpFile};
 use crate::settings::*;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -332,6 +332,8 @@ impl Compiler<'_> {
             .as_ref()
             .and_then(|t| self.tracking(t, http_bind.is_some()));
 
+        let verp = f.verp.as_ref().and_then(|v| self.verp(v, &local_domains));
+
         let routes = f
             .route
             .iter()
@@ -357,6 +359,7 @@ impl Compiler<'_> {
             authentication,
             dkim,
             tracking,
+            verp,
             routes,
             policies: f.policies.clone(),
             http_bind,
@@ -390,9 +393,27 @@ impl Compiler<'_> {
         if t.retention.is_zero() {
             self.problem("tracking.retention".into(), "must be greater than 0");
         }
-        let key_path = self.relative(&t.key);
+        let (key, previous_keys) = self.keys("tracking", &t.key, &t.previous_keys);
+        let previous_keys = previous_keys?;
+        Some(TrackingSettings {
+            base_url: base.to_string(),
+            key: key.filter(|_| ok)?,
+            previous_keys,
+            retention: t.retention,
+        })
+    }
+
+    /// A signing key file and its predecessors (`<table>.key`, `<table>.previous_keys`):
+    /// at least 32 bytes each, surrounding whitespace ignored.
+    fn keys(
+        &mut self,
+        table: &str,
+        key: &Path,
+        previous: &[std::path::PathBuf],
+    ) -> (Option<Vec<u8>>, Option<Vec<Vec<u8>>>) {
+        let key_path = self.relative(key);
         let previous_paths: Vec<std::path::PathBuf> =
-            t.previous_keys.iter().map(|p| self.relative(p)).collect();
+            previous.iter().map(|p| self.relative(p)).collect();
         let mut read = |key: String, path: &Path| match std::fs::read(path) {
             Ok(bytes) => {
                 let secret = bytes.trim_ascii().to_vec();
@@ -411,18 +432,44 @@ impl Compiler<'_> {
                 None
             }
         };
-        let key = read("tracking.key".into(), &key_path);
+        let current = read(format!("{table}.key"), &key_path);
         let previous: Vec<Option<Vec<u8>>> = previous_paths
             .iter()
             .enumerate()
-            .map(|(i, p)| read(format!("tracking.previous_keys[{i}]"), p))
+            .map(|(i, p)| read(format!("{table}.previous_keys[{i}]"), p))
             .collect();
-        let previous_keys = previous.into_iter().collect::<Option<Vec<_>>>()?;
-        Some(TrackingSettings {
-            base_url: base.to_string(),
+        (current, previous.into_iter().collect())
+    }
+
+    fn verp(&mut self, v: &VerpFile, local: &HashSet<String>) -> Option<VerpSettings> {
+        let domain = v.domain.trim().to_ascii_lowercase();
+        let mut ok = true;
+        if !local.contains(&domain) {
+            self.problem(
+                "verp.domain".into(),
+                format!("`{domain}` must be one of local_domains: the bounces arrive there"),
+            );
+            ok = false;
+        }
+        let lp = &v.local_part;
+        if lp.is_empty()
+            || lp.len() > 16
+            || !lp
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            self.problem(
+                "verp.local_part".into(),
+                format!("`{lp}`: 1 to 16 letters, digits, '-' or '_'"),
+            );
+            ok = false;
+        }
+        let (key, previous_keys) = self.keys("verp", &v.key, &v.previous_keys);
+        Some(VerpSettings {
+            domain,
+            local_part: lp.clone(),
             key: key.filter(|_| ok)?,
-            previous_keys,
-            retention: t.retention,
+            previous_keys: previous_keys?,
         })
     }
 

@@ -46,6 +46,9 @@ pub struct ConfigFile {
     /// Tracked links, open pixels and one-click unsubscribe (the `tracking` capability of
     /// policy steps, served on the HTTP listener's `/c/`, `/o/` and `/u/`). Needs `[http]`.
     pub tracking: Option<TrackingFile>,
+    /// VERP return paths for mail from authenticated clients (asynchronous bounces matched
+    /// to message and recipient).
+    pub verp: Option<VerpFile>,
     /// Routes by recipient domain, tried in order; the first match wins. Without a match
     /// mail goes to the domain's MX hosts.
     pub route: Vec<RouteFile>,
@@ -72,6 +75,7 @@ impl Default for ConfigFile {
             authentication: None,
             dkim: Vec::new(),
             tracking: None,
+            verp: None,
             route: Vec::new(),
             policies: None,
         }
@@ -109,6 +113,29 @@ pub struct TrackingFile {
 
 fn default_tracking_retention() -> Duration {
     Duration::from_secs(90 * 86400)
+}
+
+/// VERP return paths for outbound mail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerpFile {
+    /// The bounce domain: mail from authenticated clients is sent with the envelope sender
+    /// `<local_part>+<token>@<domain>`, one transaction per recipient, so that a bounce
+    /// arriving later names the message and recipient. It must be one of `local_domains`,
+    /// with a pipeline for it that runs the `bounces` plugin.
+    pub domain: String,
+    #[serde(default = "default_verp_local")]
+    pub local_part: String,
+    /// A file holding the secret that signs the tokens (at least 32 bytes), relative to
+    /// this file's folder.
+    pub key: PathBuf,
+    /// Earlier keys: bounces to return paths signed with them are still recognised.
+    #[serde(default)]
+    pub previous_keys: Vec<PathBuf>,
+}
+
+fn default_verp_local() -> String {
+    "bounces".into()
 }
 
 /// Authentication checks of received mail.

@@ -27,6 +27,7 @@ pub struct Settings {
     pub authentication: Option<AuthenticationSettings>,
     pub dkim: Vec<DkimSettings>,
     pub tracking: Option<TrackingSettings>,
+    pub verp: Option<VerpSettings>,
     pub routes: Vec<Route>,
     /// Policy files, resolved against the configuration file's folder.
     pub policies: Option<PathBuf>,
@@ -40,6 +41,25 @@ pub struct AuthenticationSettings {
 }
 
 /// See `TrackingFile`; the keys are read at load.
+/// VERP return paths (`[verp]`).
+#[derive(Clone)]
+pub struct VerpSettings {
+    /// Lowercase.
+    pub domain: String,
+    pub local_part: String,
+    pub key: Vec<u8>,
+    pub previous_keys: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for VerpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerpSettings")
+            .field("domain", &self.domain)
+            .field("local_part", &self.local_part)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Clone)]
 pub struct TrackingSettings {
     /// Without a trailing `/`.

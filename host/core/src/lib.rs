@@ -40,6 +40,11 @@ pub mod meta {
     /// Milliseconds from the end of DATA to the data stage's verdict (authentication
     /// checks and the policy's data steps).
     pub const DATA_MS: &str = "sluice.timing.data-ms";
+    /// A message to one of our VERP return paths (`[verp]`): the queue id of the message
+    /// it answers, and that message's recipient the return path was made for (when still
+    /// known: the queue or the event history).
+    pub const VERP_QUEUE_ID: &str = "sluice.verp.queue-id";
+    pub const VERP_RECIPIENT: &str = "sluice.verp.recipient";
 }
 
 /// The domain part of an address (after the last `@`), lowercased; empty for the null path.

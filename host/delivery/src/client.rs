@@ -303,6 +303,7 @@ impl SmtpConnection {
     pub async fn send(
         &mut self,
         meta: &MessageMeta,
+        sender: &str,
         rcpts: &[usize],
         body: &[u8],
     ) -> Result<Vec<(usize, Outcome)>, Reply> {
@@ -341,7 +342,7 @@ impl SmtpConnection {
             ));
         }
 
-        let mut mail = format!("MAIL FROM:<{}>", meta.sender);
+        let mut mail = format!("MAIL FROM:<{sender}>");
         if caps.size.is_some() {
             mail.push_str(&format!(" SIZE={}", body.len()));
         }

@@ -128,6 +128,8 @@ pub struct Engine {
     /// DKIM keys; mail from authenticated clients and the host's own is signed after
     /// rendering, so the signature covers the bytes sent.
     signer: Option<Arc<sluice_auth::Signer>>,
+    /// `[verp]`: its keys, made once.
+    verp: Option<sluice_track::Keys>,
 }
 
 impl Engine {
@@ -148,6 +150,10 @@ impl Engine {
     ) -> Arc<Engine> {
         let signer = signer.filter(|s| !s.is_empty());
         let resolver = resolver(&settings.delivery.nameservers);
+        let verp = settings
+            .verp
+            .as_ref()
+            .map(|v| sluice_track::Keys::new(&v.key, &v.previous_keys));
         Arc::new(Engine {
             global: Arc::new(Semaphore::new(settings.delivery.max_connections)),
             settings,
@@ -158,6 +164,7 @@ impl Engine {
             tls_verified: sluice_net::client_tls::verified(),
             pools: Mutex::new(HashMap::new()),
             signer,
+            verp,
         })
     }
 
@@ -528,9 +535,13 @@ impl Engine {
                         }
                     };
                 let variants = self.sign(&meta, variants);
+                let verp = self.verp_applies(&meta);
                 let mut work = Vec::new();
                 for (variant, idx) in &variants {
-                    let mut groups: HashMap<Target, (Route, Vec<usize>)> = HashMap::new();
+                    // With VERP each recipient has its own envelope sender: its own
+                    // transaction.
+                    let mut groups: HashMap<(Target, Option<usize>), (Route, Vec<usize>)> =
+                        HashMap::new();
                     for &i in idx {
                         let route = self
                             .settings
@@ -541,13 +552,17 @@ impl Engine {
                             Via::Smarthost { host, port } => Target::Smarthost(host.clone(), *port),
                         };
                         groups
-                            .entry(target)
+                            .entry((target, verp.then_some(i)))
                             .or_insert_with(|| (route, Vec::new()))
                             .1
                             .push(i);
                     }
-                    for (target, (route, idx)) in groups {
-                        work.push(self.deliver_group(target, route, &meta, idx, variant));
+                    for ((target, single), (route, idx)) in groups {
+                        let sender = match single {
+                            Some(i) => self.verp_sender(&meta, i),
+                            None => meta.sender.clone(),
+                        };
+                        work.push(self.deliver_group(target, route, &meta, idx, variant, sender));
                     }
                 }
                 outcomes.extend(futures::future::join_all(work).await.into_iter().flatten());
@@ -785,6 +800,24 @@ impl Engine {
         gate
     }
 
+    /// Whether the message goes out with VERP return paths: `[verp]` is configured and it
+    /// came from an authenticated client with a sender to return to.
+    fn verp_applies(&self, meta: &MessageMeta) -> bool {
+        self.verp.is_some()
+            && !meta.sender.is_empty()
+            && meta.session.as_ref().is_some_and(|s| s.auth_user.is_some())
+    }
+
+    /// The VERP return path of recipient `i`.
+    fn verp_sender(&self, meta: &MessageMeta, i: usize) -> String {
+        let (Some(keys), Some(v)) = (&self.verp, &self.settings.verp) else {
+            return meta.sender.clone();
+        };
+        sluice_track::verp::address(keys, &v.local_part, &v.domain, &meta.id, i)
+    }
+
+    /// Sends recipients `idx` of the message to one target in one transaction, with `sender`
+    /// as the envelope sender (for SMTP; a Maildir keeps the message's own).
     async fn deliver_group(
         &self,
         target: Target,
@@ -792,6 +825,7 @@ impl Engine {
         meta: &MessageMeta,
         idx: Vec<usize>,
         body: &Arc<Vec<u8>>,
+        sender: String,
     ) -> Vec<(usize, Outcome)> {
         if target == Target::Maildir {
             let root = self.settings.maildir();
@@ -838,7 +872,7 @@ impl Engine {
             // An overall cap: a tarpit answering a byte at a time cannot hold this slot
             // for ever.
             let cap = self.settings.delivery.transaction_timeout;
-            let sent = tokio::time::timeout(cap, conn.send(meta, &idx, body))
+            let sent = tokio::time::timeout(cap, conn.send(meta, &sender, &idx, body))
                 .await
                 .unwrap_or_else(|_| {
                     Err(Reply::new(

@@ -154,6 +154,13 @@ pub trait Queue: Send + Sync {
     /// Deletes a message and its body.
     fn remove(&self, id: &str) -> Result<(), QueueError>;
     fn get(&self, id: &str) -> Result<Option<MessageMeta>, QueueError>;
+    /// The address of recipient `index` (envelope order) of message `id`: from its record
+    /// while it is queued, after that from the event history where there is one.
+    fn recipient_of(&self, id: &str, index: usize) -> Result<Option<String>, QueueError> {
+        Ok(self
+            .get(id)?
+            .and_then(|m| m.recipients.get(index).map(|r| r.recipient.address.clone())))
+    }
     fn body(&self, id: &str) -> Result<Option<Vec<u8>>, QueueError>;
     /// Every message, in id (arrival) order.
     fn list(&self) -> Result<Vec<MessageMeta>, QueueError>;

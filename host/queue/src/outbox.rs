@@ -98,6 +98,11 @@ impl Outbox {
         let _ = self.history.set(history);
     }
 
+    /// The history events are recorded in, when there is one.
+    pub fn history(&self) -> Option<&Arc<crate::History>> {
+        self.history.get()
+    }
+
     /// Whether events are recorded in a history.
     pub fn keeps_history(&self) -> bool {
         self.history.get().is_some()

@@ -555,6 +555,27 @@ impl Queue for SledQueue {
         self.shared.outbox.keeps_history()
     }
 
+    fn recipient_of(&self, id: &str, index: usize) -> Result<Option<String>, QueueError> {
+        if let Some(m) = self.get(id)? {
+            return Ok(m.recipients.get(index).map(|r| r.recipient.address.clone()));
+        }
+        let Some(history) = self.shared.outbox.history() else {
+            return Ok(None);
+        };
+        // One `queued` (or `quarantined`) event per recipient, in envelope order.
+        Ok(history
+            .of_message(id)?
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    sluice_core::EventKind::Queued | sluice_core::EventKind::Quarantined
+                )
+            })
+            .nth(index)
+            .and_then(|e| e.recipient))
+    }
+
     fn event(&self, event: sluice_core::Event, deliver: bool) -> Result<(), QueueError> {
         if deliver {
             self.shared.outbox.publish(event)

@@ -11,6 +11,10 @@
 //!
 //! The payload is readable by whoever holds the link (base64, not encrypted): it holds the
 //! recipient's own address and a link from the message they received.
+//!
+//! [`verp`] signs the VERP return paths of outbound mail with the same kind of keys.
+
+pub mod verp;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -12,6 +12,13 @@
 //! bounced message's Message-ID and, when the returned headers include the `Received`
 //! header Sluice wrote, its queue id.
 //!
+//! A report sent to one of Sluice's VERP return paths (`[verp]` in the server
+//! configuration) is about one recipient of one message, whatever the report says: the host
+//! decodes the return path (`sluice.verp.queue-id`, `sluice.verp.recipient`), and the event
+//! names that message and that recipient (with the report's status for it, or its first
+//! failure's when the report names someone else: a forwarding address, say), with the
+//! attribute `verp = "1"`.
+//!
 //! ```toml
 //! [[pipeline]]
 //! name = "bounces"
@@ -89,9 +96,33 @@ impl Filter for Bounces {
     fn on_data(message: &Message) -> Outcome {
         let config: Config = serde_json::from_str(&host::config()).unwrap_or_default();
         let raw = sluice_plugin_sdk::read_message(message, MAX_READ);
-        let Some(report) = sluice_bounce::parse(&raw) else {
+        let Some(mut report) = sluice_bounce::parse(&raw) else {
             return Outcome::cont();
         };
+        // A VERP return path names the message and recipient for certain.
+        let meta = message.meta();
+        let verp = |key: &str| {
+            meta.iter()
+                .find(|a| a.key == key)
+                .map(|a| a.value.clone())
+        };
+        let verp_recipient = verp("sluice.verp.recipient");
+        let verped = verp("sluice.verp.queue-id").is_some();
+        if let Some(qid) = verp("sluice.verp.queue-id") {
+            report.original_queue_id = Some(qid);
+        }
+        if let Some(rcpt) = &verp_recipient
+            && !report.failures.is_empty()
+        {
+            let k = report
+                .failures
+                .iter()
+                .position(|f| f.recipient.eq_ignore_ascii_case(rcpt))
+                .unwrap_or(0);
+            let mut f = report.failures.swap_remove(k);
+            f.recipient = rcpt.to_lowercase();
+            report.failures = vec![f];
+        }
         let format = match report.format {
             Format::Dsn => "dsn",
             Format::Text => "text",
@@ -100,6 +131,9 @@ impl Filter for Bounces {
         let mut emitted = 0;
         for f in &report.failures {
             let mut attributes = vec![attribute("format", format)];
+            if verped {
+                attributes.push(attribute("verp", "1"));
+            }
             let (kind, reply) = match report.format {
                 Format::Arf => {
                     if let Some(t) = &report.feedback_type {

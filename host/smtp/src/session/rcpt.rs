@@ -3,7 +3,7 @@
 
 use super::Session;
 use sluice_config::Role;
-use sluice_core::{Event, EventKind, Notify, Recipient, Reply, Verdict, domain_of};
+use sluice_core::{Event, EventKind, Notify, Recipient, Reply, Verdict, domain_of, meta};
 use smtp_proto::{
     RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS, RcptTo,
 };
@@ -84,7 +84,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 e.recipient = Some(recipient.address.clone());
                 self.publish(e);
             }
-            Verdict::Continue | Verdict::Accept => tx.envelope.recipients.push(recipient),
+            Verdict::Continue | Verdict::Accept => {
+                if let Some(v) = &self.ctx.settings.verp
+                    && domain == v.domain
+                    && tx.envelope.meta(meta::VERP_QUEUE_ID).is_none()
+                {
+                    let keys = sluice_track::Keys::new(&v.key, &v.previous_keys);
+                    if let Some((qid, index)) = sluice_track::verp::decode(
+                        &keys,
+                        &v.local_part,
+                        &v.domain,
+                        &recipient.address,
+                    ) {
+                        match self.ctx.queue.recipient_of(&qid, index) {
+                            Ok(Some(original)) => {
+                                tx.envelope.set_meta(meta::VERP_RECIPIENT, &original)
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(%qid, error = %e, "cannot look up a VERP recipient")
+                            }
+                        }
+                        tx.envelope.set_meta(meta::VERP_QUEUE_ID, &qid);
+                    }
+                }
+                tx.envelope.recipients.push(recipient)
+            }
         }
         Reply::new(250, "2.1.5", "Recipient OK")
     }
