@@ -101,11 +101,7 @@ impl Filter for Bounces {
         };
         // A VERP return path names the message and recipient for certain.
         let meta = message.meta();
-        let verp = |key: &str| {
-            meta.iter()
-                .find(|a| a.key == key)
-                .map(|a| a.value.clone())
-        };
+        let verp = |key: &str| meta.iter().find(|a| a.key == key).map(|a| a.value.clone());
         let verp_recipient = verp("sluice.verp.recipient");
         let verped = verp("sluice.verp.queue-id").is_some();
         if let Some(qid) = verp("sluice.verp.queue-id") {
