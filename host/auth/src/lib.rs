@@ -7,6 +7,7 @@
 //! `Authentication-Results` header claiming our authserv-id that came from outside is removed
 //! before ours is added (RFC 8601 section 5).
 
+mod arc_syntax;
 mod sign;
 
 pub use sign::{KeyError, SignKey, Signer};
@@ -278,7 +279,14 @@ impl Verifier {
         } else {
             DmarcAction::None
         };
-        let arc_name = arc_cv(arc.result());
+        // Sets mail-auth would accept but RFC 8617's grammar and structure refuse.
+        let arc_name = match arc_syntax::problem(raw) {
+            Some(why) => {
+                tracing::debug!(%why, "malformed ARC set");
+                "fail"
+            }
+            None => arc_cv(arc.result()),
+        };
         let summary = Summary {
             spf: spf.result().into(),
             dkim: dkim_summary(&dkim).into(),
