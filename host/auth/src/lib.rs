@@ -9,6 +9,7 @@
 
 mod arc_syntax;
 mod sign;
+mod spf_syntax;
 
 pub use sign::{KeyError, SignKey, Signer};
 
@@ -171,11 +172,53 @@ impl Verifier {
             Some((_, d)) if !sender.is_empty() => d.to_string(),
             _ => helo.to_string(),
         };
+        // A record mail-auth evaluated although RFC 7208's grammar refuses it: permerror.
+        let output = if matches!(output.result(), SpfResult::PermError | SpfResult::None) {
+            output
+        } else {
+            match tokio::time::timeout(self.deadline, self.spf_record_problem(&domain)).await {
+                Ok(Some(why)) => {
+                    tracing::debug!(%domain, %why, "malformed SPF record");
+                    SpfOutput::new(domain.clone()).with_result(SpfResult::PermError)
+                }
+                _ => output,
+            }
+        };
         SpfCheck {
             output,
             domain,
             helo: helo.to_string(),
             sender: sender.to_string(),
+        }
+    }
+
+    /// Why `domain`'s own SPF record breaks RFC 7208's grammar (or why there are several);
+    /// none when it does not, or when it cannot be read (mail-auth's result stands).
+    async fn spf_record_problem(&self, domain: &str) -> Option<String> {
+        use mail_auth::hickory_resolver::proto::rr::RData;
+        let name = mail_auth::hickory_resolver::proto::rr::Name::from_str_relaxed(format!(
+            "{}.",
+            domain.trim_end_matches('.')
+        ))
+        .ok()?;
+        let lookup = self.auth.resolver().txt_lookup(name).await.ok()?;
+        let records: Vec<String> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(txt) => Some(
+                    txt.txt_data
+                        .iter()
+                        .map(|s| String::from_utf8_lossy(s).into_owned())
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+            .collect();
+        match spf_syntax::select(&records) {
+            Err(why) => Some(why),
+            Ok(Some(record)) => spf_syntax::problem(record),
+            Ok(None) => None,
         }
     }
 
