@@ -257,9 +257,11 @@ impl Metrics {
     /// The name of every metric declared, whether or not it has samples yet.
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let all: [&dyn Collector; 20] = [
+        let all: [&dyn Collector; 22] = [
             &self.smtp_connections,
             &self.smtp_replies,
+            &self.smtp_commands,
+            &self.message_score,
             &self.tls_handshakes,
             &self.auth,
             &self.connections_refused,
