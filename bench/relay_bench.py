@@ -346,6 +346,14 @@ class Clamd:
         self.proc.wait()
 
 
+def smtp_reply(f):
+    """The last line of one SMTP reply read from the file `f` (multi-line replies skipped)."""
+    while True:
+        line = f.readline()
+        if not line or line[3:4] != b"-":
+            return line
+
+
 def pass_greylist(port, pairs):
     """Passes greylisting for each (sender, recipient): a first RCPT (451), a retry after
     the delay (250)."""
@@ -354,10 +362,7 @@ def pass_greylist(port, pairs):
         f = s.makefile("rb")
 
         def reply():
-            while True:
-                line = f.readline()
-                if not line or line[3:4] != b"-":
-                    return line
+            return smtp_reply(f)
         reply()
         s.sendall(b"EHLO warmup.bench.test\r\n")
         reply()
@@ -735,10 +740,7 @@ def probe(port, size, stop, latencies, sent):
         f = s.makefile("rb")
 
         def reply():
-            while True:
-                line = f.readline()
-                if not line or line[3:4] != b"-":
-                    return line
+            return smtp_reply(f)
 
         reply()
         s.sendall(b"EHLO probe.bench.test\r\n")

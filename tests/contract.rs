@@ -300,18 +300,15 @@ fn a_delivery_stage_quarantine_holds_the_message() {
         == 1));
 }
 
-/// An operator releases a message held at the delivery stage (`sluice queue release`,
-/// through the admin API of the running server): it is delivered, the hold is not applied
-/// again; releasing a message that is not held is refused.
-#[test]
-fn a_released_message_is_delivered_despite_the_hold() {
-    let sink = Sink::start();
-    let http = support::free_port();
+/// A running server with the admin API on `http` whose policy holds every message at the
+/// delivery stage (probe `hold`), relaying example.net to `sink`; `delivery` is more of the
+/// `[delivery]` table.
+fn holding_server(sink: &Sink, http: u16, delivery: &str) -> Sluice {
     let s = Sluice::configure_with(
         "policies = \"policy.toml\"\nrelay_domains = [\"example.net\"]",
         "",
         &format!(
-            "[http]\nbind = \"127.0.0.1:{http}\"\n[delivery]\nretry_initial = \"1s\"\nretry_max = \"1s\"\n[[route]]\ndomain = \"example.net\"\nvia = \"smarthost\"\nhost = \"127.0.0.1:{}\"\ntls = \"none\"\n",
+            "[http]\nbind = \"127.0.0.1:{http}\"\n[delivery]\n{delivery}\n[[route]]\ndomain = \"example.net\"\nvia = \"smarthost\"\nhost = \"127.0.0.1:{}\"\ntls = \"none\"\n",
             sink.port
         ),
     );
@@ -323,7 +320,17 @@ fn a_released_message_is_delivered_despite_the_hold() {
         ),
     )
     .unwrap();
-    let s = s.spawn();
+    s.spawn()
+}
+
+/// An operator releases a message held at the delivery stage (`sluice queue release`,
+/// through the admin API of the running server): it is delivered, the hold is not applied
+/// again; releasing a message that is not held is refused.
+#[test]
+fn a_released_message_is_delivered_despite_the_hold() {
+    let sink = Sink::start();
+    let http = support::free_port();
+    let s = holding_server(&sink, http, "retry_initial = \"1s\"\nretry_max = \"1s\"");
     let mut c = Client::connect(s.mx_port);
     c.cmd("EHLO client.test");
     let r = c.send_mail("a@example.com", &["bob@example.net"], HTML);
@@ -362,23 +369,7 @@ fn a_released_message_is_delivered_despite_the_hold() {
 fn quarantined_mail_is_managed_and_expires_after_its_retention() {
     let sink = Sink::start();
     let http = support::free_port();
-    let s = Sluice::configure_with(
-        "policies = \"policy.toml\"\nrelay_domains = [\"example.net\"]",
-        "",
-        &format!(
-            "[http]\nbind = \"127.0.0.1:{http}\"\n[delivery]\nquarantine_retention = \"3s\"\n[[route]]\ndomain = \"example.net\"\nvia = \"smarthost\"\nhost = \"127.0.0.1:{}\"\ntls = \"none\"\n",
-            sink.port
-        ),
-    );
-    std::fs::write(
-        s.dir.path().join("policy.toml"),
-        format!(
-            "[[pipeline]]\nname = \"all\"\n{}",
-            step("hold", PROBE, "stages = [\"delivery\"]", "mode = \"hold\"")
-        ),
-    )
-    .unwrap();
-    let mut s = s.spawn();
+    let mut s = holding_server(&sink, http, "quarantine_retention = \"3s\"");
     let mut ids = Vec::new();
     for rcpt in ["bob@example.net", "carol@example.net"] {
         let mut c = Client::connect(s.mx_port);

@@ -187,6 +187,8 @@ pub fn summary(kv: &dyn KvStore, f: &Filter) -> Result<Summary, StoreError> {
     })
 }
 
+/// The list's parameters: [`FilterQuery`]'s and paging. (Spelt out rather than
+/// `#[serde(flatten)]`: query strings through a flattened struct lose their numbers.)
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
