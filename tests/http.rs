@@ -760,6 +760,37 @@ fn failed_auth_bans_the_address_until_it_expires_or_is_lifted() {
 }
 
 /// More connections per minute than allowed from one address get 421 at connect.
+/// A ban outlives a restart (the server keeps them in `<data_dir>/bans.json`), and so does
+/// lifting it.
+#[test]
+fn bans_outlive_a_restart() {
+    let http = support::free_port();
+    let mut s = Sluice::start(&format!(
+        "[http]\nbind = \"127.0.0.1:{http}\"\n\n[protection]\nauth_failures = 2\nban_for = \"10m\"\n"
+    ));
+    assert!(s.cli(&["user", "add", "u"], "pw\n").status.success());
+    for _ in 0..2 {
+        assert!(fail_auth(s.submission_port).starts_with("535 5.7.8"));
+    }
+    assert!(greeting(s.mx_port).starts_with("421 4.7.1"));
+    s.stop();
+    s.restart();
+    let g = greeting(s.mx_port);
+    assert!(
+        g.starts_with("421 4.7.1"),
+        "still banned after a restart: {g}"
+    );
+    let listed = s.cli_ok(&["ban", "list"]);
+    assert!(listed.contains("127.0.0.1"), "{listed}");
+    s.cli_ok(&["ban", "lift", "127.0.0.1"]);
+    assert!(greeting(s.mx_port).starts_with("220"));
+    // The lift is saved within a second; stopping saves too.
+    s.stop();
+    s.restart();
+    let g = greeting(s.mx_port);
+    assert!(g.starts_with("220"), "the lift outlives a restart: {g}");
+}
+
 #[test]
 fn connection_rate_per_address_is_limited() {
     let s = Sluice::start("[protection]\nconnections_per_minute = 20\n");

@@ -180,7 +180,8 @@ pub struct DkimFile {
 }
 
 /// Protection at connect (what Fail2Ban and per-client rate limits do, built in). Bans are
-/// kept in memory: a restart lifts them.
+/// kept in `<data_dir>/bans.json` and outlive a restart; failure counts and connection
+/// rates start afresh.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProtectionFile {

@@ -567,9 +567,11 @@ async fn serve(settings: Settings) -> Result<()> {
         engine_control.clone(),
         settings.delivery.quarantine_retention,
     );
-    let guard = Arc::new(sluice_smtp::protect::Guard::new(
+    let guard = Arc::new(sluice_smtp::protect::Guard::persistent(
         settings.protection.clone(),
+        settings.data_dir.join("bans.json"),
     ));
+    spawn_ban_saver(guard.clone());
     if let Some(bind) = settings.http_bind {
         local_cli_key(&settings)?;
         let api = Arc::new(sluice_http::api::ApiState {
@@ -657,6 +659,10 @@ async fn serve(settings: Settings) -> Result<()> {
     let _ = std::fs::remove_file(&pid_file);
     let _ = shutdown_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    let g = guard.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || g.save()).await? {
+        tracing::error!(error = %e, "cannot save the ban list");
+    }
     queue.sync().await?;
     if let Some(h) = history {
         tokio::task::spawn_blocking(move || h.close()).await?;
@@ -783,6 +789,22 @@ fn spawn_queue_census(
             }
             let wait = (started.elapsed() * 20).max(std::time::Duration::from_secs(15));
             tokio::time::sleep(wait).await;
+        }
+    });
+}
+
+/// Writes the ban list within a second of a change (a ban, a lift, an expiry).
+fn spawn_ban_saver(guard: Arc<sluice_smtp::protect::Guard>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let g = guard.clone();
+            match tokio::task::spawn_blocking(move || g.save()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot save the ban list"),
+                Err(e) => tracing::error!(error = %e, "ban list task failed"),
+            }
         }
     });
 }

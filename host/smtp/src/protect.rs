@@ -1,12 +1,16 @@
 //! Built-in protection at connect: addresses banned after too many failed AUTH attempts
 //! (what Fail2Ban does, without log scraping), and connection rates per client address and
-//! per network (/24 for IPv4, /64 for IPv6). In memory: a restart lifts bans.
+//! per network (/24 for IPv4, /64 for IPv6). Bans outlive a restart when the guard has a
+//! file ([`Guard::persistent`]: the server's `<data_dir>/bans.json`, written by
+//! [`Guard::save`] within a second of a change); failure counts and rates live in memory.
 
 use sluice_config::ProtectionSettings;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Why a connection is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +71,16 @@ const MINUTE: Duration = Duration::from_secs(60);
 pub struct Guard {
     cfg: ProtectionSettings,
     state: Mutex<State>,
+    /// Where bans are kept across restarts.
+    file: Option<PathBuf>,
+    /// Bans changed since the last save.
+    dirty: AtomicBool,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The network an address belongs to for rate limiting: /24 or /64.
@@ -88,6 +102,66 @@ impl Guard {
         Guard {
             cfg,
             state: Mutex::new(State::default()),
+            file: None,
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// A guard whose bans are kept in `file` (JSON: address → unix seconds the ban ends):
+    /// the unexpired ones are loaded now; [`Guard::save`] writes changes. An unreadable
+    /// file is logged and replaced at the next change.
+    pub fn persistent(cfg: ProtectionSettings, file: PathBuf) -> Guard {
+        let mut g = Guard::new(cfg);
+        match std::fs::read(&file) {
+            Ok(bytes) => match serde_json::from_slice::<BTreeMap<IpAddr, u64>>(&bytes) {
+                Ok(saved) => {
+                    let (now, now_unix) = (Instant::now(), unix_now());
+                    let mut s = g.state();
+                    for (ip, until) in saved.into_iter().filter(|(_, u)| *u > now_unix) {
+                        s.bans
+                            .insert(ip, now + Duration::from_secs(until - now_unix));
+                    }
+                    if !s.bans.is_empty() {
+                        tracing::info!(bans = s.bans.len(), file = %file.display(), "bans restored");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "ban list unreadable; starting without it")
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "cannot read the ban list; starting without it")
+            }
+        }
+        g.file = Some(file);
+        g
+    }
+
+    /// Writes the bans to the guard's file (atomically, synced) when they changed since the
+    /// last save; nothing without a file. Blocking: call it off the async workers.
+    pub fn save(&self) -> std::io::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        if !self.dirty.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let now_unix = unix_now();
+        let snapshot: BTreeMap<IpAddr, u64> = self
+            .bans()
+            .into_iter()
+            .map(|(ip, left)| (ip, now_unix + left.as_secs() + 1))
+            .collect();
+        let bytes = serde_json::to_vec_pretty(&snapshot).expect("bans serialise");
+        sluice_core::durable::write_atomic(file, &bytes, 0o600).inspect_err(|_| {
+            self.dirty.store(true, Ordering::SeqCst);
+        })
+    }
+
+    fn changed(&self) {
+        if self.file.is_some() {
+            self.dirty.store(true, Ordering::SeqCst);
         }
     }
 
@@ -104,6 +178,7 @@ impl Guard {
                 return Err(Refusal::Banned(until - now));
             }
             s.bans.remove(&ip);
+            self.changed();
             tracing::info!(client = %ip, "ban expired");
         }
         if s.per_address.len() + s.per_network.len() > SWEEP_AT {
@@ -170,6 +245,7 @@ impl Guard {
         }
         s.failures.remove(&ip);
         s.bans.insert(ip, now + self.cfg.ban_for);
+        self.changed();
         tracing::warn!(client = %ip, ban_for = ?self.cfg.ban_for, "address banned after failed authentications");
         true
     }
@@ -194,6 +270,7 @@ impl Guard {
         s.failures.remove(&ip);
         let lifted = s.bans.remove(&ip).is_some_and(|u| u > Instant::now());
         if lifted {
+            self.changed();
             tracing::info!(client = %ip, "ban lifted by the operator");
         }
         lifted
