@@ -227,11 +227,20 @@ fn both_directions_are_archived_searchable_downloadable_and_verified() {
     let out = s.cli_ok(&["archive", "search", "--recipient", "support@in.example.com"]);
     assert!(out.starts_with(&format!("{inbound_id}\t")), "{out}");
     assert!(out.contains("Order late, hélp please"), "{out}");
+    // Before any verification the API has no outcome to show; the CLI starts one in the
+    // background and waits for it; the API then shows that outcome.
+    let v = request_as(http_port, "GET", "/api/v1/archive/verify", key, "");
+    assert_eq!(v.status, 404, "{}", v.body);
     let out = s.cli_ok(&["archive", "verify"]);
     assert!(
         out.contains("2 messages") && out.trim_end().ends_with("ok"),
         "{out}"
     );
+    let v = request_as(http_port, "GET", "/api/v1/archive/verify", key, "");
+    let status: serde_json::Value = serde_json::from_str(&v.body).unwrap();
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["report"]["ok"], true, "{status}");
+    assert!(status["finished"].as_u64() >= status["started"].as_u64());
     let online_show = s.cli_ok(&["archive", "show", &inbound_id.to_string()]);
     assert!(
         online_show.contains("meta.forward.status: 200"),

@@ -71,6 +71,8 @@ pub struct ApiState {
     pub archive: Arc<sluice_archive::Archive>,
     /// The event history (`None` with `event_history = "0s"`: no events to show).
     pub history: Option<Arc<sluice_queue::History>>,
+    /// The archive verification in the background.
+    pub verify: crate::archive::VerifyJobs,
 }
 
 /// Every error: an HTTP status and this body.
@@ -735,7 +737,7 @@ impl utoipa::Modify for Security {
     paths(queue_list, queue_show, queue_retry, queue_release, queue_delete, policies, reload, bans, lift_ban,
         suppressions, suppressions_csv, suppress_add, suppress_remove,
         crate::archive::archive_search, crate::archive::archive_show, crate::archive::archive_raw,
-        crate::archive::archive_verify, crate::events::events, crate::events::message_history,
+        crate::archive::archive_verify, crate::archive::archive_verify_status, crate::events::events, crate::events::message_history,
         crate::dmarc::reports, crate::dmarc::report, crate::dmarc::day_summary),
     components(schemas(StateFilter, Reason, Origin)),
     modifiers(&Security)
@@ -824,7 +826,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/archive", get(crate::archive::archive_search))
         .route(
             "/api/v1/archive/verify",
-            post(crate::archive::archive_verify),
+            post(crate::archive::archive_verify).get(crate::archive::archive_verify_status),
         )
         .route("/api/v1/archive/{id}", get(crate::archive::archive_show))
         .route("/api/v1/archive/{id}/raw", get(crate::archive::archive_raw))

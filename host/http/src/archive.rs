@@ -225,7 +225,7 @@ pub(crate) async fn archive_raw(
 }
 
 /// What `verify` found.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Serialize, ToSchema)]
 pub struct VerifyReport {
     pub ok: bool,
     /// Entries whose message and metadata were checked.
@@ -254,16 +254,98 @@ impl From<sluice_archive::Verification> for VerifyReport {
     }
 }
 
-/// Checks the archive's hash chain and every stored message (reads the whole archive).
+/// The archive verification running in the background, or the last one's outcome.
+#[derive(Default)]
+pub struct VerifyJobs(std::sync::Mutex<Option<VerifyStatus>>);
+
+impl VerifyJobs {
+    fn get(&self) -> Option<VerifyStatus> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, status: VerifyStatus) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+    }
+}
+
+/// A verification: running, done (with its report) or failed (with the error).
+#[derive(Clone, Serialize, ToSchema)]
+pub struct VerifyStatus {
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    /// Unix seconds.
+    pub started: u64,
+    pub finished: Option<u64>,
+    /// When `done`: what was found (`ok` false with `problems` when something is wrong).
+    pub report: Option<VerifyReport>,
+    /// When `failed`: why the archive could not be read through.
+    pub error: Option<String>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Starts checking the archive's hash chain and every stored message in the background
+/// (it reads the whole archive: minutes for a large one); poll `GET` for the outcome. A
+/// verification already running is not started twice: its status is returned.
 #[utoipa::path(post, path = "/api/v1/archive/verify", tag = "archive",
     security(("api_key" = [])),
-    responses((status = 200, body = VerifyReport), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 202, body = VerifyStatus), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
 pub(crate) async fn archive_verify(State(s): State<Arc<ApiState>>) -> Response {
-    let archive = s.archive.clone();
-    match tokio::task::spawn_blocking(move || archive.verify()).await {
-        Ok(Ok(v)) => Json(VerifyReport::from(v)).into_response(),
-        Ok(Err(e)) => failed(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let status = {
+        let mut job = s.verify.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(running) = job.as_ref().filter(|j| j.state == "running") {
+            return (StatusCode::ACCEPTED, Json(running.clone())).into_response();
+        }
+        let status = VerifyStatus {
+            state: "running".into(),
+            started: unix_now(),
+            finished: None,
+            report: None,
+            error: None,
+        };
+        *job = Some(status.clone());
+        status
+    };
+    let state = s.clone();
+    let started = status.started;
+    tokio::spawn(async move {
+        let archive = state.archive.clone();
+        let outcome = tokio::task::spawn_blocking(move || archive.verify()).await;
+        let (report, error) = match outcome {
+            Ok(Ok(v)) => (Some(VerifyReport::from(v)), None),
+            Ok(Err(e)) => (None, Some(e.to_string())),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        if let Some(e) = &error {
+            tracing::error!(error = %e, "archive verification failed");
+        }
+        state.verify.set(VerifyStatus {
+            state: if error.is_some() { "failed" } else { "done" }.into(),
+            started,
+            finished: Some(unix_now()),
+            report,
+            error,
+        });
+    });
+    (StatusCode::ACCEPTED, Json(status)).into_response()
+}
+
+/// The running verification, or the last one's outcome.
+#[utoipa::path(get, path = "/api/v1/archive/verify", tag = "archive",
+    security(("api_key" = [])),
+    responses((status = 200, body = VerifyStatus), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub(crate) async fn archive_verify_status(State(s): State<Arc<ApiState>>) -> Response {
+    match s.verify.get() {
+        Some(status) => Json(status).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "no verification started since the server started: POST to start one",
+        ),
     }
 }

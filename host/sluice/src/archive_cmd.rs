@@ -149,7 +149,21 @@ fn online(api: &ApiClient, command: ArchiveCommand) -> Result<()> {
         ArchiveCommand::Raw { id, output } => {
             write_raw(&api.bytes("GET", &format!("/archive/{id}/raw"))?, output)
         }
-        ArchiveCommand::Verify => print_verification(&api.call("POST", "/archive/verify")?),
+        ArchiveCommand::Verify => {
+            // The server verifies in the background; wait for its outcome.
+            let mut status = api.call("POST", "/archive/verify")?;
+            while status["state"] == "running" {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                status = api.call("GET", "/archive/verify")?;
+            }
+            match status["state"].as_str() {
+                Some("done") => print_verification(&status["report"]),
+                _ => bail!(
+                    "the verification failed: {}",
+                    status["error"].as_str().unwrap_or("no reason given")
+                ),
+            }
+        }
     }
 }
 

@@ -579,6 +579,7 @@ async fn serve(settings: Settings) -> Result<()> {
             kv: stores.as_ref().expect("opened with [http]").0.kv.clone(),
             archive: stores.as_ref().expect("opened with [http]").1.clone(),
             history: history.clone(),
+            verify: Default::default(),
             keys: Arc::new(sluice_http::keys::KeyStore::new(settings.api_keys_file())),
             control: Arc::new(ServerControl {
                 wasm: wasm.clone(),
