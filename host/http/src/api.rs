@@ -295,7 +295,7 @@ async fn queue_list(
     }
     let limit = limit as usize;
     let queue = s.queue.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    let result = blocking(move || {
         let mut page = Vec::new();
         let mut more = false;
         queue
@@ -319,14 +319,13 @@ async fn queue_list(
     })
     .await;
     match result {
-        Ok(Ok((messages, more))) => {
+        Ok((messages, more)) => {
             let next = more
                 .then(|| messages.last().map(|m| m.id.clone()))
                 .flatten();
             Json(QueuePage { messages, next }).into_response()
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(r) => r,
     }
 }
 
@@ -607,14 +606,11 @@ async fn suppressions(
         return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000");
     }
     let kv = s.kv.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        suppress::list(&*kv, &stream, q.after.as_deref(), limit as usize)
-    })
-    .await;
+    let r =
+        blocking(move || suppress::list(&*kv, &stream, q.after.as_deref(), limit as usize)).await;
     match r {
-        Ok(Ok((entries, next))) => Json(SuppressionPage { entries, next }).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok((entries, next)) => Json(SuppressionPage { entries, next }).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -634,10 +630,9 @@ async fn suppressions_csv(
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
     let kv = s.kv.clone();
-    match tokio::task::spawn_blocking(move || suppress::export_csv(&*kv, &stream)).await {
-        Ok(Ok(csv)) => ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match blocking(move || suppress::export_csv(&*kv, &stream)).await {
+        Ok(csv) => ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -667,14 +662,9 @@ async fn suppress_add(
         q.origin.unwrap_or(Origin::Customer),
     );
     let kv = s.kv.clone();
-    match tokio::task::spawn_blocking(move || {
-        suppress::add(&*kv, &stream, &address, reason, origin)
-    })
-    .await
-    {
-        Ok(Ok(e)) => Json(e).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match blocking(move || suppress::add(&*kv, &stream, &address, reason, origin)).await {
+        Ok(e) => Json(e).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -696,18 +686,17 @@ async fn suppress_remove(
     };
     let kv = s.kv.clone();
     let a = address.clone();
-    match tokio::task::spawn_blocking(move || suppress::remove(&*kv, &stream, &a)).await {
-        Ok(Ok(true)) => Json(Done {
+    match blocking(move || suppress::remove(&*kv, &stream, &a)).await {
+        Ok(true) => Json(Done {
             id: address,
             done: true,
         })
         .into_response(),
-        Ok(Ok(false)) => error(
+        Ok(false) => error(
             StatusCode::NOT_FOUND,
             format!("{address} is not suppressed"),
         ),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(r) => r,
     }
 }
 

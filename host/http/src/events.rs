@@ -5,7 +5,7 @@
 // The `utoipa::path` macros expand to qualified paths.
 #![allow(unused_qualifications)]
 
-use crate::api::{ApiState, Attribute, ErrorBody, error};
+use crate::api::{ApiState, Attribute, ErrorBody, blocking, error};
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -141,10 +141,9 @@ pub(crate) async fn events(
         Some(h) => h.search(&query),
         None => Ok(sluice_queue::EventPage::default()),
     };
-    match tokio::task::spawn_blocking(search).await {
-        Ok(Ok(page)) => Json(EventPage::from(page)).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match blocking(search).await {
+        Ok(page) => Json(EventPage::from(page)).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -175,7 +174,7 @@ pub(crate) async fn message_history(
     };
     let (queue, history) = (s.queue.clone(), s.history.clone());
     let qid = id.clone();
-    let r = tokio::task::spawn_blocking(move || {
+    let r = blocking(move || {
         let events = match history {
             Some(h) => h.of_message(&qid)?,
             None => Vec::new(),
@@ -185,17 +184,16 @@ pub(crate) async fn message_history(
     })
     .await;
     match r {
-        Ok(Ok((events, in_queue))) if in_queue || !events.is_empty() => Json(MessageHistory {
+        Ok((events, in_queue)) if in_queue || !events.is_empty() => Json(MessageHistory {
             queue_id: id,
             in_queue,
             events: events.into_iter().map(EventInfo::from).collect(),
         })
         .into_response(),
-        Ok(Ok(_)) => error(
+        Ok(_) => error(
             StatusCode::NOT_FOUND,
             format!("no message {id} in the queue or the event history"),
         ),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(r) => r,
     }
 }
