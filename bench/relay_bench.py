@@ -76,77 +76,81 @@ class Sink:
         self.proc.wait()
 
 
-NOOP = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "noop.wasm")
+def plugin_path(name):
+    """A plugin scripts/build-plugins.sh built (Rust, wasm32-wasip2)."""
+    return os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", f"{name}.wasm")
+
+
+def digest(path):
+    """The file's SHA-256, hex, as policies name it."""
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+NOOP = plugin_path("noop")
 SUBMIT_LOAD = os.path.join(ROOT, "target", "release", "submit_load")
 HOOK_SINK = os.path.join(ROOT, "target", "release", "hook_sink")
 
 
 def noop_policy(path, steps, stage="data"):
     """A policy with `steps` no-op plugin steps at the data (or queued) stage."""
-    import hashlib
-    digest = hashlib.sha256(open(NOOP, "rb").read()).hexdigest()
+    sha = digest(NOOP)
     with open(path, "w") as f:
         f.write('[[pipeline]]\nname = "bench"\n')
         for i in range(steps):
-            f.write(f'[[pipeline.step]]\nname = "noop{i}"\nplugin = "{NOOP}"\nsha256 = "{digest}"\n'
+            f.write(f'[[pipeline.step]]\nname = "noop{i}"\nplugin = "{NOOP}"\nsha256 = "{sha}"\n'
                     f'stages = ["{stage}"]\n')
 
 
-SPAM_SCORE = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "spam_score.wasm")
+SPAM_SCORE = plugin_path("spam_score")
 SPAM_MODEL = os.path.join(ROOT, "target", "plugins", "spam.model")
 
 
 def spam_policy(path):
     """The spam-score plugin with the model scripts/build-plugins.sh trains; no thresholds
     (every message is relayed), X-Spam-* headers added."""
-    import hashlib
-    digest = lambda p: hashlib.sha256(open(p, "rb").read()).hexdigest()
     with open(path, "w") as f:
         f.write(f'[[pipeline]]\nname = "bench"\n[[pipeline.step]]\nname = "spam"\n'
                 f'plugin = "{SPAM_SCORE}"\nsha256 = "{digest(SPAM_SCORE)}"\n'
                 f'[pipeline.step.data]\nmodel = {{ path = "{SPAM_MODEL}", sha256 = "{digest(SPAM_MODEL)}" }}\n')
 
 
-LINK_TRACKING = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release",
-                             "link_tracking.wasm")
+LINK_TRACKING = plugin_path("link_tracking")
 
 
 def track_policy(path):
     """The link-tracking plugin at the render stage: every recipient gets its own copy with
     signed links, an open pixel and List-Unsubscribe headers."""
-    import hashlib
-    digest = hashlib.sha256(open(LINK_TRACKING, "rb").read()).hexdigest()
+    sha = digest(LINK_TRACKING)
     with open(path, "w") as f:
         f.write(f'[[pipeline]]\nname = "bench"\n[[pipeline.step]]\nname = "track"\n'
-                f'plugin = "{LINK_TRACKING}"\nsha256 = "{digest}"\nstages = ["render"]\n'
+                f'plugin = "{LINK_TRACKING}"\nsha256 = "{sha}"\nstages = ["render"]\n'
                 f'[pipeline.step.capabilities]\ntracking = true\n')
 
 
-ARCHIVE = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "archive.wasm")
+ARCHIVE = plugin_path("archive")
 
 
 def archive_policy(path):
     """The archive plugin at the queued stage: every message stored (zstd segments, search
     index, hash chain, fdatasync per group) before its delivery."""
-    import hashlib
-    digest = hashlib.sha256(open(ARCHIVE, "rb").read()).hexdigest()
+    sha = digest(ARCHIVE)
     with open(path, "w") as f:
         f.write(f'[[pipeline]]\nname = "bench"\n[[pipeline.step]]\nname = "archive"\n'
-                f'plugin = "{ARCHIVE}"\nsha256 = "{digest}"\nstages = ["queued"]\n'
+                f'plugin = "{ARCHIVE}"\nsha256 = "{sha}"\nstages = ["queued"]\n'
                 f'[pipeline.step.capabilities]\nblobs = "bench"\n'
                 f'[pipeline.step.config]\nretention_days = 7\n')
 
 
-SUPPRESSION = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "suppression.wasm")
-WEBHOOK = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "webhook.wasm")
+SUPPRESSION = plugin_path("suppression")
+WEBHOOK = plugin_path("webhook")
 
 
 def outbound_policy(path, hook_port):
     """The whole outbound chain of policies/outbound.toml that costs something per message:
     suppression at RCPT, link tracking per recipient, every event POSTed to a local webhook
     receiver. DKIM signing is the server's [[dkim]]."""
-    import hashlib
-    digest = lambda p: hashlib.sha256(open(p, "rb").read()).hexdigest()
     with open(path, "w") as f:
         f.write(f'''[[pipeline]]
 name = "outbound"
@@ -186,11 +190,10 @@ secret = "bench-webhook-secret-0123456789"
 ''')
 
 
-ACCESS = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "access.wasm")
-GREYLIST = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "greylist.wasm")
-ANTIVIRUS = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release", "antivirus.wasm")
-FORWARD = os.path.join(ROOT, "target", "plugins", "wasm32-wasip2", "release",
-                       "webhook_forward.wasm")
+ACCESS = plugin_path("access")
+GREYLIST = plugin_path("greylist")
+ANTIVIRUS = plugin_path("antivirus")
+FORWARD = plugin_path("webhook_forward")
 
 
 def inbound_policy(path, hook_port, clamd_port=None):
@@ -200,8 +203,6 @@ def inbound_policy(path, hook_port, clamd_port=None):
     when `clamd_port`, the archive at the queued stage, and webhook-forward in queued mode
     to the local receiver (the POST is the delivery). The host's SPF/DKIM/DMARC checks run
     too (`[authentication]`, a local DNS server)."""
-    import hashlib
-    digest = lambda p: hashlib.sha256(open(p, "rb").read()).hexdigest()
     av = ""
     if clamd_port:
         av = f'''
@@ -325,9 +326,9 @@ class Clamd:
             f.write(EICAR)
         md5 = subprocess.run(["sigtool", "--md5", eicar], capture_output=True, text=True,
                              check=True).stdout.strip()
-        digest, size = md5.split(":")[:2]
+        md5_hex, size = md5.split(":")[:2]
         with open(os.path.join(db, "bench.hdb"), "w") as f:
-            f.write(f"{digest}:{size}:Bench-EICAR\n")
+            f.write(f"{md5_hex}:{size}:Bench-EICAR\n")
         self.port = free_port()
         conf = os.path.join(d, "clamd.conf")
         with open(conf, "w") as f:
