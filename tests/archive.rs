@@ -240,7 +240,7 @@ fn both_directions_are_archived_searchable_downloadable_and_verified() {
     let status: serde_json::Value = serde_json::from_str(&v.body).unwrap();
     assert_eq!(status["state"], "done", "{status}");
     assert_eq!(status["report"]["ok"], true, "{status}");
-    assert!(status["finished"].as_u64() >= status["started"].as_u64());
+    assert!(status["finished"].as_u64().unwrap() >= status["started"].as_u64().unwrap());
     let online_show = s.cli_ok(&["archive", "show", &inbound_id.to_string()]);
     assert!(
         online_show.contains("meta.forward.status: 200"),

@@ -7,14 +7,17 @@
 use std::collections::{BTreeMap, HashSet};
 
 /// The unfolded header fields of a message's header block.
-fn header_fields(raw: &[u8]) -> Vec<(String, String)> {
-    let end = raw
-        .windows(4)
+/// Where the header block ends (its last line break included).
+fn header_end(raw: &[u8]) -> usize {
+    raw.windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map(|p| p + 2)
         .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|p| p + 1))
-        .unwrap_or(raw.len());
-    let text = String::from_utf8_lossy(&raw[..end]);
+        .unwrap_or(raw.len())
+}
+
+fn header_fields(raw: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(&raw[..header_end(raw)]);
     let mut fields: Vec<(String, String)> = Vec::new();
     for line in text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
@@ -62,6 +65,11 @@ fn tags(value: &str) -> Option<BTreeMap<String, String>> {
 /// Why the message's ARC sets are malformed; none when it has no ARC header fields or
 /// they are well formed (their signatures are mail-auth's to check).
 pub fn problem(raw: &[u8]) -> Option<String> {
+    // Most mail has no ARC set: no need to unfold its header.
+    let head = &raw[..header_end(raw)];
+    if !head.windows(4).any(|w| w.eq_ignore_ascii_case(b"arc-")) {
+        return None;
+    }
     let fields = header_fields(raw);
     let mut seals: BTreeMap<u32, usize> = BTreeMap::new();
     let mut signatures: BTreeMap<u32, usize> = BTreeMap::new();

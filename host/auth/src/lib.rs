@@ -164,6 +164,7 @@ impl Verifier {
         } else {
             SpfParameters::verify_mail_from(ip, helo, &self.host, sender)
         };
+        let started = std::time::Instant::now();
         let output = match tokio::time::timeout(self.deadline, self.auth.verify_spf(params)).await {
             Ok(o) => o,
             Err(_) => SpfOutput::new(String::new()).with_result(SpfResult::TempError),
@@ -173,10 +174,15 @@ impl Verifier {
             _ => helo.to_string(),
         };
         // A record mail-auth evaluated although RFC 7208's grammar refuses it: permerror.
-        let output = if matches!(output.result(), SpfResult::PermError | SpfResult::None) {
+        // Within the same deadline as the evaluation (the record is in the resolver's cache).
+        let output = if matches!(
+            output.result(),
+            SpfResult::PermError | SpfResult::None | SpfResult::TempError
+        ) {
             output
         } else {
-            match tokio::time::timeout(self.deadline, self.spf_record_problem(&domain)).await {
+            let left = self.deadline.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, self.spf_record_problem(&domain)).await {
                 Ok(Some(why)) => {
                     tracing::debug!(%domain, %why, "malformed SPF record");
                     SpfOutput::new(domain.clone()).with_result(SpfResult::PermError)

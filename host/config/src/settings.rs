@@ -40,8 +40,7 @@ pub struct AuthenticationSettings {
     pub timeout: Duration,
 }
 
-/// See `TrackingFile`; the keys are read at load.
-/// VERP return paths (`[verp]`).
+/// VERP return paths (`[verp]`); the keys are read at load.
 #[derive(Clone)]
 pub struct VerpSettings {
     /// Lowercase.
@@ -60,6 +59,7 @@ impl std::fmt::Debug for VerpSettings {
     }
 }
 
+/// See `TrackingFile`; the keys are read at load.
 #[derive(Clone)]
 pub struct TrackingSettings {
     /// Without a trailing `/`.

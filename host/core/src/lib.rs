@@ -40,6 +40,9 @@ pub mod meta {
     /// Milliseconds from the end of DATA to the data stage's verdict (authentication
     /// checks and the policy's data steps).
     pub const DATA_MS: &str = "sluice.timing.data-ms";
+    /// Unix seconds a message was quarantined at delivery or at the queued stage (mail
+    /// quarantined on arrival counts from its arrival); its retention runs from then.
+    pub const QUARANTINED_AT: &str = "sluice.quarantined-at";
     /// A message to one of our VERP return paths (`[verp]`): the queue id of the message
     /// it answers, and that message's recipient the return path was made for (when still
     /// known: the queue or the event history).

@@ -134,19 +134,27 @@ impl Event {
     }
 }
 
-/// `E` + 13 hex digits of milliseconds + 16 random hex digits: unique, sortable by time.
+/// `E` + 13 hex digits of milliseconds + 16 hex digits of a per-process random start plus
+/// a counter: unique, and sortable by time and, within a millisecond of one process, by
+/// creation (a message's per-recipient events keep the envelope's order).
 fn event_id(time_ms: u64) -> String {
-    format!("E{time_ms:013X}{:016X}", rand_u64())
+    format!("E{time_ms:013X}{:016X}", sequence())
 }
 
-fn rand_u64() -> u64 {
+fn sequence() -> u64 {
     use std::hash::{BuildHasher, Hasher};
+    use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
+    static START: OnceLock<u64> = OnceLock::new();
     static N: AtomicU64 = AtomicU64::new(0);
-    // RandomState is seeded randomly per process; the counter keeps ids distinct within it.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(N.fetch_add(1, Ordering::Relaxed));
-    h.finish()
+    // RandomState is seeded randomly per process; 62 random bits leave room to count.
+    let start = *START.get_or_init(|| {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+            >> 2
+    });
+    start + N.fetch_add(1, Ordering::Relaxed)
 }
 
 /// What an event step made of an event.

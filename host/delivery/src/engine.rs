@@ -76,6 +76,22 @@ pub enum Command {
     Expire(String),
 }
 
+/// Records when a message was quarantined after its arrival (the retention counts from it).
+fn mark_quarantined(meta: &mut MessageMeta) {
+    let key = sluice_core::meta::QUARANTINED_AT;
+    meta.meta.retain(|(k, _)| k != key);
+    meta.meta.push((key.into(), now_secs().to_string()));
+}
+
+/// When a quarantined message was held: the recorded time, else its arrival.
+pub fn quarantined_at(meta: &MessageMeta) -> u64 {
+    meta.meta
+        .iter()
+        .find(|(k, _)| k == sluice_core::meta::QUARANTINED_AT)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(meta.received_at)
+}
+
 /// Metadata key marking a message an operator released from quarantine.
 pub const RELEASED: &str = "sluice.released";
 
@@ -488,6 +504,7 @@ impl Engine {
             Verdict::Quarantine(reason) => {
                 tracing::info!(id = %meta.id, %reason, "message quarantined at delivery");
                 meta.quarantine = Some(reason);
+                mark_quarantined(&mut meta);
                 self.save(&meta);
                 return AttemptResult {
                     due: None,
@@ -551,8 +568,10 @@ impl Engine {
                             Via::Mx => Target::Mx(route.domain.clone()),
                             Via::Smarthost { host, port } => Target::Smarthost(host.clone(), *port),
                         };
+                        // A Maildir keeps the message's own sender: no split there.
+                        let single = (verp && target != Target::Maildir).then_some(i);
                         groups
-                            .entry((target, verp.then_some(i)))
+                            .entry((target, single))
                             .or_insert_with(|| (route, Vec::new()))
                             .1
                             .push(i);
@@ -790,6 +809,7 @@ impl Engine {
                 meta.queued_pending = false;
                 tracing::info!(id = %meta.id, %reason, "message quarantined by the queued stage");
                 meta.quarantine = Some(reason);
+                mark_quarantined(meta);
                 self.save(meta);
                 Gate::Wait(None)
             }

@@ -12,7 +12,8 @@
 //!   [`CHUNK_BYTES`] (the namespace's default value limit is 64 KiB).
 //! - `i/<id>`: the `d/` key of report `id`, to find it by id.
 //!
-//! `id` is 16 hex digits of the SHA-256 of reporter, report id and domain, so a report sent
+//! `id` is 16 hex digits of the SHA-256 of the reporter (name and address), report id and
+//! domain, so a report sent
 //! twice is stored once. Chunks are written first and the index last: a listed report has
 //! its records. Every key carries the policy's retention as its TTL.
 
@@ -222,10 +223,11 @@ impl Report {
         out
     }
 
-    /// What is stored under the `d/` key, with `chunks` chunks of records.
-    pub fn stored(&self, chunks: u32, received: u64) -> Stored {
+    /// What is stored under the `d/` key (`id` is [`Report::id`]), with `chunks` chunks of
+    /// records.
+    pub fn stored(&self, id: String, chunks: u32, received: u64) -> Stored {
         Stored {
-            id: self.id(),
+            id,
             reporter: self.reporter.clone(),
             reporter_email: self.reporter_email.clone(),
             report_id: self.report_id.clone(),
@@ -287,9 +289,12 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
-/// The UTC day of a unix time, `YYYY-MM-DD`.
+/// The latest period time a report may name (the year 2286: ten digits, as the keys store it).
+pub const MAX_TIME: u64 = 9_999_999_999;
+
+/// The UTC day of a unix time, `YYYY-MM-DD` (times past [`MAX_TIME`] count as it).
 pub fn day(unix: u64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(unix - unix % 86_400);
+    let t = UNIX_EPOCH + Duration::from_secs(unix.min(MAX_TIME));
     humantime::format_rfc3339_seconds(t).to_string()[..10].to_string()
 }
 
@@ -472,7 +477,7 @@ mod tests {
                 vec![record("192.0.2.1", 1, "fail", "fail", "none")],
             ),
         ];
-        let stored: Vec<Stored> = reports.iter().map(|r| r.stored(1, 0)).collect();
+        let stored: Vec<Stored> = reports.iter().map(|r| r.stored(r.id(), 1, 0)).collect();
         let s = summarise(&stored);
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].day, "2023-11-15");

@@ -134,6 +134,11 @@ pub fn parse_xml(xml: &[u8]) -> Result<Report, ParseError> {
     let report_id = text(meta, &["report_id"]).ok_or_else(|| missing("report_id"))?;
     let begin = number(meta, &["date_range", "begin"]).ok_or_else(|| missing("date_range"))?;
     let end = number(meta, &["date_range", "end"]).ok_or_else(|| missing("date_range"))?;
+    if end > crate::MAX_TIME {
+        return Err(ParseError::NotAReport(format!(
+            "the period ends at {end}, past the year 2286"
+        )));
+    }
     if end < begin {
         return Err(ParseError::NotAReport(format!(
             "the period ends ({end}) before it begins ({begin})"
@@ -330,6 +335,11 @@ mod tests {
         assert!(matches!(
             parse_xml(no_domain.as_bytes()),
             Err(ParseError::NotAReport(m)) if m.contains("domain")
+        ));
+        let far = MINIMAL.replace("<end>1700092799</end>", "<end>99999999999</end>");
+        assert!(matches!(
+            parse_xml(far.as_bytes()),
+            Err(ParseError::NotAReport(m)) if m.contains("2286")
         ));
         let dtd = format!(
             "<!DOCTYPE feedback [<!ENTITY x \"y\">]>{}",

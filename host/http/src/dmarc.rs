@@ -114,7 +114,7 @@ pub fn list(
     }
     let mut reports = Vec::new();
     loop {
-        let page = kv.scan(NAMESPACE, &prefix, cursor.as_deref(), MAX_SCAN.min(limit))?;
+        let page = kv.scan(NAMESPACE, &prefix, cursor.as_deref(), MAX_SCAN)?;
         for (key, value) in page.entries {
             let Ok(r) = serde_json::from_slice::<Stored>(&value) else {
                 continue;
@@ -160,7 +160,14 @@ pub fn get(kv: &dyn KvStore, id: &str) -> Result<Option<ReportDetail>, StoreErro
         .map_err(|e| StoreError::Failed(format!("report {id} unreadable: {e}")))?;
     let chunk_keys: Vec<String> = (0..report.chunks).map(|n| keys::chunk(id, n)).collect();
     let mut records = Vec::new();
-    for c in kv.get_many(NAMESPACE, &chunk_keys)?.into_iter().flatten() {
+    for (n, c) in kv.get_many(NAMESPACE, &chunk_keys)?.into_iter().enumerate() {
+        // Chunks expire with their report, but a report without all its records is no
+        // report: say so rather than show part of it.
+        let Some(c) = c else {
+            return Err(StoreError::Failed(format!(
+                "report {id}: records chunk {n} is missing"
+            )));
+        };
         records.extend(
             serde_json::from_slice::<Vec<Record>>(&c).map_err(|e| {
                 StoreError::Failed(format!("records of report {id} unreadable: {e}"))
@@ -343,7 +350,7 @@ mod tests {
                 .unwrap();
         }
         let key = keys::report(domain, begin, &id);
-        let v = serde_json::to_vec(&r.stored(chunks.len() as u32, 0)).unwrap();
+        let v = serde_json::to_vec(&r.stored(id.clone(), chunks.len() as u32, 0)).unwrap();
         kv.set(NAMESPACE, &key, &v, None, &l).unwrap();
         kv.set(NAMESPACE, &keys::index(&id), key.as_bytes(), None, &l)
             .unwrap();

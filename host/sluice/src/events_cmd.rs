@@ -4,7 +4,7 @@
 //! admin API. Both print the same.
 
 use crate::api_client::{Access, ApiClient, local_or_api};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use sluice_config::Settings;
 use sluice_http::events::EventInfo;
@@ -99,8 +99,12 @@ pub fn run(settings: &Settings, a: EventsArgs) -> Result<()> {
 /// `sluice queue history ID` with the server stopped: every event of one message, oldest
 /// first.
 pub fn history_offline(settings: &Settings, queue: &SledQueue, id: &str) -> Result<()> {
-    let events = match settings.history_dir().exists() {
-        true => open_history(settings)?.map_or(Ok(Vec::new()), |h| h.of_message(id))?,
+    // The queue opened here, so the server is stopped: the history opens here too.
+    let dir = settings.history_dir();
+    let events = match dir.exists() {
+        true => History::open(&dir, settings.delivery.event_history)
+            .with_context(|| format!("cannot open the event history in {}", dir.display()))?
+            .of_message(id)?,
         false => Vec::new(),
     };
     if events.is_empty() && queue.get(id)?.is_none() {

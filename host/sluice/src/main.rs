@@ -737,7 +737,7 @@ fn spawn_queue_census(
                 q.for_each(&mut |m| {
                     if m.quarantine.is_some() {
                         quarantined += 1;
-                        if cutoff.is_some_and(|c| m.received_at < c) {
+                        if cutoff.is_some_and(|c| sluice_delivery::engine::quarantined_at(&m) < c) {
                             expired.push(m.id.clone());
                         }
                     } else if m.has_pending() {

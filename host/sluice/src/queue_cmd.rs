@@ -157,11 +157,15 @@ pub fn run(settings: &Settings, command: QueueCommand) -> Result<()> {
             ids,
             quarantined_only,
         } => {
-            for id in &ids {
-                if quarantined_only && !matches!(queue.get(id)?, Some(m) if m.quarantine.is_some())
-                {
-                    bail!("message {id} is not quarantined");
+            // Every id checked before any is deleted.
+            if quarantined_only {
+                for id in &ids {
+                    if !matches!(queue.get(id)?, Some(m) if m.quarantine.is_some()) {
+                        bail!("message {id} is not quarantined");
+                    }
                 }
+            }
+            for id in &ids {
                 // A record that cannot be read fails `get`; it may also be moved aside.
                 let readable = matches!(queue.get(id), Ok(Some(_)));
                 if readable || queue.get(id).is_err() {
@@ -275,11 +279,14 @@ fn online(api: &ApiClient, command: QueueCommand) -> Result<()> {
             ids,
             quarantined_only,
         } => {
-            for id in &ids {
-                if quarantined_only && call("GET", &format!("/queue/{id}"))?["quarantine"].is_null()
-                {
-                    bail!("message {id} is not quarantined");
+            if quarantined_only {
+                for id in &ids {
+                    if call("GET", &format!("/queue/{id}"))?["quarantine"].is_null() {
+                        bail!("message {id} is not quarantined");
+                    }
                 }
+            }
+            for id in &ids {
                 call("DELETE", &format!("/queue/{id}"))?;
             }
             println!("{} message(s) deleted", ids.len());

@@ -5,12 +5,13 @@
 //! [`Guard::save`] within a second of a change); failure counts and rates live in memory.
 
 use sluice_config::ProtectionSettings;
+use sluice_queue::now_secs as unix_now;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Why a connection is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,12 +76,8 @@ pub struct Guard {
     file: Option<PathBuf>,
     /// Bans changed since the last save.
     dirty: AtomicBool,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    /// One save at a time (the periodic saver and the one at shutdown share a temp file).
+    saving: Mutex<()>,
 }
 
 /// The network an address belongs to for rate limiting: /24 or /64.
@@ -104,6 +101,7 @@ impl Guard {
             state: Mutex::new(State::default()),
             file: None,
             dirty: AtomicBool::new(false),
+            saving: Mutex::new(()),
         }
     }
 
@@ -144,6 +142,7 @@ impl Guard {
         let Some(file) = &self.file else {
             return Ok(());
         };
+        let _one = self.saving.lock().unwrap_or_else(|e| e.into_inner());
         if !self.dirty.swap(false, Ordering::SeqCst) {
             return Ok(());
         }

@@ -103,9 +103,10 @@ impl Filter for Bounces {
         let meta = message.meta();
         let verp = |key: &str| meta.iter().find(|a| a.key == key).map(|a| a.value.clone());
         let verp_recipient = verp("sluice.verp.recipient");
-        let verped = verp("sluice.verp.queue-id").is_some();
-        if let Some(qid) = verp("sluice.verp.queue-id") {
-            report.original_queue_id = Some(qid);
+        let verp_queue_id = verp("sluice.verp.queue-id");
+        let verped = verp_queue_id.is_some();
+        if verp_queue_id.is_some() {
+            report.original_queue_id = verp_queue_id;
         }
         if let Some(rcpt) = &verp_recipient
             && !report.failures.is_empty()

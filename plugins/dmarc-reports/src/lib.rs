@@ -105,8 +105,8 @@ fn covered(domains: &[String], domain: &str) -> bool {
 }
 
 enum Stored {
-    New,
-    Duplicate,
+    New(sluice_dmarc::Stored),
+    Duplicate(String),
 }
 
 /// Chunks first, then the report, then its index entry: a listed report has its records,
@@ -114,17 +114,18 @@ enum Stored {
 fn store(r: &Report, ttl: u64) -> Result<Stored, host::Error> {
     let id = r.id();
     if host::kv_get(&keys::index(&id))?.is_some() {
-        return Ok(Stored::Duplicate);
+        return Ok(Stored::Duplicate(id));
     }
     let chunks = r.chunks();
     for (n, c) in chunks.iter().enumerate() {
         host::kv_set(&keys::chunk(&id, n as u32), c, Some(ttl))?;
     }
     let key = keys::report(&r.domain, r.begin, &id);
-    let stored = serde_json::to_vec(&r.stored(chunks.len() as u32, now())).expect("serialises");
-    host::kv_set(&key, &stored, Some(ttl))?;
-    host::kv_set(&keys::index(&id), key.as_bytes(), Some(ttl))?;
-    Ok(Stored::New)
+    let stored = r.stored(id, chunks.len() as u32, now());
+    let value = serde_json::to_vec(&stored).expect("serialises");
+    host::kv_set(&key, &value, Some(ttl))?;
+    host::kv_set(&keys::index(&stored.id), key.as_bytes(), Some(ttl))?;
+    Ok(Stored::New(stored))
 }
 
 struct DmarcReports;
@@ -204,14 +205,14 @@ impl Filter for DmarcReports {
         let mut new = 0;
         for r in &reports {
             match store(r, ttl) {
-                Ok(Stored::New) => {
+                Ok(Stored::New(s)) => {
                     new += 1;
-                    let t = r.totals();
+                    let t = s.totals;
                     host::log(
                         host::Level::Info,
                         &format!(
                             "DMARC report {} from {} for {}: {} records, {} messages, {} failing DMARC",
-                            r.id(),
+                            s.id,
                             r.reporter,
                             r.domain,
                             r.records.len(),
@@ -220,9 +221,9 @@ impl Filter for DmarcReports {
                         ),
                     );
                 }
-                Ok(Stored::Duplicate) => host::log(
+                Ok(Stored::Duplicate(id)) => host::log(
                     host::Level::Info,
-                    &format!("DMARC report {} from {} already stored", r.id(), r.reporter),
+                    &format!("DMARC report {id} from {} already stored", r.reporter),
                 ),
                 Err(e) => {
                     host::log(

@@ -425,36 +425,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn on_request(&mut self, request: Request<String>) -> Flow {
-        let command = match &request {
-            Request::Ehlo { .. } => "ehlo",
-            Request::Helo { .. } | Request::Lhlo { .. } => "helo",
-            Request::Mail { .. } => "mail",
-            Request::Rcpt { .. } => "rcpt",
-            Request::Data => "data",
-            Request::Bdat { .. } => "bdat",
-            Request::Auth { .. } => "auth",
-            Request::StartTls => "starttls",
-            Request::Rset => "rset",
-            Request::Noop { .. } => "noop",
-            Request::Quit => "quit",
-            Request::Vrfy { .. } => "vrfy",
-            Request::Expn { .. } => "expn",
-            Request::Help { .. } => "help",
-            _ => "other",
+        // The command's name for the metrics, and the stage its refusals count under.
+        let (command, stage) = match &request {
+            Request::Ehlo { .. } => ("ehlo", "ehlo"),
+            Request::Helo { .. } => ("helo", "ehlo"),
+            Request::Lhlo { .. } => ("helo", "other"),
+            Request::Mail { .. } => ("mail", "mail"),
+            Request::Rcpt { .. } => ("rcpt", "rcpt"),
+            Request::Data => ("data", "data"),
+            Request::Bdat { .. } => ("bdat", "data"),
+            Request::Auth { .. } => ("auth", "auth"),
+            Request::StartTls => ("starttls", "starttls"),
+            Request::Rset => ("rset", "other"),
+            Request::Noop { .. } => ("noop", "other"),
+            Request::Quit => ("quit", "other"),
+            Request::Vrfy { .. } => ("vrfy", "other"),
+            Request::Expn { .. } => ("expn", "other"),
+            Request::Help { .. } => ("help", "other"),
+            _ => ("other", "other"),
         };
         sluice_metrics::global()
             .smtp_commands
             .with_label_values(&[self.cfg.name.as_str(), command])
             .inc();
-        self.stage = match &request {
-            Request::Ehlo { .. } | Request::Helo { .. } => "ehlo",
-            Request::Mail { .. } => "mail",
-            Request::Rcpt { .. } => "rcpt",
-            Request::Data | Request::Bdat { .. } => "data",
-            Request::Auth { .. } => "auth",
-            Request::StartTls => "starttls",
-            _ => "other",
-        };
+        self.stage = stage;
         let reply = match request {
             Request::Ehlo { host } => self.ehlo(host, Greeting::Ehlo).await,
             Request::Helo { host } => self.ehlo(host, Greeting::Helo).await,
