@@ -175,10 +175,9 @@ impl Verifier {
         };
         // A record mail-auth evaluated although RFC 7208's grammar refuses it: permerror.
         // Within the same deadline as the evaluation (the record is in the resolver's cache).
-        let output = if matches!(
-            output.result(),
-            SpfResult::PermError | SpfResult::None | SpfResult::TempError
-        ) {
+        // A temperror is checked too: mail-auth reports some malformed domain-specs (names
+        // the resolver refuses to send) as one; if the record cannot be read, it stands.
+        let output = if matches!(output.result(), SpfResult::PermError | SpfResult::None) {
             output
         } else {
             let left = self.deadline.saturating_sub(started.elapsed());
