@@ -564,11 +564,23 @@ tls = "none"
                                      stdout=self.log, stderr=self.log,
                                      env=dict(os.environ, RUST_LOG="warn"))
         wait_port(self.port)
+        # RELAY_BENCH_PERF=DIR: profile the server while it runs (perf record, one file per
+        # relay in DIR), for finding where its CPU goes under load.
+        self.perf = None
+        perf_dir = os.environ.get("RELAY_BENCH_PERF")
+        if perf_dir:
+            out = os.path.join(perf_dir, f"sluice-{steps}-{self.proc.pid}.data")
+            self.perf = subprocess.Popen(["perf", "record", "-F", "1999", "-o", out, "-p",
+                                          str(self.proc.pid)], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
 
     def cpu(self):
         return proc_cpu(self.proc.pid)
 
     def stop(self):
+        if self.perf:
+            self.perf.send_signal(signal.SIGINT)
+            self.perf.wait()
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=60)
@@ -788,6 +800,8 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
         server = Sluice(workdir, sink.port, binary)
     elif kind == "baseline":
         server = Sluice(workdir, sink.port, baseline)
+    elif kind.startswith("baseline+"):
+        server = Sluice(workdir, sink.port, baseline, steps=int(kind.split("+")[1]))
     elif kind == "sluice-history":
         # The same server without the event history (`event_history = "0s"`).
         server = Sluice(workdir, sink.port, binary, delivery='event_history = "0s"\n')
@@ -890,7 +904,7 @@ def main():
                          "passed, archive, webhook-forward queued to a local receiver), "
                          "sluice+inbound-av (the same with antivirus, a real clamd; its CPU "
                          "in its own column), "
-                         "baseline (another sluice binary, --baseline)")
+                         "baseline (another sluice binary, --baseline), baseline+N (it with N no-op steps)")
     ap.add_argument("--message-file", help="send this message (headers and body, LF line ends) "
                     "instead of smtp-source's generated text; --sizes is then ignored")
     ap.add_argument("--baseline", help="path of an older sluice binary to compare with")

@@ -11,6 +11,9 @@ use prometheus::{
 };
 use std::sync::OnceLock;
 
+/// Series types callers keep, once looked up, instead of looking them up per event.
+pub use prometheus::{Histogram as HistogramSeries, IntCounter as CounterSeries};
+
 /// Every metric of the process.
 pub struct Metrics {
     registry: Registry,

@@ -14,8 +14,9 @@ use crate::message::{MessageData, MessageHandle};
 use crate::runtime::Runtime;
 use crate::step::{Grants, Services, StepState};
 use sluice_core::{Reply, Stage, Verdict};
+use sluice_metrics::{CounterSeries, HistogramSeries};
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::Store;
 use wasmtime::component::Instance;
@@ -49,6 +50,43 @@ pub struct Step {
     pub config: Arc<str>,
     /// Warm instances, when the policy asks for them; otherwise a fresh one per call.
     pub warm: Option<WarmPool>,
+    /// The step's metric series, looked up at first use.
+    pub metrics: StepMetrics,
+}
+
+/// One step's series of the per-call metrics. A lookup by labels hashes them and takes
+/// the metric's lock, on every call of every step otherwise; a series is created at its
+/// first use, so stages and verdicts a step never has do not appear.
+#[derive(Default)]
+pub struct StepMetrics {
+    calls: [OnceLock<HistogramSeries>; 9],
+    verdicts: [OnceLock<CounterSeries>; 6],
+}
+
+impl StepMetrics {
+    fn call_seconds(&self, chain: &str, step: &str, stage: Stage) -> &HistogramSeries {
+        self.calls[stage as usize].get_or_init(|| {
+            sluice_metrics::global()
+                .plugin_call_seconds
+                .with_label_values(&[chain, step, stage_name(stage)])
+        })
+    }
+
+    fn verdicts(&self, chain: &str, step: &str, verdict: &Verdict) -> &CounterSeries {
+        let i = match verdict {
+            Verdict::Continue => 0,
+            Verdict::Accept => 1,
+            Verdict::Reject(_) => 2,
+            Verdict::Defer(_) => 3,
+            Verdict::Discard => 4,
+            Verdict::Quarantine(_) => 5,
+        };
+        self.verdicts[i].get_or_init(|| {
+            sluice_metrics::global()
+                .plugin_verdicts
+                .with_label_values(&[chain, step, verdict_name(verdict)])
+        })
+    }
 }
 
 impl Step {
@@ -327,12 +365,12 @@ impl Chain {
                 Err(e) => Err(e),
             };
             let elapsed = start.elapsed();
-            let m = sluice_metrics::global();
-            m.plugin_call_seconds
-                .with_label_values(&[&self.name, &*step.name, stage_name(stage)])
+            step.metrics
+                .call_seconds(&self.name, &step.name, stage)
                 .observe(elapsed.as_secs_f64());
             if let Err(e) = &outcome {
-                m.plugin_errors
+                sluice_metrics::global()
+                    .plugin_errors
                     .with_label_values(&[&self.name, &*step.name, e.kind()])
                     .inc();
             }
@@ -385,8 +423,8 @@ impl Chain {
                     (verdict, trace)
                 }
             };
-            m.plugin_verdicts
-                .with_label_values(&[&self.name, &*step.name, verdict_name(&verdict)])
+            step.metrics
+                .verdicts(&self.name, &step.name, &verdict)
                 .inc();
             result.trace.push(trace);
             if verdict != Verdict::Continue {

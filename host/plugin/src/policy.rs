@@ -563,6 +563,7 @@ async fn load_file(
                         None
                     }
                 },
+                metrics: Default::default(),
             };
             let config = step.config.clone();
             match configure(runtime, &step, services, &config).await {

@@ -340,7 +340,9 @@ impl ResourceLimiter for Limits {
 }
 
 pub struct StepState {
-    pub wasi: WasiCtx,
+    /// Built at the first WASI call: most steps never make one, and building it (clocks,
+    /// random generators, socket checks) is a measurable part of a no-op step.
+    wasi: Option<WasiCtx>,
     pub http: wasmtime_wasi_http::WasiHttpCtx,
     pub http_hooks: HttpGrant,
     pub table: ResourceTable,
@@ -374,41 +376,9 @@ impl StepState {
         memory_bytes: usize,
         wall_timeout: std::time::Duration,
     ) -> StepState {
-        // No preopened folders, no environment, no arguments, no network, no inherited
-        // stdio: a plugin computes, and reaches out only through granted host calls.
-        let mut wasi = WasiCtx::builder();
-        wasi.allow_blocking_current_thread(false);
         let tcp_connects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        if !grants.tcp.is_empty() {
-            let allowed = grants.tcp.clone();
-            let connects = tcp_connects.clone();
-            wasi.allow_tcp(true).socket_addr_check(move |addr, usage| {
-                use wasmtime_wasi::sockets::SocketAddrUse;
-                let ok = match usage {
-                    // Listed addresses only, and at most MAX_CONNECTIONS per call (a
-                    // store lives for one call).
-                    SocketAddrUse::TcpConnect => {
-                        allowed.contains(&addr)
-                            && connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                                < MAX_CONNECTIONS
-                    }
-                    // Connecting binds implicitly to an ephemeral local port; nothing else
-                    // may be bound.
-                    SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
-                    _ => false,
-                };
-                Box::pin(async move { ok })
-            });
-        }
-        // A debugging aid for plugin authors: the plugin's stderr (panics, Python
-        // tracebacks) in the server's.
-        static STDERR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *STDERR.get_or_init(|| std::env::var_os("SLUICE_PLUGIN_STDERR").is_some()) {
-            wasi.inherit_stderr();
-        }
-        let wasi = wasi.build();
         StepState {
-            wasi,
+            wasi: None,
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             http_hooks: HttpGrant {
                 origins: grants.http.clone(),
@@ -506,10 +476,46 @@ impl StepState {
     }
 }
 
+/// The WASI context of one store: no preopened folders, no environment, no arguments, no
+/// network but the step's TCP grants, no inherited stdio. A plugin computes, and reaches
+/// out only through granted host calls.
+fn wasi_ctx(grants: &Grants, tcp_connects: &Arc<std::sync::atomic::AtomicUsize>) -> WasiCtx {
+    let mut wasi = WasiCtx::builder();
+    wasi.allow_blocking_current_thread(false);
+    if !grants.tcp.is_empty() {
+        let allowed = grants.tcp.clone();
+        let connects = tcp_connects.clone();
+        wasi.allow_tcp(true).socket_addr_check(move |addr, usage| {
+            use wasmtime_wasi::sockets::SocketAddrUse;
+            let ok = match usage {
+                // Listed addresses only, and at most MAX_CONNECTIONS per call.
+                SocketAddrUse::TcpConnect => {
+                    allowed.contains(&addr)
+                        && connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                            < MAX_CONNECTIONS
+                }
+                // Connecting binds implicitly to an ephemeral local port; nothing else
+                // may be bound.
+                SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                _ => false,
+            };
+            Box::pin(async move { ok })
+        });
+    }
+    // A debugging aid for plugin authors: the plugin's stderr (panics, Python
+    // tracebacks) in the server's.
+    static STDERR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *STDERR.get_or_init(|| std::env::var_os("SLUICE_PLUGIN_STDERR").is_some()) {
+        wasi.inherit_stderr();
+    }
+    wasi.build()
+}
+
 impl WasiView for StepState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let (grants, connects) = (&self.grants, &self.tcp_connects);
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(|| wasi_ctx(grants, connects)),
             table: &mut self.table,
         }
     }
