@@ -566,11 +566,28 @@ tls = "none"
         wait_port(self.port)
         # RELAY_BENCH_PERF=DIR: profile the server while it runs (perf record, one file per
         # relay in DIR), for finding where its CPU goes under load.
+        # RELAY_BENCH_PERF_STAT=DIR: count its context switches, page faults, memory-map
+        # system calls and TLB flushes instead (perf stat, a text file per relay in DIR).
         self.perf = None
         perf_dir = os.environ.get("RELAY_BENCH_PERF")
+        stat_dir = os.environ.get("RELAY_BENCH_PERF_STAT")
         if perf_dir:
             out = os.path.join(perf_dir, f"sluice-{steps}-{self.proc.pid}.data")
-            self.perf = subprocess.Popen(["perf", "record", "-F", "1999", "-o", out, "-p",
+            # RELAY_BENCH_PERF_ARGS: other perf record options (for example events with
+            # call graphs: "-e syscalls:sys_enter_futex --call-graph dwarf").
+            extra = os.environ.get("RELAY_BENCH_PERF_ARGS", "-F 1999").split()
+            self.perf = subprocess.Popen(["perf", "record", *extra, "-o", out, "-p",
+                                          str(self.proc.pid)], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+        elif stat_dir:
+            out = os.path.join(stat_dir, f"sluice-{steps}-{self.proc.pid}.txt")
+            events = ",".join([
+                "context-switches", "cpu-migrations", "page-faults", "tlb:tlb_flush",
+                "syscalls:sys_enter_madvise", "syscalls:sys_enter_mmap",
+                "syscalls:sys_enter_munmap", "syscalls:sys_enter_mprotect",
+                "syscalls:sys_enter_ioctl", "syscalls:sys_enter_futex",
+                "syscalls:sys_enter_sched_yield"])
+            self.perf = subprocess.Popen(["perf", "stat", "-e", events, "-o", out, "-p",
                                           str(self.proc.pid)], stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL)
 

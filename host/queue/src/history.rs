@@ -3,7 +3,7 @@
 //! delivery attempt is an event with the remote reply) and "recent bounces for this
 //! address".
 //!
-//! Its own sled database (`<data_dir>/history`), written by a background thread in batches
+//! Its own sled database (`<data_dir>/history`), written by a background thread every 50 ms
 //! and flushed by sled every second: recording an event costs the caller a channel send,
 //! and never lengthens the queue's fsyncs (measured: in the queue's database, written with
 //! each event, it halved relay throughput). The price: a crash loses up to about a second
@@ -71,8 +71,6 @@ fn index_keys(e: &Event) -> Vec<Vec<u8>> {
 
 /// Events waiting for the writer thread at most; past that, callers write themselves.
 const BACKLOG: usize = 16 * 1024;
-/// Events per batch the writer applies.
-const BATCH: usize = 1024;
 
 /// The event history. Cheap to share (`Arc`); dropping the last handle drains the writer
 /// and flushes.
@@ -117,9 +115,7 @@ impl History {
             Ok(()) => return,
             Err(TrySendError::Full(e) | TrySendError::Disconnected(e)) => e,
         };
-        let mut batch = sled::Batch::default();
-        add(&mut batch, &event);
-        if let Err(e) = self.tree.apply_batch(batch) {
+        if let Err(e) = write(&self.tree, &event) {
             tracing::error!(id = %event.id, error = %e, "cannot record an event in the history");
         }
     }
@@ -157,25 +153,33 @@ impl Drop for History {
     }
 }
 
+/// How long the writer lets events gather before it writes them (they wait in the channel
+/// without waking it).
+const GATHER: Duration = Duration::from_millis(50);
+
 fn write_loop(tree: &sled::Tree, rx: &Receiver<Event>) {
     while let Ok(first) = rx.recv() {
-        let mut batch = sled::Batch::default();
-        add(&mut batch, &first);
-        for e in rx.try_iter().take(BATCH - 1) {
-            add(&mut batch, &e);
-        }
-        if let Err(e) = tree.apply_batch(batch) {
-            tracing::error!(error = %e, "cannot write the event history");
+        std::thread::sleep(GATHER);
+        for e in std::iter::once(first).chain(rx.try_iter()) {
+            if let Err(err) = write(tree, &e) {
+                tracing::error!(id = %e.id, error = %err, "cannot write the event history");
+            }
         }
     }
 }
 
-/// Adds an event's history records to a batch.
-fn add(batch: &mut sled::Batch, e: &Event) {
-    batch.insert(log_key(&e.id), crate::versioned::encode(VERSION, e));
+/// Writes one event: its record, then its index entries, as separate inserts. A batch
+/// would be atomic, but sled seals its log buffer for every batch and writes it through
+/// its IO thread pool, whose every job wakes all of the pool's idle threads (seven at
+/// least), and holds a process-wide lock while it applies: as batches, the history made
+/// those threads a quarter of the server's CPU (bench/RESULTS.md). sled recovers a prefix
+/// of its log, so after a crash an index entry never points at a missing record.
+fn write(tree: &sled::Tree, e: &Event) -> Result<(), sled::Error> {
+    tree.insert(log_key(&e.id), crate::versioned::encode(VERSION, e))?;
     for k in index_keys(e) {
-        batch.insert(k, &[]);
+        tree.insert(k, &[])?;
     }
+    Ok(())
 }
 
 fn decode(id: &str, bytes: &[u8]) -> Result<Event, QueueError> {
@@ -315,11 +319,9 @@ mod tests {
     }
 
     fn put(t: &sled::Tree, events: &[Event]) {
-        let mut b = sled::Batch::default();
         for e in events {
-            add(&mut b, e);
+            write(t, e).unwrap();
         }
-        t.apply_batch(b).unwrap();
     }
 
     #[test]
