@@ -207,19 +207,26 @@ impl Index {
         Ok(())
     }
 
-    /// Indexes a record (one atomic batch); `seg_len` is its segment's length after it.
+    /// Indexes a record; `seg_len` is its segment's length after it.
+    ///
+    /// Plain inserts, the segment's indexed length last, not one batch: sled seals its log
+    /// buffer for every batch and writes it through its IO thread pool, whose every job
+    /// wakes all of the pool's idle threads, and it holds a process-wide lock while a batch
+    /// applies. sled recovers a prefix of its log, so after a crash the indexed length
+    /// never covers a record whose keys are missing; a record indexed only in part is
+    /// indexed again from its segment (the same keys) when the archive opens.
     pub fn insert(&self, record: &Record, slot: Slot, seg_len: u64) -> Result<(), ArchiveError> {
         let e = &record.entry;
-        let mut b = sled::Batch::default();
-        b.insert(&ekey(e.id)[..], encode_live(e, slot, record.chain));
+        self.tree
+            .insert(&ekey(e.id)[..], encode_live(e, slot, record.chain))?;
         for (kind, term) in entry_terms(e) {
             let mut k = term_prefix(kind, &term);
             k.extend_from_slice(&e.id.to_be_bytes());
-            b.insert(k, &[][..]);
+            self.tree.insert(k, &[][..])?;
         }
-        b.insert(gkey(slot.seg, e.id), &[][..]);
-        b.insert(skey(b"sl", slot.seg), &seg_len.to_be_bytes()[..]);
-        self.tree.apply_batch(b)?;
+        self.tree.insert(gkey(slot.seg, e.id), &[][..])?;
+        self.tree
+            .insert(skey(b"sl", slot.seg), &seg_len.to_be_bytes()[..])?;
         Ok(())
     }
 
