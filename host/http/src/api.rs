@@ -107,6 +107,15 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
         .into_response()
 }
 
+/// A list endpoint's page size: `default` when the query gives none; outside 1–1000, the
+/// message for a 400.
+pub(crate) fn page_limit(given: Option<u32>, default: u32) -> Result<usize, &'static str> {
+    match given.unwrap_or(default) {
+        n @ 1..=1000 => Ok(n as usize),
+        _ => Err("limit must be between 1 and 1000"),
+    }
+}
+
 /// One queued message in a listing.
 #[derive(Serialize, ToSchema)]
 pub struct QueueItem {
@@ -289,11 +298,10 @@ async fn queue_list(
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000");
-    }
-    let limit = limit as usize;
+    let limit = match page_limit(q.limit, 100) {
+        Ok(l) => l,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
     let queue = s.queue.clone();
     let result = blocking(move || {
         let mut page = Vec::new();
@@ -601,13 +609,12 @@ async fn suppressions(
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000");
-    }
+    let limit = match page_limit(q.limit, 100) {
+        Ok(l) => l,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
     let kv = s.kv.clone();
-    let r =
-        blocking(move || suppress::list(&*kv, &stream, q.after.as_deref(), limit as usize)).await;
+    let r = blocking(move || suppress::list(&*kv, &stream, q.after.as_deref(), limit)).await;
     match r {
         Ok((entries, next)) => Json(SuppressionPage { entries, next }).into_response(),
         Err(r) => r,

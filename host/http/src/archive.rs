@@ -4,7 +4,7 @@
 // The `utoipa::path` macros expand to qualified paths.
 #![allow(unused_qualifications)]
 
-use crate::api::{ApiState, Attribute, ErrorBody, error};
+use crate::api::{ApiState, Attribute, ErrorBody, error, page_limit};
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -118,10 +118,10 @@ pub(crate) async fn archive_search(
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000");
-    }
+    let limit = match page_limit(q.limit, 50) {
+        Ok(l) => l,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
     let unsigned = |name: &str, v: Option<i64>| match v {
         Some(n) if n < 0 => Err(format!("{name} must not be negative")),
         v => Ok(v.map(|n| n as u64)),
@@ -146,7 +146,7 @@ pub(crate) async fn archive_search(
         since,
         until,
         before,
-        limit: limit as usize,
+        limit,
     };
     let archive = s.archive.clone();
     match tokio::task::spawn_blocking(move || archive.search(&query)).await {

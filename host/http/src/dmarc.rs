@@ -2,7 +2,7 @@
 //! in the key-value namespace `dmarc` (layout in `sluice_dmarc`), listed, shown and
 //! summarised per domain and day by the admin API and the CLI.
 
-use crate::api::{ApiState, ErrorBody, blocking, error};
+use crate::api::{ApiState, ErrorBody, blocking, error, page_limit};
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -229,10 +229,10 @@ pub(crate) async fn reports(
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000");
-    }
+    let limit = match page_limit(q.limit, 100) {
+        Ok(l) => l,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
     let filter = FilterQuery {
         domain: q.domain,
         since: q.since,
@@ -250,7 +250,7 @@ pub(crate) async fn reports(
         );
     }
     let kv = s.kv.clone();
-    match blocking(move || list(&*kv, &filter, q.after.as_deref(), limit as usize)).await {
+    match blocking(move || list(&*kv, &filter, q.after.as_deref(), limit)).await {
         Ok(page) => Json(page).into_response(),
         Err(r) => r,
     }

@@ -5,7 +5,7 @@
 // The `utoipa::path` macros expand to qualified paths.
 #![allow(unused_qualifications)]
 
-use crate::api::{ApiState, Attribute, ErrorBody, blocking, error};
+use crate::api::{ApiState, Attribute, ErrorBody, blocking, error, page_limit};
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -109,10 +109,10 @@ pub(crate) async fn events(
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000");
-    }
+    let limit = match page_limit(q.limit, 50) {
+        Ok(l) => l,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
     let too_long = |name: &str, v: &Option<String>, max: usize| {
         v.as_ref()
             .filter(|v| v.chars().count() > max)
@@ -134,7 +134,7 @@ pub(crate) async fn events(
         recipient: q.recipient,
         since_ms,
         before: q.before,
-        limit: limit as usize,
+        limit,
     };
     let history = s.history.clone();
     let search = move || match history {

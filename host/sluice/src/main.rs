@@ -794,75 +794,81 @@ fn spawn_queue_census(
     });
 }
 
-/// Writes the ban list within a second of a change (a ban, a lift, an expiry).
-fn spawn_ban_saver(guard: Arc<sluice_smtp::protect::Guard>) {
+/// Runs `job` every `period` off the async workers; a failure is logged as `what` failed
+/// and the next period tries again.
+fn spawn_periodic(
+    period: std::time::Duration,
+    what: &'static str,
+    job: impl Fn() -> Result<()> + Send + Sync + 'static,
+) {
+    let job = Arc::new(job);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;
-            let g = guard.clone();
-            match tokio::task::spawn_blocking(move || g.save()).await {
+            let j = job.clone();
+            match tokio::task::spawn_blocking(move || j()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot save the ban list"),
-                Err(e) => tracing::error!(error = %e, "ban list task failed"),
+                Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "{what} failed"),
+                Err(e) => tracing::error!(error = %e, "{what}: task failed"),
             }
         }
     });
 }
 
+/// Saves the ban list every second when it changed (saving is a no-op otherwise), so a
+/// crash loses at most a second of bans.
+fn spawn_ban_saver(guard: Arc<sluice_smtp::protect::Guard>) {
+    spawn_periodic(
+        std::time::Duration::from_secs(1),
+        "saving the ban list",
+        move || Ok(guard.save()?),
+    );
+}
+
 /// Drops events older than the history's retention every few minutes.
 fn spawn_history_purger(history: Arc<sluice_queue::History>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
-        loop {
-            tick.tick().await;
-            let h = history.clone();
-            let now = sluice_queue::now_secs() * 1000;
-            match tokio::task::spawn_blocking(move || h.purge_expired(now)).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => {
-                    sluice_metrics::global()
-                        .purged
-                        .with_label_values(&["events"])
-                        .inc_by(n as u64);
-                    tracing::info!(events = n, "event history purged");
-                }
-                Ok(Err(e)) => tracing::error!(error = %e, "purging the event history failed"),
-                Err(e) => tracing::error!(error = %e, "purge task failed"),
+    spawn_periodic(
+        std::time::Duration::from_secs(300),
+        "purging the event history",
+        move || {
+            let n = history.purge_expired(sluice_queue::now_secs() * 1000)?;
+            if n > 0 {
+                sluice_metrics::global()
+                    .purged
+                    .with_label_values(&["events"])
+                    .inc_by(n as u64);
+                tracing::info!(events = n, "event history purged");
             }
-        }
-    });
+            Ok(())
+        },
+    );
 }
 
 /// Removes expired key-value entries and archived messages every few minutes, off the async
 /// workers.
 fn spawn_purger(stores: sluice_store::SledStores, archive: Arc<sluice_archive::Archive>) {
     use sluice_store::{BlobStore, KvStore};
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
-        loop {
-            tick.tick().await;
-            let (s, a) = (stores.clone(), archive.clone());
-            let done =
-                tokio::task::spawn_blocking(move || (s.kv.purge_expired(), a.purge_expired()))
-                    .await;
-            match done {
-                Ok((Ok(kv), Ok(archived))) if kv + archived > 0 => {
-                    let m = sluice_metrics::global();
-                    m.purged.with_label_values(&["kv"]).inc_by(kv as u64);
-                    m.purged
-                        .with_label_values(&["archive"])
-                        .inc_by(archived as u64);
-                    tracing::info!(kv, archived, "expired plugin data purged")
-                }
-                Ok((Ok(_), Ok(_))) => {}
-                Ok((kv, archived)) => {
-                    tracing::error!(kv = ?kv.err(), archive = ?archived.err(), "purging expired plugin data failed")
-                }
-                Err(e) => tracing::error!(error = %e, "purge task failed"),
-            }
+    let purged = |store: &'static str, n: usize| -> Result<()> {
+        if n > 0 {
+            sluice_metrics::global()
+                .purged
+                .with_label_values(&[store])
+                .inc_by(n as u64);
+            tracing::info!(store, entries = n, "expired plugin data purged");
         }
-    });
+        Ok(())
+    };
+    spawn_periodic(
+        std::time::Duration::from_secs(300),
+        "purging expired key-value entries",
+        move || purged("kv", stores.kv.purge_expired()?),
+    );
+    spawn_periodic(
+        std::time::Duration::from_secs(300),
+        "purging expired archived messages",
+        move || purged("archive", archive.purge_expired()?),
+    );
 }
 
 fn reload(settings: &Settings) -> Result<()> {

@@ -164,15 +164,10 @@ impl Keys {
         }
         let raw = URL_SAFE_NO_PAD.decode(text).ok()?;
         let (p, mac) = raw.split_at(raw.len().checked_sub(MAC_LEN)?);
-        let signed = self.keys.iter().any(|k| {
-            let want = hmac::sign(k, p);
-            // Constant time over the MAC's bytes.
-            want.as_ref()[..MAC_LEN]
-                .iter()
-                .zip(mac)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-        });
+        let signed = self
+            .keys
+            .iter()
+            .any(|k| same_mac(&hmac::sign(k, p).as_ref()[..MAC_LEN], mac));
         if !signed {
             return None;
         }
@@ -251,6 +246,12 @@ pub struct Context {
     pub sender: String,
     /// The message's metadata (tenant, stream, campaign).
     pub attributes: Vec<(String, String)>,
+}
+
+/// Whether two MACs (or their truncations) are equal, in time that does not depend on
+/// where they differ.
+pub(crate) fn same_mac(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -19,18 +19,15 @@ fn signed(queue_id: &str, index: usize) -> Vec<u8> {
     format!("verp\0{queue_id}\0{index}").into_bytes()
 }
 
-fn tag(key: &hmac::Key, queue_id: &str, index: usize) -> String {
-    hmac::sign(key, &signed(queue_id, index)).as_ref()[..TAG_BYTES]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+fn tag(key: &hmac::Key, queue_id: &str, index: usize) -> hmac::Tag {
+    hmac::sign(key, &signed(queue_id, index))
 }
 
 /// The return path for recipient `index` of message `queue_id`.
 pub fn address(keys: &Keys, local: &str, domain: &str, queue_id: &str, index: usize) -> String {
     format!(
         "{local}+{queue_id}.{index:x}.{}@{domain}",
-        tag(&keys.keys[0], queue_id, index)
+        hex::encode(&tag(&keys.keys[0], queue_id, index).as_ref()[..TAG_BYTES])
     )
 }
 
@@ -48,25 +45,18 @@ pub fn decode(keys: &Keys, local: &str, domain: &str, address: &str) -> Option<(
     let mut parts = token.split('.');
     let queue_id = parts.next()?.to_ascii_uppercase();
     let index = usize::from_str_radix(parts.next()?, 16).ok()?;
-    let given = parts.next()?.to_ascii_lowercase();
+    let given = hex::decode(parts.next()?).ok()?;
     if parts.next().is_some()
         || queue_id.is_empty()
         || queue_id.len() > 64
         || !queue_id.bytes().all(|b| b.is_ascii_alphanumeric())
-        || given.len() != TAG_BYTES * 2
+        || given.len() != TAG_BYTES
     {
         return None;
     }
     keys.keys
         .iter()
-        .any(|k| {
-            let want = tag(k, &queue_id, index);
-            // Constant time over the tag's bytes.
-            want.bytes()
-                .zip(given.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-        })
+        .any(|k| crate::same_mac(&tag(k, &queue_id, index).as_ref()[..TAG_BYTES], &given))
         .then_some((queue_id, index))
 }
 
