@@ -4,14 +4,14 @@
 // The `utoipa::path` macros expand to qualified paths.
 #![allow(unused_qualifications)]
 
-use crate::api::{ApiState, Attribute, ErrorBody, error, page_limit};
+use crate::api::{ApiState, Attribute, ErrorBody, blocking, error, page_limit};
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use sluice_archive::{ArchiveError, Entry, keys};
+use sluice_archive::{Entry, keys};
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 
@@ -101,10 +101,6 @@ pub struct ArchiveQuery {
     pub limit: Option<u32>,
 }
 
-fn failed(e: ArchiveError) -> Response {
-    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
-
 /// Searches archived messages, newest first; every given criterion must match.
 #[utoipa::path(get, path = "/api/v1/archive", tag = "archive", params(ArchiveQuery),
     security(("api_key" = [])),
@@ -149,10 +145,9 @@ pub(crate) async fn archive_search(
         limit,
     };
     let archive = s.archive.clone();
-    match tokio::task::spawn_blocking(move || archive.search(&query)).await {
-        Ok(Ok(page)) => Json(ArchivePage::from(page)).into_response(),
-        Ok(Err(e)) => failed(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match blocking(move || archive.search(&query)).await {
+        Ok(page) => Json(ArchivePage::from(page)).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -181,11 +176,10 @@ pub(crate) async fn archive_show(
         Err((status, m)) => return error(status, m),
     };
     let archive = s.archive.clone();
-    match tokio::task::spawn_blocking(move || archive.entry(id)).await {
-        Ok(Ok(Some(e))) => Json(ArchiveEntry::from(e)).into_response(),
-        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, format!("no archived message {id}")),
-        Ok(Err(e)) => failed(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match blocking(move || archive.entry(id)).await {
+        Ok(Some(e)) => Json(ArchiveEntry::from(e)).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no archived message {id}")),
+        Err(r) => r,
     }
 }
 
@@ -206,8 +200,8 @@ pub(crate) async fn archive_raw(
         Err((status, m)) => return error(status, m),
     };
     let archive = s.archive.clone();
-    match tokio::task::spawn_blocking(move || archive.get(id)).await {
-        Ok(Ok(Some((_, raw)))) => (
+    match blocking(move || archive.get(id)).await {
+        Ok(Some((_, raw))) => (
             [
                 (header::CONTENT_TYPE, "message/rfc822".to_string()),
                 (
@@ -218,9 +212,8 @@ pub(crate) async fn archive_raw(
             raw,
         )
             .into_response(),
-        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, format!("no archived message {id}")),
-        Ok(Err(e)) => failed(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no archived message {id}")),
+        Err(r) => r,
     }
 }
 
