@@ -83,23 +83,18 @@ pub fn run(settings: &Settings, command: DmarcCommand) -> Result<()> {
     let access = local_or_api(settings, "the plugin stores", &dir, || {
         sluice_store::SledStores::open(&dir)
     })?;
-    let kv: Option<&dyn KvStore> = match &access {
-        Access::Local(stores) => Some(&*stores.kv),
-        Access::Api(_) => None,
-    };
-    let api = match &access {
-        Access::Api(a) => Some(a),
-        Access::Local(_) => None,
+    let src = match &access {
+        Access::Local(stores) => Source::Local(&*stores.kv),
+        Access::Api(a) => Source::Api(a),
     };
     match command {
         DmarcCommand::Report { filter, json } => {
             let f = filter.filter()?;
-            let s: Summary = match (kv, api) {
-                (Some(kv), _) => dmarc::summary(kv, &f)?,
-                (_, Some(api)) => serde_json::from_value(
+            let s: Summary = match src {
+                Source::Local(kv) => dmarc::summary(kv, &f)?,
+                Source::Api(api) => serde_json::from_value(
                     api.get_with("/dmarc/summary", &FilterArgs::params(&f))?,
                 )?,
-                _ => unreachable!(),
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -112,7 +107,7 @@ pub fn run(settings: &Settings, command: DmarcCommand) -> Result<()> {
             let mut after: Option<String> = None;
             let mut left = limit as usize;
             while left > 0 {
-                let page = fetch_page(kv, api, &f, after.as_deref(), left)?;
+                let page = fetch_page(&src, &f, after.as_deref(), left)?;
                 left -= page.reports.len();
                 for r in &page.reports {
                     println!(
@@ -137,15 +132,14 @@ pub fn run(settings: &Settings, command: DmarcCommand) -> Result<()> {
                     "`{id}` is not a report id (16 lowercase hex digits, from `sluice dmarc list`)"
                 );
             }
-            let d: ReportDetail = match (kv, api) {
-                (Some(kv), _) => match dmarc::get(kv, &id)? {
+            let d: ReportDetail = match src {
+                Source::Local(kv) => match dmarc::get(kv, &id)? {
                     Some(d) => d,
                     None => bail!("no DMARC report {id}"),
                 },
-                (_, Some(api)) => {
+                Source::Api(api) => {
                     serde_json::from_value(api.call("GET", &format!("/dmarc/reports/{id}"))?)?
                 }
-                _ => unreachable!(),
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
@@ -157,17 +151,22 @@ pub fn run(settings: &Settings, command: DmarcCommand) -> Result<()> {
     Ok(())
 }
 
+/// Where the reports are read: the stores themselves, or the running server's API.
+enum Source<'a> {
+    Local(&'a dyn KvStore),
+    Api(&'a ApiClient),
+}
+
 fn fetch_page(
-    kv: Option<&dyn KvStore>,
-    api: Option<&ApiClient>,
+    src: &Source<'_>,
     f: &Filter,
     after: Option<&str>,
     limit: usize,
 ) -> Result<ReportPage> {
     let limit = limit.min(1000);
-    Ok(match (kv, api) {
-        (Some(kv), _) => dmarc::list(kv, f, after, limit)?,
-        (_, Some(api)) => {
+    Ok(match src {
+        Source::Local(kv) => dmarc::list(*kv, f, after, limit)?,
+        Source::Api(api) => {
             let mut p = FilterArgs::params(f);
             p.push(("limit", limit.to_string()));
             if let Some(a) = after {
@@ -175,7 +174,6 @@ fn fetch_page(
             }
             serde_json::from_value(api.get_with("/dmarc/reports", &p)?)?
         }
-        _ => unreachable!(),
     })
 }
 
