@@ -261,11 +261,21 @@ impl VerifyJobs {
     }
 }
 
+/// Where a verification is.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyState {
+    Running,
+    /// Finished; the report says what was found.
+    Done,
+    /// The archive could not be read through; the error says why.
+    Failed,
+}
+
 /// A verification: running, done (with its report) or failed (with the error).
 #[derive(Clone, Serialize, ToSchema)]
 pub struct VerifyStatus {
-    /// `running`, `done` or `failed`.
-    pub state: String,
+    pub state: VerifyState,
     /// Unix seconds.
     pub started: u64,
     pub finished: Option<u64>,
@@ -291,11 +301,11 @@ fn unix_now() -> u64 {
 pub(crate) async fn archive_verify(State(s): State<Arc<ApiState>>) -> Response {
     let status = {
         let mut job = s.verify.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(running) = job.as_ref().filter(|j| j.state == "running") {
+        if let Some(running) = job.as_ref().filter(|j| j.state == VerifyState::Running) {
             return (StatusCode::ACCEPTED, Json(running.clone())).into_response();
         }
         let status = VerifyStatus {
-            state: "running".into(),
+            state: VerifyState::Running,
             started: unix_now(),
             finished: None,
             report: None,
@@ -318,7 +328,11 @@ pub(crate) async fn archive_verify(State(s): State<Arc<ApiState>>) -> Response {
             tracing::error!(error = %e, "archive verification failed");
         }
         state.verify.set(VerifyStatus {
-            state: if error.is_some() { "failed" } else { "done" }.into(),
+            state: if error.is_some() {
+                VerifyState::Failed
+            } else {
+                VerifyState::Done
+            },
             started,
             finished: Some(unix_now()),
             report,
