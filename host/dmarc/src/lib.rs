@@ -319,10 +319,24 @@ pub struct DaySummary {
 
 /// The summary per domain and day (domain, then day order).
 pub fn summarise<'a>(reports: impl IntoIterator<Item = &'a Stored>) -> Vec<DaySummary> {
-    let mut days: BTreeMap<(String, String), DaySummary> = BTreeMap::new();
+    let mut s = Summariser::default();
     for r in reports {
+        s.add(r);
+    }
+    s.finish()
+}
+
+/// [`summarise`] a report at a time, so that a long range never has to be held whole.
+#[derive(Default)]
+pub struct Summariser {
+    days: BTreeMap<(String, String), DaySummary>,
+}
+
+impl Summariser {
+    pub fn add(&mut self, r: &Stored) {
         let day = day(r.begin);
-        let s = days
+        let s = self
+            .days
             .entry((r.domain.clone(), day.clone()))
             .or_insert_with(|| DaySummary {
                 domain: r.domain.clone(),
@@ -330,9 +344,8 @@ pub fn summarise<'a>(reports: impl IntoIterator<Item = &'a Stored>) -> Vec<DaySu
                 ..DaySummary::default()
             });
         s.reports += 1;
-        if !s.reporters.contains(&r.reporter) {
-            s.reporters.push(r.reporter.clone());
-            s.reporters.sort();
+        if let Err(i) = s.reporters.binary_search(&r.reporter) {
+            s.reporters.insert(i, r.reporter.clone());
         }
         let t = &r.totals;
         s.messages += t.messages;
@@ -343,7 +356,11 @@ pub fn summarise<'a>(reports: impl IntoIterator<Item = &'a Stored>) -> Vec<DaySu
         s.quarantined += t.quarantined;
         s.rejected += t.rejected;
     }
-    days.into_values().collect()
+
+    /// The summaries by domain, then day.
+    pub fn finish(self) -> Vec<DaySummary> {
+        self.days.into_values().collect()
+    }
 }
 
 #[cfg(test)]

@@ -179,18 +179,20 @@ pub fn get(kv: &dyn KvStore, id: &str) -> Result<Option<ReportDetail>, StoreErro
 
 /// Every matching report summed per domain and day.
 pub fn summary(kv: &dyn KvStore, f: &Filter) -> Result<Summary, StoreError> {
-    let mut all = Vec::new();
+    let mut days = sluice_dmarc::Summariser::default();
     let mut after: Option<String> = None;
     loop {
         let page = list(kv, f, after.as_deref(), MAX_SCAN)?;
-        all.extend(page.reports);
+        for r in &page.reports {
+            days.add(r);
+        }
         match page.next {
             Some(n) => after = Some(n),
             None => break,
         }
     }
     Ok(Summary {
-        days: sluice_dmarc::summarise(&all),
+        days: days.finish(),
     })
 }
 
