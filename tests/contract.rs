@@ -89,9 +89,9 @@ fn rendering_and_events_through_the_server_survive_a_kill() {
         .contains("event deferred")));
     s.kill9();
     s.restart();
-    // What the last moments before the kill wrote (the step's run counts, the outbox's
-    // retry times) may be lost with the process: an event may then be deferred again
-    // after the restart. Retries come every second, so the events are done once no
+    // What the last moments before the kill wrote (the step's run counts in its key-value
+    // store) may be lost with the process: an event may then be deferred again after the
+    // restart. Retries come every second, so the events are done once no
     // deferral has been logged for 2.5 s.
     let mut last = (0, std::time::Instant::now());
     assert!(wait_until(Duration::from_secs(40), || {

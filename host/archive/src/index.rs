@@ -209,12 +209,11 @@ impl Index {
 
     /// Indexes a record; `seg_len` is its segment's length after it.
     ///
-    /// Plain inserts, the segment's indexed length last, not one batch: sled seals its log
-    /// buffer for every batch and writes it through its IO thread pool, whose every job
-    /// wakes all of the pool's idle threads, and it holds a process-wide lock while a batch
-    /// applies. sled recovers a prefix of its log, so after a crash the indexed length
-    /// never covers a record whose keys are missing; a record indexed only in part is
-    /// indexed again from its segment (the same keys) when the archive opens.
+    /// Plain inserts, the segment's indexed length last, not a batch (ARCHITECTURE.md, "sled
+    /// batches only where two keys must appear together"). sled recovers a prefix of its
+    /// log, so after a crash the indexed length never covers a record whose keys are
+    /// missing; a record indexed only in part is indexed again from its segment (the same
+    /// keys) when the archive opens.
     pub fn insert(&self, record: &Record, slot: Slot, seg_len: u64) -> Result<(), ArchiveError> {
         let e = &record.entry;
         self.tree

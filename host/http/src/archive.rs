@@ -285,12 +285,6 @@ pub struct VerifyStatus {
     pub error: Option<String>,
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Starts checking the archive's hash chain and every stored message in the background
 /// (it reads the whole archive: minutes for a large one); poll `GET` for the outcome. A
 /// verification already running is not started twice: its status is returned.
@@ -306,7 +300,7 @@ pub(crate) async fn archive_verify(State(s): State<Arc<ApiState>>) -> Response {
         }
         let status = VerifyStatus {
             state: VerifyState::Running,
-            started: unix_now(),
+            started: sluice_queue::now_secs(),
             finished: None,
             report: None,
             error: None,
@@ -334,7 +328,7 @@ pub(crate) async fn archive_verify(State(s): State<Arc<ApiState>>) -> Response {
                 VerifyState::Done
             },
             started,
-            finished: Some(unix_now()),
+            finished: Some(sluice_queue::now_secs()),
             report,
             error,
         });

@@ -168,12 +168,10 @@ fn write_loop(tree: &sled::Tree, rx: &Receiver<Event>) {
     }
 }
 
-/// Writes one event: its record, then its index entries, as separate inserts. A batch
-/// would be atomic, but sled seals its log buffer for every batch and writes it through
-/// its IO thread pool, whose every job wakes all of the pool's idle threads (seven at
-/// least), and holds a process-wide lock while it applies: as batches, the history made
-/// those threads a quarter of the server's CPU (bench/RESULTS.md). sled recovers a prefix
-/// of its log, so after a crash an index entry never points at a missing record.
+/// Writes one event: its record, then its index entries, as plain inserts, not a batch
+/// (ARCHITECTURE.md, "sled batches only where two keys must appear together"). sled
+/// recovers a prefix of its log, so after a crash an index entry never points at a missing
+/// record.
 fn write(tree: &sled::Tree, e: &Event) -> Result<(), sled::Error> {
     tree.insert(log_key(&e.id), crate::versioned::encode(VERSION, e))?;
     for k in index_keys(e) {
