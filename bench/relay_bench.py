@@ -813,12 +813,12 @@ def step_costs(http_port):
 def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_file=None,
             recipients=1):
     sink = Sink(workdir)
+    label = kind
+    if kind == "baseline" or kind.startswith("baseline+"):
+        # The older binary in any of the Sluice setups below.
+        kind, binary = "sluice" + kind[len("baseline"):], baseline
     if kind == "sluice":
         server = Sluice(workdir, sink.port, binary)
-    elif kind == "baseline":
-        server = Sluice(workdir, sink.port, baseline)
-    elif kind.startswith("baseline+"):
-        server = Sluice(workdir, sink.port, baseline, steps=int(kind.split("+")[1]))
     elif kind == "sluice-history":
         # The same server without the event history (`event_history = "0s"`).
         server = Sluice(workdir, sink.port, binary, delivery='event_history = "0s"\n')
@@ -895,7 +895,7 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
     lat = sorted(latencies)
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else float("nan")
     return {
-        "kind": kind, "size": size, "n": total, "delivered": got, "recipients": recipients,
+        "kind": label, "size": size, "n": total, "delivered": got, "recipients": recipients,
         "cpu_per_recipient_ms": cpu / (n * recipients + sent[0]) * 1000,
         "accepted_rate": total / accepted_s, "delivered_rate": got / delivered_s,
         "cpu_per_1000": cpu / total * 1000, "p50": p(0.50), "p99": p(0.99),
@@ -921,7 +921,7 @@ def main():
                          "passed, archive, webhook-forward queued to a local receiver), "
                          "sluice+inbound-av (the same with antivirus, a real clamd; its CPU "
                          "in its own column), "
-                         "baseline (another sluice binary, --baseline), baseline+N (it with N no-op steps)")
+                         "baseline (another sluice binary, --baseline), baseline+X (it in the setup sluice+X)")
     ap.add_argument("--message-file", help="send this message (headers and body, LF line ends) "
                     "instead of smtp-source's generated text; --sizes is then ignored")
     ap.add_argument("--baseline", help="path of an older sluice binary to compare with")

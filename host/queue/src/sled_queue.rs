@@ -534,17 +534,18 @@ impl Queue for SledQueue {
         // Events first: the flush that makes the record durable covers them too.
         let mut published = Vec::with_capacity(events.len());
         for e in events {
-            let id = e.id.clone();
             // Due only a moment later: no event step sees it before the message is durable.
-            if let Err(err) = outbox.publish_after(e, 2000) {
-                outbox.discard(&published);
-                return Err(err);
+            match outbox.publish_after(e, 2000) {
+                Ok(entry) => published.push(entry),
+                Err(err) => {
+                    outbox.discard(&published);
+                    return Err(err);
+                }
             }
-            published.push(id);
         }
         let result = self.enqueue(meta, body).await;
         match &result {
-            Ok(()) => outbox.make_due(&published),
+            Ok(()) => outbox.make_due(published),
             // The client gets a 4xx and sends again: these events never happened.
             Err(_) => outbox.discard(&published),
         }
