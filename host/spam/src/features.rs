@@ -5,7 +5,7 @@
 /// The version of what [`extract`] computes, written into every model: change it with any
 /// change to the features or the hash, so that older models are refused instead of scoring
 /// nonsense.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The message as the plugin contract exposes it (`headers`, `text-parts`, `html-parts`,
 /// `attachments`, `parts`), decoded by the host.
@@ -39,6 +39,8 @@ pub struct Features {
 const MAX_TEXT: usize = 64 * 1024;
 /// Word bigrams are taken from the first words only.
 const MAX_BIGRAM_WORDS: usize = 3000;
+/// Character grams are taken from the first words only (more measured no better).
+const MAX_GRAM_WORDS: usize = 300;
 
 /// Headers whose values are read (plus the top-level `Content-Transfer-Encoding`, and
 /// whether the [`PRESENT`] fields are there). Everything else (`Received`, `To`, `Cc`,
@@ -175,6 +177,12 @@ fn headers(acc: &mut Acc, view: &View<'_>) {
         if name.contains('@') {
             acc.sym("FROM_NAME_HAS_ADDRESS");
         }
+        let letters = name.chars().filter(|c| c.is_alphabetic());
+        if name.chars().filter(|c| c.is_alphabetic()).count() >= 6
+            && letters.clone().all(char::is_uppercase)
+        {
+            acc.sym("FROM_NAME_CAPS");
+        }
     }
     match addr.rsplit_once('@') {
         Some((local, domain)) => {
@@ -187,6 +195,14 @@ fn headers(acc: &mut Acc, view: &View<'_>) {
             }
             if consonant_run(local) >= 5 {
                 acc.sym("FROM_LOCAL_RANDOM");
+            }
+            // `shop.example.com@bulk.example.net`: a brand's domain as a mailbox name.
+            if local.contains('.')
+                && local.rsplit('.').next().is_some_and(|t| {
+                    ["com", "net", "org", "biz", "info"].contains(&t.to_ascii_lowercase().as_str())
+                })
+            {
+                acc.sym("FROM_LOCAL_IS_DOMAIN");
             }
         }
         None => acc.sym("FROM_NO_ADDRESS"),
@@ -230,6 +246,15 @@ fn headers(acc: &mut Acc, view: &View<'_>) {
             for w in words(m).take(6) {
                 acc.add("xm", &normalize(w));
             }
+            // A mailer name that is one random mixed-case word (`ArHA8IFlSSFNGzAMo`).
+            let m = m.trim();
+            if m.len() >= 10
+                && !m.contains([' ', '.', '/'])
+                && m.bytes().any(|b| b.is_ascii_uppercase())
+                && m.bytes().any(|b| b.is_ascii_lowercase())
+            {
+                acc.sym("MAILER_RANDOM");
+            }
         }
     }
     if let Some(ct) = header(view, "content-type") {
@@ -238,6 +263,7 @@ fn headers(acc: &mut Acc, view: &View<'_>) {
         acc.add("ct", ty);
         if let Some(cs) = param(&lower, "charset") {
             acc.add("cs", &cs);
+            acc.add("csc", charset_class(&cs));
         }
     } else {
         acc.add("ct", "-none-");
@@ -293,6 +319,9 @@ fn subject(acc: &mut Acc, s: &str) {
     if !s.is_ascii() {
         acc.sym("SUBJ_8BIT");
     }
+    if words(s).any(looks_random) {
+        acc.sym("SUBJ_RANDOM_WORD");
+    }
 }
 
 fn bodies(acc: &mut Acc, view: &View<'_>) {
@@ -305,10 +334,12 @@ fn bodies(acc: &mut Acc, view: &View<'_>) {
         left -= t.len();
         text_len += t.len();
         bigrams -= acc.words("b", "b2", t, bigrams);
+        char_grams(acc, t);
         urls += links(acc, t);
         emails(acc, t);
         text_shape(acc, t);
     }
+    undeclared_8bit(acc, view);
     let has_plain = view.part_types.contains(&"text/plain");
     let has_html = !view.html_parts.is_empty();
     if has_html && !has_plain {
@@ -329,7 +360,9 @@ fn bodies(acc: &mut Acc, view: &View<'_>) {
         acc.add("pt", t);
     }
     for c in &view.charsets {
-        acc.add("cs", &c.to_ascii_lowercase());
+        let c = c.to_ascii_lowercase();
+        acc.add("cs", &c);
+        acc.add("csc", charset_class(&c));
     }
     acc.add("np", &bin(view.part_types.len()).to_string());
     for (name, ty, size) in &view.attachments {
@@ -376,6 +409,57 @@ fn without_list_footers(mut t: &str) -> &str {
     t
 }
 
+/// Character 4-grams of the first words (with `^`/`$` at their ends): they carry what a
+/// language and a register look like, so a message in words never seen still resembles
+/// the mail it is like.
+fn char_grams(acc: &mut Acc, t: &str) {
+    const G: usize = 4;
+    let mut buf = String::new();
+    for w in words(t).take(MAX_GRAM_WORDS) {
+        if w.chars().count() < G {
+            continue;
+        }
+        buf.clear();
+        buf.push('^');
+        buf.extend(w.chars().flat_map(char::to_lowercase));
+        buf.push('$');
+        let idx: Vec<usize> = buf
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain([buf.len()])
+            .collect();
+        for i in 0..idx.len().saturating_sub(G) {
+            acc.add("c4", &buf[idx[i]..idx[i + G]]);
+        }
+    }
+}
+
+/// Text that is not ASCII in a message that declares no charset other than ASCII (the
+/// parser shows such bytes as Latin-1 or replacement characters), and text that is
+/// mostly undecodable.
+fn undeclared_8bit(acc: &mut Acc, view: &View<'_>) {
+    let declared = view
+        .charsets
+        .iter()
+        .any(|c| !matches!(c.to_ascii_lowercase().as_str(), "us-ascii" | "ascii"));
+    let mut chars = 0;
+    let mut bad = 0;
+    let mut wide = false;
+    for t in &view.text_parts {
+        for c in cut(t, MAX_TEXT).chars() {
+            chars += 1;
+            wide |= !c.is_ascii();
+            bad += usize::from(c == '\u{fffd}');
+        }
+    }
+    if !declared && wide {
+        acc.sym("BODY_8BIT_UNDECLARED");
+    }
+    if bad >= 5 && bad * 100 >= chars {
+        acc.sym("BODY_UNDECODABLE");
+    }
+}
+
 /// Counts of things in plain text that spam overuses.
 fn text_shape(acc: &mut Acc, t: &str) {
     let exclaim = t.matches('!').count();
@@ -394,6 +478,9 @@ fn text_shape(acc: &mut Acc, t: &str) {
     }
     if all_words >= 20 && caps_words * 4 >= all_words {
         acc.sym("BODY_SHOUTING");
+    }
+    if words(t).take(4000).any(looks_random) {
+        acc.sym("BODY_RANDOM_WORD");
     }
     // How much of the text is outside ASCII, binned: 0, <1%, <5%, <20%, more.
     let letters = t.chars().filter(|c| c.is_alphabetic()).count().max(1);
@@ -681,11 +768,36 @@ fn attr_value<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
     None
 }
 
-/// Words: runs of letters, digits and `$ ' -` (inner); ASCII ones at most 40 bytes.
+/// Words: runs of letters, digits and `$ ' -` (inner); ASCII ones at most 40 bytes. The
+/// local parts of e-mail addresses are not words: a mailbox's own address (which a
+/// corpus may have anonymised differently per folder) must not be learned.
 fn words(text: &str) -> impl Iterator<Item = &str> {
+    let skip = local_parts(text);
+    let base = text.as_ptr() as usize;
     text.split(|c: char| !(c.is_alphanumeric() || c == '$' || c == '\'' || c == '-'))
         .map(|w| w.trim_matches(|c| c == '\'' || c == '-'))
         .filter(|w| !w.is_empty() && (w.len() <= 40 || !w.is_ascii()))
+        .filter(move |w| {
+            let at = w.as_ptr() as usize - base;
+            !skip.iter().any(|&(a, b)| (a..b).contains(&at))
+        })
+}
+
+/// Byte ranges of the local parts of e-mail addresses in a text (at most 200).
+fn local_parts(text: &str) -> Vec<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices('@').take(200) {
+        let before = bytes[..i]
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_alphanumeric() || b"._-+=".contains(b))
+            .count();
+        if before > 0 && bytes.get(i + 1).is_some_and(u8::is_ascii_alphanumeric) {
+            out.push((i - before, i));
+        }
+    }
+    out
 }
 
 /// Scripts written without spaces (Chinese, Japanese, Korean) give no words: runs of their
@@ -759,6 +871,62 @@ fn consonant_run(s: &str) -> usize {
         }
     }
     best
+}
+
+/// A run of ASCII letters that no language writes: hash-busting filler
+/// (`gcoakgwnibgafjecarccjbjii`) has long consonant runs or almost no vowels.
+fn looks_random(w: &str) -> bool {
+    let n = w.len();
+    if n < 8 || !w.bytes().all(|b| b.is_ascii_lowercase()) {
+        return false;
+    }
+    let vowels = w.bytes().filter(|b| b"aeiouy".contains(b)).count();
+    consonant_run(w) >= 6 || (n >= 12 && vowels * 5 < n)
+}
+
+/// The family of a declared charset: a model that saw GB2312 and Big5 spam learns
+/// something about ISO-2022-JP too.
+fn charset_class(cs: &str) -> &'static str {
+    let cs = cs.trim().trim_matches('"');
+    let cjk = [
+        "gb2312",
+        "gbk",
+        "gb18030",
+        "big5",
+        "iso-2022-jp",
+        "shift_jis",
+        "sjis",
+        "euc-jp",
+        "euc-kr",
+        "ks_c_5601",
+        "iso-2022-kr",
+        "euc-cn",
+        "euc-tw",
+        "hz-gb",
+    ];
+    if cjk
+        .iter()
+        .any(|p| cs.starts_with(p) || cs.starts_with(&format!("x-{p}")))
+    {
+        "cjk"
+    } else if ["koi8", "windows-1251", "iso-8859-5", "cp1251"]
+        .iter()
+        .any(|p| cs.starts_with(p))
+    {
+        "cyrillic"
+    } else if cs.starts_with("unknown") || cs.starts_with("x-unknown") || cs == "default" {
+        "unknown"
+    } else if cs.starts_with("iso-8859")
+        || cs.starts_with("windows-125")
+        || cs.starts_with("cp125")
+        || cs == "us-ascii"
+        || cs == "ascii"
+        || cs.starts_with("utf")
+    {
+        "common"
+    } else {
+        "other"
+    }
 }
 
 /// A display name and address from a `From`-like value.
@@ -875,10 +1043,9 @@ mod tests {
     fn address_local_parts_are_not_learned() {
         let a = extract(&view(&[], "mail zzzz@example.com now"));
         let b = extract(&view(&[], "mail yyyy@example.com now"));
-        let a2: Vec<_> = a.hashes.iter().filter(|h| !b.hashes.contains(h)).collect();
-        // Only the body words differ (`zzzz` vs `yyyy` as words), not the address feature.
+        // Neither as words nor as part of the address feature.
         assert!(a.hashes.contains(&hash("ed", "example.com")));
-        assert!(a2.len() <= 3, "{a2:?}");
+        assert_eq!(a.hashes, b.hashes);
     }
 
     #[test]
@@ -911,6 +1078,64 @@ mod tests {
         ] {
             assert!(f.symbols.contains(&s), "{s} missing from {:?}", f.symbols);
         }
+    }
+
+    #[test]
+    fn filler_charsets_and_undeclared_bytes() {
+        let f = extract(&View {
+            headers: vec![
+                ("Subject", "kennst mich noch? nehrbqxtwz"),
+                (
+                    "From",
+                    "\"JOHN Q PUBLIC\" <WebDesignHQ.com@mailer.example.net>",
+                ),
+                ("X-Mailer", "ArHA8IFlSSFNGzAMo"),
+            ],
+            text_parts: vec!["Hallo, \u{e0}\u{b8}\u{ab} gcoakgwnibgafjecarccjbjii"],
+            part_types: vec!["text/plain"],
+            charsets: vec!["us-ascii"],
+            ..View::default()
+        });
+        for s in [
+            "SUBJ_RANDOM_WORD",
+            "BODY_RANDOM_WORD",
+            "FROM_NAME_CAPS",
+            "FROM_LOCAL_IS_DOMAIN",
+            "MAILER_RANDOM",
+            "BODY_8BIT_UNDECLARED",
+        ] {
+            assert!(f.symbols.contains(&s), "{s} missing from {:?}", f.symbols);
+        }
+        // Ordinary words, names and mailers fire none of them.
+        let f = extract(&View {
+            headers: vec![
+                ("Subject", "Re: strengths of the new scheduler"),
+                ("From", "Jane Doe <jane.doe@example.org>"),
+                ("X-Mailer", "Microsoft Outlook Express 6.00.2600.0000"),
+            ],
+            text_parts: vec!["Straightforward Schwarzschild rhythms, bookkeeping."],
+            part_types: vec!["text/plain"],
+            charsets: vec!["iso-8859-1"],
+            ..View::default()
+        });
+        assert_eq!(f.symbols, ["MSGID_MISSING", "DATE_MISSING"]);
+        assert_eq!(charset_class("GB2312".to_ascii_lowercase().as_str()), "cjk");
+        assert_eq!(charset_class("\"iso-2022-jp\""), "cjk");
+        assert_eq!(charset_class("koi8-r"), "cyrillic");
+        assert_eq!(charset_class("unknown-8bit"), "unknown");
+        assert_eq!(charset_class("windows-1252"), "common");
+    }
+
+    #[test]
+    fn character_grams_of_the_first_words() {
+        let f = extract(&view(&[], "Socijalisticka partija"));
+        for g in ["^soc", "ka$", "part", "tija"] {
+            let g = if g.len() == 3 { "cka$" } else { g };
+            assert!(f.hashes.contains(&hash("c4", g)), "{g}");
+        }
+        // Words shorter than a gram give none.
+        let f = extract(&view(&[], "is a an"));
+        assert!(!f.hashes.iter().any(|h| *h == hash("c4", "^is$")));
     }
 
     #[test]

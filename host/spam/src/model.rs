@@ -157,20 +157,45 @@ pub fn score(
     weights: &[f32],
     symbols: &[(&'static str, u32)],
 ) -> Scored {
-    let scale = scale(buckets.len());
-    let sum: f64 = weights.iter().map(|&w| f64::from(w)).sum();
-    let z = f64::from(header.bias) + sum * scale;
+    let values = values(buckets, symbols);
+    let sum: f64 = weights
+        .iter()
+        .zip(&values)
+        .map(|(&w, &v)| f64::from(w) * f64::from(v))
+        .sum();
+    let z = f64::from(header.bias) + sum;
     let symbols = symbols
         .iter()
         .filter_map(|&(name, b)| {
             let i = buckets.binary_search(&b).ok()?;
-            Some((name, f64::from(weights[i]) * scale))
+            Some((name, f64::from(weights[i]) * f64::from(values[i])))
         })
         .collect();
     Scored {
         score: SCORE_OFFSET + z,
         symbols,
     }
+}
+
+/// What a heuristic's bucket counts for (measured: 0.15 to 0.6 all beat scaling heuristics
+/// like tokens, whose weights then stayed too small to matter; bench/RESULTS.md).
+pub const SYMBOL_VALUE: f32 = 0.15;
+
+/// What each bucket's weight counts for in a message: a heuristic's [`SYMBOL_VALUE`], a
+/// token's [`scale`] (so that a heuristic weighs the same in a long message as in a short
+/// one, while the many tokens of a long message do not add up to more than a short one's).
+pub fn values(buckets: &[u32], symbols: &[(&'static str, u32)]) -> Vec<f32> {
+    let token = scale(buckets.len()) as f32;
+    buckets
+        .iter()
+        .map(|b| {
+            if symbols.iter().any(|(_, s)| s == b) {
+                SYMBOL_VALUE
+            } else {
+                token
+            }
+        })
+        .collect()
 }
 
 /// The per-feature scale for a message with `n` features: long messages do not score
@@ -318,10 +343,18 @@ mod tests {
         };
         let s = m.score(&f);
         let h = m.header();
-        let (b, _) = buckets(&h, &f);
-        let sum: f64 = b.iter().map(|&i| f64::from(m.weights[i as usize])).sum();
-        let want = SCORE_OFFSET + f64::from(m.bias) + sum / (b.len() as f64).sqrt();
-        assert!((s.score - want).abs() < 1e-9);
+        let (b, syms) = buckets(&h, &f);
+        let sym = syms[0].1;
+        // Tokens count for 1/sqrt(n) each, a heuristic for SYMBOL_VALUE.
+        let tokens: f64 = b
+            .iter()
+            .filter(|&&i| i != sym)
+            .map(|&i| f64::from(m.weights[i as usize]))
+            .sum();
+        let heuristic = f64::from(m.weights[sym as usize]) * f64::from(SYMBOL_VALUE);
+        let want = SCORE_OFFSET + f64::from(m.bias) + tokens / (b.len() as f64).sqrt() + heuristic;
+        assert!((s.score - want).abs() < 1e-6, "{} {want}", s.score);
         assert_eq!(s.symbols.len(), 1);
+        assert!((s.symbols[0].1 - heuristic).abs() < 1e-9);
     }
 }

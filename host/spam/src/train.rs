@@ -4,7 +4,10 @@
 //! cross-validation reports.
 
 use crate::features::{Features, hash};
-use crate::model::{Model, ModelHeader, buckets, scale};
+use crate::model::{Model, ModelHeader, buckets, values};
+
+/// A message's buckets, what each counts for, and its label.
+type Row = (Vec<u32>, Vec<f32>, bool);
 
 /// Training settings; the defaults are the ones `sluice spam cv` measured (bench/RESULTS.md).
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +33,7 @@ impl Default for Params {
             epochs: 30,
             rate: 1.0,
             l2: 3e-6,
-            ham_weight: 8.0,
+            ham_weight: 6.0,
             seed: 0x5eed,
             orders: 4,
         }
@@ -50,9 +53,13 @@ pub fn train(examples: &[(&Features, bool)], p: &Params) -> Model {
         checksum: 0,
         trained_on: 0,
     };
-    let rows: Vec<(Vec<u32>, bool)> = examples
+    let rows: Vec<Row> = examples
         .iter()
-        .map(|(f, spam)| (buckets(&header, f).0, *spam))
+        .map(|(f, spam)| {
+            let (b, syms) = buckets(&header, f);
+            let v = values(&b, &syms);
+            (b, v, *spam)
+        })
         .collect();
     let nbr = nb_ratios(&rows, 1usize << p.bits);
     let orders = p.orders.max(1);
@@ -92,11 +99,11 @@ pub fn train(examples: &[(&Features, bool)], p: &Params) -> Model {
 
 /// Naive Bayes log-count ratios per bucket (presence counts, add-one smoothing): the
 /// regression learns on features worth `r`, the NB-LR of Wang and Manning (2012).
-fn nb_ratios(rows: &[(Vec<u32>, bool)], n: usize) -> Vec<f32> {
+fn nb_ratios(rows: &[Row], n: usize) -> Vec<f32> {
     let (mut cs, mut ch) = (vec![0u32; n], vec![0u32; n]);
-    let spam_n = rows.iter().filter(|r| r.1).count() as f32;
+    let spam_n = rows.iter().filter(|r| r.2).count() as f32;
     let ham_n = rows.len() as f32 - spam_n;
-    for (b, spam) in rows {
+    for (b, _, spam) in rows {
         let c = if *spam { &mut cs } else { &mut ch };
         for &i in b {
             c[i as usize] += 1;
@@ -112,7 +119,7 @@ fn nb_ratios(rows: &[(Vec<u32>, bool)], n: usize) -> Vec<f32> {
 
 /// One AdaGrad fit in the order `seed` gives; returns the weights (before the NB ratios
 /// are folded in) and bias, averaged over the second half of the epochs.
-fn fit(rows: &[(Vec<u32>, bool)], nbr: &[f32], p: &Params, seed: u64) -> (Vec<f32>, f32) {
+fn fit(rows: &[Row], nbr: &[f32], p: &Params, seed: u64) -> (Vec<f32>, f32) {
     let n = nbr.len();
     let mut w = vec![0f32; n];
     let mut g2 = vec![0f32; n];
@@ -129,12 +136,11 @@ fn fit(rows: &[(Vec<u32>, bool)], nbr: &[f32], p: &Params, seed: u64) -> (Vec<f3
             order.swap(i, (rng % (i as u64 + 1)) as usize);
         }
         for &r in &order {
-            let (b, spam) = &rows[r];
-            let s = scale(b.len()) as f32;
+            let (b, v, spam) = &rows[r];
             let z = bias
-                + s * b
-                    .iter()
-                    .map(|&i| w[i as usize] * nbr[i as usize])
+                + b.iter()
+                    .zip(v)
+                    .map(|(&i, &s)| s * w[i as usize] * nbr[i as usize])
                     .sum::<f32>();
             let p_spam = 1.0 / (1.0 + (-z).exp());
             let (y, weight) = if *spam {
@@ -143,7 +149,7 @@ fn fit(rows: &[(Vec<u32>, bool)], nbr: &[f32], p: &Params, seed: u64) -> (Vec<f3
                 (0.0, p.ham_weight)
             };
             let g = (p_spam - y) * weight;
-            for &i in b {
+            for (&i, &s) in b.iter().zip(v) {
                 let i = i as usize;
                 let gi = g * s * nbr[i] + p.l2 * w[i];
                 g2[i] += gi * gi;
