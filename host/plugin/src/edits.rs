@@ -6,7 +6,7 @@
 
 use crate::bindings::types::{Edit, Header};
 use base64::Engine;
-use mail_parser::{MessageParser, MimeHeaders};
+use mail_parser::MimeHeaders;
 use sluice_core::{Envelope, Recipient};
 
 /// Most edits one step may return.
@@ -360,7 +360,7 @@ fn fold(line: &str) -> String {
 /// UTF-8 charset and quoted-printable encoding in which no line can start with `--`, so
 /// replaced text cannot smuggle a MIME boundary; the part tree is checked to be unchanged.
 fn replace_parts(raw: &[u8], replacements: &[Replacement<'_>]) -> Result<Vec<u8>, EditError> {
-    let msg = MessageParser::default()
+    let msg = crate::message::parser()
         .parse(raw)
         .ok_or(EditError::Structure)?;
     let is_text = |id: u32| {
@@ -421,7 +421,7 @@ fn replace_parts(raw: &[u8], replacements: &[Replacement<'_>]) -> Result<Vec<u8>
         }
         out.splice(hs..be, new);
     }
-    let after = MessageParser::default()
+    let after = crate::message::parser()
         .parse(&out)
         .ok_or(EditError::Structure)?;
     let shape = |m: &mail_parser::Message<'_>| -> Vec<(Option<String>, bool)> {
@@ -484,7 +484,9 @@ mod tests {
     use super::*;
 
     fn parse(raw: &[u8]) -> mail_parser::Message<'_> {
-        MessageParser::default().parse(raw).expect("parses")
+        mail_parser::MessageParser::default()
+            .parse(raw)
+            .expect("parses")
     }
 
     #[test]

@@ -119,11 +119,23 @@ impl Acc {
 /// FNV-1a over the namespace, a separator and the token, then the splitmix64 finalizer so
 /// that low and high bits both mix well.
 pub fn hash(ns: &str, token: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in ns.as_bytes().iter().chain(&[0xff]).chain(token.as_bytes()) {
+    mix(fnv(
+        fnv(fnv(FNV_BASIS, ns.as_bytes()), &[0xff]),
+        token.as_bytes(),
+    ))
+}
+
+const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
+    h
+}
+
+fn mix(mut h: u64) -> u64 {
     h ^= h >> 30;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^= h >> 27;
@@ -414,22 +426,41 @@ fn without_list_footers(mut t: &str) -> &str {
 /// the mail it is like.
 fn char_grams(acc: &mut Acc, t: &str) {
     const G: usize = 4;
-    let mut buf = String::new();
+    let seed = fnv(fnv(FNV_BASIS, b"c4"), &[0xff]);
+    // ASCII words (almost all) without allocating: `^word$` lowercased in a buffer.
+    let mut buf = [0u8; 42];
+    let mut wide = String::new();
     for w in words(t).take(MAX_GRAM_WORDS) {
-        if w.chars().count() < G {
+        if w.is_ascii() {
+            let n = w.len();
+            if !(G..=40).contains(&n) {
+                continue;
+            }
+            buf[0] = b'^';
+            for (d, b) in buf[1..=n].iter_mut().zip(w.bytes()) {
+                *d = b.to_ascii_lowercase();
+            }
+            buf[n + 1] = b'$';
+            for g in buf[..n + 2].windows(G) {
+                acc.hashes.push(mix(fnv(seed, g)));
+            }
             continue;
         }
-        buf.clear();
-        buf.push('^');
-        buf.extend(w.chars().flat_map(char::to_lowercase));
-        buf.push('$');
-        let idx: Vec<usize> = buf
+        wide.clear();
+        wide.push('^');
+        wide.extend(w.chars().take(40).flat_map(char::to_lowercase));
+        wide.push('$');
+        let idx: Vec<usize> = wide
             .char_indices()
             .map(|(i, _)| i)
-            .chain([buf.len()])
+            .chain([wide.len()])
             .collect();
-        for i in 0..idx.len().saturating_sub(G) {
-            acc.add("c4", &buf[idx[i]..idx[i + G]]);
+        if idx.len() < G + 3 {
+            continue;
+        }
+        for i in 0..idx.len() - G {
+            acc.hashes
+                .push(mix(fnv(seed, &wide.as_bytes()[idx[i]..idx[i + G]])));
         }
     }
 }
