@@ -6,7 +6,9 @@
 //!   it), `sl<segment>` how far a segment is indexed, `ss<segment>` and `sw` how far
 //!   segments and ids are known to be synced.
 //!
-//! Ids are big-endian so keys sort by id. Every entry's keys go in one atomic batch.
+//! Ids are big-endian so keys sort by id. Writes are plain inserts in an order whose every
+//! prefix is consistent (ARCHITECTURE.md, "sled batches only where two keys must appear
+//! together").
 
 use crate::segment::{self, Record, SegId};
 use crate::{ArchiveError, Entry, Page, Query, Recovered};
@@ -250,13 +252,15 @@ impl Index {
         self.flush()
     }
 
+    /// Records how far segments and ids are synced. Plain inserts, not a batch: these are
+    /// lower bounds that [`Index::recover`] only trusts as far as they go, so any prefix of
+    /// the writes (an older value) is safe.
     pub fn mark_synced(&self, id: u64, lens: &[(SegId, u64)]) -> Result<(), ArchiveError> {
-        let mut b = sled::Batch::default();
-        b.insert(&b"sw"[..], &id.to_be_bytes()[..]);
         for (seg, len) in lens {
-            b.insert(skey(b"ss", *seg), &len.to_be_bytes()[..]);
+            self.tree
+                .insert(skey(b"ss", *seg), &len.to_be_bytes()[..])?;
         }
-        self.tree.apply_batch(b)?;
+        self.tree.insert(&b"sw"[..], &id.to_be_bytes()[..])?;
         Ok(())
     }
 
