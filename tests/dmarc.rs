@@ -95,6 +95,11 @@ fn other_domain_mail() -> String {
 }
 
 fn start(http: u16) -> Sluice {
+    start_with(http, "", "")
+}
+
+/// The report step with extra capability lines and extra config lines.
+fn start_with(http: u16, capabilities: &str, config: &str) -> Sluice {
     let s = Sluice::configure_with(
         "policies = \"policy.toml\"\nlocal_domains = [\"localhost\", \"example.com\"]",
         "",
@@ -107,8 +112,8 @@ fn start(http: u16) -> Sluice {
             step(
                 "dmarc-reports",
                 DMARC_REPORTS,
-                "stages = [\"data\"]\non_error = \"tempfail\"\n[pipeline.step.capabilities]\nkv = \"dmarc\"",
-                "addresses = [\"dmarc-rua@example.com\"]\ndomains = [\"example.com\"]\nretention_days = 30"
+                &format!("stages = [\"data\"]\non_error = \"tempfail\"\n[pipeline.step.capabilities]\nkv = \"dmarc\"\n{capabilities}"),
+                &format!("addresses = [\"dmarc-rua@example.com\"]\ndomains = [\"example.com\"]\nretention_days = 30\n{config}")
             ),
         ),
     )
@@ -278,4 +283,49 @@ fn aggregate_reports_by_mail_are_stored_summarised_and_shown() {
         shown.contains("198.51.100.23\t7\tquarantine\tfail\tfail"),
         "{shown}"
     );
+}
+
+/// `keep = true` delivers the report mail after storing it, `not_a_report = "deliver"` lets
+/// other mail to the address through, and a report the store refuses gets `451 4.3.0` (the
+/// reporter sends it again) without being counted.
+#[test]
+fn kept_reports_delivered_mail_and_a_failing_store() {
+    let s = start_with(
+        support::free_port(),
+        "",
+        "keep = true\nnot_a_report = \"deliver\"",
+    );
+    let r = send(&s, "dmarc-rua@example.com", &google_mail());
+    assert!(r.starts_with("250"), "{r}\n{}", s.log());
+    let r = send(
+        &s,
+        "dmarc-rua@example.com",
+        "Subject: hello\r\n\r\nA person writing to the report address.\r\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    assert!(
+        support::wait_until(std::time::Duration::from_secs(10), || s
+            .maildir("dmarc-rua@example.com")
+            .len()
+            == 2),
+        "both delivered: {:?}\n{}",
+        s.maildir("dmarc-rua@example.com"),
+        s.log()
+    );
+    let list = s.cli_ok(&["dmarc", "list", "--since", "2025-11-20"]);
+    assert_eq!(list.lines().count(), 1, "the report is stored too: {list}");
+
+    // A namespace too small for a report: the store refuses, the reporter retries later.
+    let s = start_with(
+        support::free_port(),
+        "kv_limits = { max_value_bytes = 64 }",
+        "",
+    );
+    let r = send(&s, "dmarc-rua@example.com", &google_mail());
+    assert!(r.starts_with("451 4.3.0"), "{r}\n{}", s.log());
+    assert!(
+        s.cli_ok(&["dmarc", "list", "--since", "2025-11-20"])
+            .is_empty()
+    );
+    assert!(s.maildir("dmarc-rua@example.com").is_empty());
 }
