@@ -159,6 +159,18 @@ impl Verifier {
     /// SPF for MAIL FROM `sender` (RFC 7208): the sender's domain, or for the null sender
     /// the HELO name (`postmaster@<helo>`).
     pub async fn spf(&self, ip: IpAddr, helo: &str, sender: &str) -> SpfCheck {
+        let domain = match sender.rsplit_once('@') {
+            Some((_, d)) if !sender.is_empty() => d.to_string(),
+            _ => helo.to_string(),
+        };
+        if spf_syntax::malformed_domain(&domain) {
+            return SpfCheck {
+                output: SpfOutput::new(domain.clone()).with_result(SpfResult::None),
+                domain,
+                helo: helo.to_string(),
+                sender: sender.to_string(),
+            };
+        }
         let params = if sender.is_empty() {
             SpfParameters::verify_ehlo(ip, helo, &self.host)
         } else {
@@ -168,10 +180,6 @@ impl Verifier {
         let output = match tokio::time::timeout(self.deadline, self.auth.verify_spf(params)).await {
             Ok(o) => o,
             Err(_) => SpfOutput::new(String::new()).with_result(SpfResult::TempError),
-        };
-        let domain = match sender.rsplit_once('@') {
-            Some((_, d)) if !sender.is_empty() => d.to_string(),
-            _ => helo.to_string(),
         };
         // A record mail-auth evaluated although RFC 7208's grammar refuses it: permerror.
         // Within the same deadline as the evaluation (the record is in the resolver's cache).

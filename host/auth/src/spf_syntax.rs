@@ -237,7 +237,10 @@ fn domain_spec(s: &str) -> bool {
     if top.contains(['%', '{', '}']) {
         return false;
     }
-    toplabel(top)
+    // Grammatical, but a name no DNS query can carry (an empty label, one over 63
+    // characters): RFC 7208 leaves fail or permerror open; without a macro that could
+    // explain it, we call it the record's error.
+    toplabel(top) && (s.contains('%') || !malformed_domain(s))
 }
 
 /// `( *alphanum ALPHA *alphanum ) / ( 1*alphanum "-" *( alphanum / "-" ) alphanum )`.
@@ -253,9 +256,41 @@ fn toplabel(t: &str) -> bool {
     }
 }
 
+/// Whether `check_host()` may look `domain` up at all (RFC 7208 section 4.3): a domain
+/// literal, an empty label inside the name or a label longer than 63 characters is
+/// malformed, and the result is `none` without a query.
+pub fn malformed_domain(domain: &str) -> bool {
+    let d = domain.strip_suffix('.').unwrap_or(domain);
+    d.is_empty()
+        || d.starts_with('[')
+        || d.len() > 253
+        || d.split('.').any(|l| l.is_empty() || l.len() > 63)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malformed_domains() {
+        for d in [
+            "[1.2.3.5]",
+            "A...example.com",
+            "",
+            ".example.com",
+            &format!("{}.example.com", "a".repeat(64)),
+        ] {
+            assert!(malformed_domain(d), "{d}");
+        }
+        for d in [
+            "example.com",
+            "example.com.",
+            "A2345678",
+            &format!("{}.example.com", "a".repeat(63)),
+        ] {
+            assert!(!malformed_domain(d), "{d}");
+        }
+    }
 
     #[test]
     fn real_world_records_follow_the_grammar() {
