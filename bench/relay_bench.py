@@ -88,6 +88,21 @@ def digest(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def rebase_plugins(policy, directory):
+    """Points a policy's plugins at the builds in `directory` that have one of the same file
+    name (a baseline's own plugins), with their digests."""
+    with open(policy) as f:
+        text = f.read()
+
+    def swap(m):
+        other = os.path.join(directory, os.path.basename(m.group(1)))
+        if not os.path.exists(other):
+            return m.group(0)
+        return f'plugin = "{other}"\nsha256 = "{digest(other)}"'
+    with open(policy, "w") as f:
+        f.write(re.sub(r'plugin = "([^"]+)"\nsha256 = "[0-9a-f]+"', swap, text))
+
+
 NOOP = plugin_path("noop")
 SUBMIT_LOAD = os.path.join(ROOT, "target", "release", "submit_load")
 HOOK_SINK = os.path.join(ROOT, "target", "release", "hook_sink")
@@ -472,7 +487,7 @@ def signed_message(workdir, size):
 class Sluice:
     name = "sluice"
 
-    def __init__(self, workdir, sink_port, binary, steps=0, delivery=""):
+    def __init__(self, workdir, sink_port, binary, steps=0, delivery="", plugins=None):
         self.dir = os.path.join(workdir, "sluice")
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
@@ -528,6 +543,8 @@ class Sluice:
         elif steps:
             noop_policy(os.path.join(self.dir, "policy.toml"), steps)
             policies = 'policies = "policy.toml"'
+        if plugins and policies:
+            rebase_plugins(os.path.join(self.dir, "policy.toml"), plugins)
         with open(conf, "w") as f:
             f.write(f'''hostname = "sluice.bench.test"
 {policies}
@@ -811,35 +828,37 @@ def step_costs(http_port):
 
 
 def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_file=None,
-            recipients=1):
+            recipients=1, baseline_plugins=None):
     sink = Sink(workdir)
     label = kind
+    make = Sluice
     if kind == "baseline" or kind.startswith("baseline+"):
-        # The older binary in any of the Sluice setups below.
+        # The older binary (and its plugins, --baseline-plugins) in any setup below.
         kind, binary = "sluice" + kind[len("baseline"):], baseline
+        make = lambda *a, **k: Sluice(*a, plugins=baseline_plugins, **k)
     if kind == "sluice":
-        server = Sluice(workdir, sink.port, binary)
+        server = make(workdir, sink.port, binary)
     elif kind == "sluice-history":
         # The same server without the event history (`event_history = "0s"`).
-        server = Sluice(workdir, sink.port, binary, delivery='event_history = "0s"\n')
+        server = make(workdir, sink.port, binary, delivery='event_history = "0s"\n')
     elif kind == "sluice+spam":
-        server = Sluice(workdir, sink.port, binary, steps="spam")
+        server = make(workdir, sink.port, binary, steps="spam")
     elif kind == "sluice+track":
-        server = Sluice(workdir, sink.port, binary, steps="track")
+        server = make(workdir, sink.port, binary, steps="track")
     elif kind == "sluice+outbound":
-        server = Sluice(workdir, sink.port, binary, steps="outbound")
+        server = make(workdir, sink.port, binary, steps="outbound")
     elif kind == "sluice+queued":
-        server = Sluice(workdir, sink.port, binary, steps="queued")
+        server = make(workdir, sink.port, binary, steps="queued")
     elif kind == "sluice+archive":
-        server = Sluice(workdir, sink.port, binary, steps="archive")
+        server = make(workdir, sink.port, binary, steps="archive")
     elif kind in ("sluice+inbound", "sluice+inbound-av"):
-        server = Sluice(workdir, sink.port, binary, steps=kind.split("+")[1])
+        server = make(workdir, sink.port, binary, steps=kind.split("+")[1])
         pass_greylist(server.port, [("load@bench.test", "rcpt@bench.test"),
                                     ("probe@bench.test", "probe@bench.test")])
     elif kind == "postfix+opendkim":
         server = Postfix(workdir, sink.port, dkim=True)
     elif kind.startswith("sluice+"):
-        server = Sluice(workdir, sink.port, binary, steps=int(kind.split("+")[1]))
+        server = make(workdir, sink.port, binary, steps=int(kind.split("+")[1]))
     elif kind == "postfix":
         server = Postfix(workdir, sink.port)
     else:
@@ -925,6 +944,8 @@ def main():
     ap.add_argument("--message-file", help="send this message (headers and body, LF line ends) "
                     "instead of smtp-source's generated text; --sizes is then ignored")
     ap.add_argument("--baseline", help="path of an older sluice binary to compare with")
+    ap.add_argument("--baseline-plugins", help="a folder of plugin builds (.wasm) that the "
+                    "baseline relays use instead of target/plugins' (same file names)")
     ap.add_argument("--recipients", type=int, default=1, help="recipients per message")
     ap.add_argument("--html", action="store_true",
                     help="send a newsletter with ten links (text and HTML) of each --sizes size")
@@ -960,7 +981,7 @@ def main():
             with tempfile.TemporaryDirectory() as workdir:
                 os.chmod(workdir, 0o755)
                 r = run_one(kind, workdir, size, a.messages, a.sessions, binary, a.baseline,
-                            message_file, a.recipients)
+                            message_file, a.recipients, a.baseline_plugins)
                 rows.append(r)
                 print(f"{kind} {size} B: {r}", file=sys.stderr)
         if html_dir:

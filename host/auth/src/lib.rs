@@ -163,14 +163,23 @@ impl Verifier {
             Some((_, d)) if !sender.is_empty() => d.to_string(),
             _ => helo.to_string(),
         };
-        if spf_syntax::malformed_domain(&domain) {
-            return SpfCheck {
-                output: SpfOutput::new(domain.clone()).with_result(SpfResult::None),
-                domain,
-                helo: helo.to_string(),
-                sender: sender.to_string(),
-            };
+        // A name no DNS query can carry: `none` without a lookup (RFC 7208 section 4.3).
+        let output = if spf_syntax::malformed_domain(&domain) {
+            SpfOutput::new(domain.clone()).with_result(SpfResult::None)
+        } else {
+            self.evaluate_spf(ip, helo, sender, &domain).await
+        };
+        SpfCheck {
+            output,
+            domain,
+            helo: helo.to_string(),
+            sender: sender.to_string(),
         }
+    }
+
+    /// mail-auth's evaluation of `domain`'s policy, made a permerror when the record breaks
+    /// RFC 7208's grammar; within the deadline.
+    async fn evaluate_spf(&self, ip: IpAddr, helo: &str, sender: &str, domain: &str) -> SpfOutput {
         let params = if sender.is_empty() {
             SpfParameters::verify_ehlo(ip, helo, &self.host)
         } else {
@@ -185,23 +194,16 @@ impl Verifier {
         // Within the same deadline as the evaluation (the record is in the resolver's cache).
         // A temperror is checked too: mail-auth reports some malformed domain-specs (names
         // the resolver refuses to send) as one; if the record cannot be read, it stands.
-        let output = if matches!(output.result(), SpfResult::PermError | SpfResult::None) {
-            output
-        } else {
-            let left = self.deadline.saturating_sub(started.elapsed());
-            match tokio::time::timeout(left, self.spf_record_problem(&domain)).await {
-                Ok(Some(why)) => {
-                    tracing::debug!(%domain, %why, "malformed SPF record");
-                    SpfOutput::new(domain.clone()).with_result(SpfResult::PermError)
-                }
-                _ => output,
+        if matches!(output.result(), SpfResult::PermError | SpfResult::None) {
+            return output;
+        }
+        let left = self.deadline.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, self.spf_record_problem(domain)).await {
+            Ok(Some(why)) => {
+                tracing::debug!(%domain, %why, "malformed SPF record");
+                SpfOutput::new(domain.to_string()).with_result(SpfResult::PermError)
             }
-        };
-        SpfCheck {
-            output,
-            domain,
-            helo: helo.to_string(),
-            sender: sender.to_string(),
+            _ => output,
         }
     }
 

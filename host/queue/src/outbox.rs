@@ -396,18 +396,11 @@ mod tests {
             })
             .collect();
         let mut seen = std::collections::HashSet::new();
-        let mut done = false;
-        while !done {
-            done = publishers.iter().all(|p| p.is_finished());
-            for e in ob.due(now_ms() + 10, 64).unwrap() {
-                seen.insert(e.event.id.clone());
-                ob.ack(&e).unwrap();
-            }
-        }
-        // Whatever is left after the publishers stopped.
         loop {
+            // Once the publishers are done, scan until nothing is left.
+            let finished = publishers.iter().all(|p| p.is_finished());
             let due = ob.due(now_ms() + 10, 64).unwrap();
-            if due.is_empty() {
+            if finished && due.is_empty() {
                 break;
             }
             for e in due {

@@ -184,18 +184,15 @@ pub const SYMBOL_VALUE: f32 = 0.15;
 /// What each bucket's weight counts for in a message: a heuristic's [`SYMBOL_VALUE`], a
 /// token's [`scale`] (so that a heuristic weighs the same in a long message as in a short
 /// one, while the many tokens of a long message do not add up to more than a short one's).
+/// `buckets` are sorted, as [`buckets`] returns them.
 pub fn values(buckets: &[u32], symbols: &[(&'static str, u32)]) -> Vec<f32> {
-    let token = scale(buckets.len()) as f32;
-    buckets
-        .iter()
-        .map(|b| {
-            if symbols.iter().any(|(_, s)| s == b) {
-                SYMBOL_VALUE
-            } else {
-                token
-            }
-        })
-        .collect()
+    let mut v = vec![scale(buckets.len()) as f32; buckets.len()];
+    for (_, b) in symbols {
+        if let Ok(i) = buckets.binary_search(b) {
+            v[i] = SYMBOL_VALUE;
+        }
+    }
+    v
 }
 
 /// The per-feature scale for a message with `n` features: long messages do not score
