@@ -6,7 +6,7 @@
 
 mod support;
 
-use ring::hmac;
+use aws_lc_rs::hmac;
 use sluice_test_plugins::WEBHOOK_FORWARD;
 use std::time::Duration;
 use support::hooks::{Receiver, Request};

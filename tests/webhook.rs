@@ -4,7 +4,7 @@
 
 mod support;
 
-use ring::hmac;
+use aws_lc_rs::hmac;
 use sluice_test_plugins::WEBHOOK;
 use std::time::Duration;
 use support::hooks::Receiver;

@@ -10,7 +10,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use std::sync::Arc;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Encrypts without checking the certificate.
@@ -18,7 +18,7 @@ pub fn unverified() -> Arc<ClientConfig> {
     let provider = provider();
     let config = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("ring supports TLS 1.2 and 1.3")
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
@@ -32,7 +32,7 @@ pub fn verified() -> Arc<ClientConfig> {
     };
     let config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("ring supports TLS 1.2 and 1.3")
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
         .with_root_certificates(roots)
         .with_no_client_auth();
     Arc::new(config)

@@ -16,9 +16,9 @@
 
 pub mod verp;
 
+use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::hmac;
 use serde::{Deserialize, Serialize};
 
 /// Where a token leads.

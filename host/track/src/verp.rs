@@ -11,7 +11,7 @@
 //! change it.
 
 use crate::Keys;
-use ring::hmac;
+use aws_lc_rs::hmac;
 
 const TAG_BYTES: usize = 6;
 
