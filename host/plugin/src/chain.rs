@@ -569,7 +569,7 @@ fn edit_message(input: &mut StageInput, edits: &[wit::Edit]) -> Result<(), EditE
         return Ok(());
     };
     let mut envelope = m.envelope.clone();
-    let raw = crate::edits::apply(&m.raw, &mut envelope, edits)?;
+    let raw = crate::edits::apply_parsed(&m.raw, m.parsed_if_ready(), &mut envelope, edits)?;
     let raw = raw.map_or_else(|| m.raw.clone(), Arc::new);
     *m = m.edited(raw, envelope);
     Ok(())

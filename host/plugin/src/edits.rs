@@ -144,6 +144,17 @@ pub fn apply(
     envelope: &mut Envelope,
     edits: &[Edit],
 ) -> Result<Option<Vec<u8>>, EditError> {
+    apply_parsed(raw, None, envelope, edits)
+}
+
+/// [`apply`] with `raw` already parsed by [`crate::message::parser`], when the caller has
+/// it (part replacements then parse only the result, to check its part tree).
+pub fn apply_parsed(
+    raw: &[u8],
+    parsed: Option<&mail_parser::Message<'_>>,
+    envelope: &mut Envelope,
+    edits: &[Edit],
+) -> Result<Option<Vec<u8>>, EditError> {
     let mut replacements: Vec<Replacement<'_>> = Vec::new();
     let mut header_edits = Vec::new();
     for e in edits {
@@ -175,7 +186,7 @@ pub fn apply(
     let raw = if replacements.is_empty() {
         raw
     } else {
-        replaced = replace_parts(raw, &replacements)?;
+        replaced = replace_parts(raw, parsed, &replacements)?;
         &replaced[..]
     };
     let (head, body) = split(raw);
@@ -359,10 +370,21 @@ fn fold(line: &str) -> String {
 /// Replaces text parts; every other byte of the message stays. Each replaced part gets a
 /// UTF-8 charset and quoted-printable encoding in which no line can start with `--`, so
 /// replaced text cannot smuggle a MIME boundary; the part tree is checked to be unchanged.
-fn replace_parts(raw: &[u8], replacements: &[Replacement<'_>]) -> Result<Vec<u8>, EditError> {
-    let msg = crate::message::parser()
-        .parse(raw)
-        .ok_or(EditError::Structure)?;
+fn replace_parts(
+    raw: &[u8],
+    parsed: Option<&mail_parser::Message<'_>>,
+    replacements: &[Replacement<'_>],
+) -> Result<Vec<u8>, EditError> {
+    let own;
+    let msg = match parsed {
+        Some(m) => m,
+        None => {
+            own = crate::message::parser()
+                .parse(raw)
+                .ok_or(EditError::Structure)?;
+            &own
+        }
+    };
     let is_text = |id: u32| {
         msg.parts.get(id as usize).and_then(|p| match p.body {
             mail_parser::PartType::Text(_) => Some(false),
@@ -392,15 +414,19 @@ fn replace_parts(raw: &[u8], replacements: &[Replacement<'_>]) -> Result<Vec<u8>
         let html = is_text(id).ok_or(EditError::NoSuchPart(id))?;
         by_part.insert(id, (html, content));
     }
-    let mut out = raw.to_vec();
-    // From the end, so earlier offsets stay valid.
-    for (&id, &(html, content)) in by_part.iter().rev() {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 8);
+    let mut copied = 0;
+    for (&id, &(html, content)) in &by_part {
         let part = &msg.parts[id as usize];
         let (hs, bs, be) = (
             part.offset_header as usize,
             part.offset_body as usize,
             (part.offset_end as usize).min(raw.len()),
         );
+        // Parts come in order and do not overlap (text parts have no children).
+        if hs < copied {
+            return Err(EditError::Structure);
+        }
         let head = raw.get(hs..bs).ok_or(EditError::Structure)?;
         let head = head.strip_suffix(b"\r\n").unwrap_or(head);
         let mut fields = Fields::parse(head);
@@ -413,14 +439,16 @@ fn replace_parts(raw: &[u8], replacements: &[Replacement<'_>]) -> Result<Vec<u8>
             name: "Content-Transfer-Encoding".into(),
             value: "quoted-printable".into(),
         });
-        let mut new = fields.render();
-        new.extend_from_slice(&qp_encode(content));
+        out.extend_from_slice(&raw[copied..hs]);
+        out.extend_from_slice(&fields.render());
+        out.extend_from_slice(&qp_encode(content));
         let rest = &raw[be..];
         if !rest.starts_with(b"\r\n") && !rest.is_empty() {
-            new.extend_from_slice(b"\r\n");
+            out.extend_from_slice(b"\r\n");
         }
-        out.splice(hs..be, new);
+        copied = be;
     }
+    out.extend_from_slice(&raw[copied..]);
     let after = crate::message::parser()
         .parse(&out)
         .ok_or(EditError::Structure)?;
@@ -435,7 +463,7 @@ fn replace_parts(raw: &[u8], replacements: &[Replacement<'_>]) -> Result<Vec<u8>
             })
             .collect()
     };
-    if shape(&msg) != shape(&after) {
+    if shape(msg) != shape(&after) {
         return Err(EditError::Structure);
     }
     Ok(out)
@@ -445,38 +473,81 @@ fn replace_parts(raw: &[u8], replacements: &[Replacement<'_>]) -> Result<Vec<u8>
 /// and `-` or `.` at the start of any line encoded: no line of the result can be read as
 /// a MIME boundary or an SMTP end of data.
 pub fn qp_encode(text: &str) -> Vec<u8> {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let normalized = text.replace("\r\n", "\n").replace('\r', "\n");
-    let mut out = Vec::with_capacity(normalized.len() + normalized.len() / 8);
-    for (li, line) in normalized.split('\n').enumerate() {
-        if li > 0 {
-            out.extend_from_slice(b"\r\n");
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 8 + 2);
+    let mut start = 0;
+    loop {
+        // CRLF, a lone CR and a lone LF all end a line.
+        let end = bytes[start..]
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n')
+            .map_or(bytes.len(), |i| start + i);
+        qp_line(&bytes[start..end], &mut out);
+        if end == bytes.len() {
+            return out;
         }
-        let bytes = line.as_bytes();
-        let mut col = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            let last = i + 1 == bytes.len();
-            let plain = (b == b'\t' || (0x20..0x7f).contains(&b))
-                && b != b'='
-                && !(col == 0 && (b == b'-' || b == b'.'))
-                && !(last && (b == b' ' || b == b'\t'));
-            let width = if plain { 1 } else { 3 };
-            // Room for the token and, unless it ends the line, a soft break.
-            if col + width > if last { 76 } else { 75 } {
-                out.extend_from_slice(b"=\r\n");
-                col = 0;
-            }
-            let plain = plain && !(col == 0 && (b == b'-' || b == b'.'));
-            if plain {
-                out.push(b);
-                col += 1;
-            } else {
-                out.extend_from_slice(&[b'=', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
-                col += 3;
-            }
-        }
+        out.extend_from_slice(b"\r\n");
+        start = if bytes[end..].starts_with(b"\r\n") {
+            end + 2
+        } else {
+            end + 1
+        };
     }
-    out
+}
+
+/// Bytes that quoted-printable may carry as themselves anywhere but at a line's start or end.
+const QP_PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        t[b] = b != b'=' as usize;
+        b += 1;
+    }
+    t[b'\t' as usize] = true;
+    t
+};
+
+/// One line (no line break in `line`) with soft breaks so that no output line is longer
+/// than 76 characters.
+fn qp_line(line: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut col = 0;
+    let mut i = 0;
+    while i < line.len() {
+        let b = line[i];
+        let leading = |col: usize| col == 0 && (b == b'-' || b == b'.');
+        // A run of plain bytes short of the line's last byte that fits before a soft break
+        // is copied as it is; the last byte and everything else go one at a time.
+        if QP_PLAIN[b as usize] && !leading(col) && col < 75 {
+            let limit = (line.len() - 1).min(i + 75 - col);
+            let run = line[i..limit]
+                .iter()
+                .position(|&c| !QP_PLAIN[c as usize])
+                .map_or(limit, |n| i + n);
+            if run > i {
+                out.extend_from_slice(&line[i..run]);
+                col += run - i;
+                i = run;
+                continue;
+            }
+        }
+        let last = i + 1 == line.len();
+        let plain = QP_PLAIN[b as usize] && !leading(col) && !(last && (b == b' ' || b == b'\t'));
+        let width = if plain { 1 } else { 3 };
+        // Room for the token and, unless it ends the line, a soft break.
+        if col + width > if last { 76 } else { 75 } {
+            out.extend_from_slice(b"=\r\n");
+            col = 0;
+        }
+        if plain && !leading(col) {
+            out.push(b);
+            col += 1;
+        } else {
+            out.extend_from_slice(&[b'=', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+            col += 3;
+        }
+        i += 1;
+    }
 }
 
 #[cfg(test)]
@@ -634,6 +705,53 @@ mod tests {
             String::from_utf8(decoded).unwrap(),
             text.replace('\n', "\r\n")
         );
+    }
+
+    /// The first, byte-at-a-time encoder: the fast one must write exactly what it wrote.
+    fn qp_reference(text: &str) -> Vec<u8> {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let normalized = text.replace("\r\n", "\n").replace('\r', "\n");
+        let mut out = Vec::new();
+        for (li, line) in normalized.split('\n').enumerate() {
+            if li > 0 {
+                out.extend_from_slice(b"\r\n");
+            }
+            let bytes = line.as_bytes();
+            let mut col = 0;
+            for (i, &b) in bytes.iter().enumerate() {
+                let last = i + 1 == bytes.len();
+                let plain = (b == b'\t' || (0x20..0x7f).contains(&b))
+                    && b != b'='
+                    && !(col == 0 && (b == b'-' || b == b'.'))
+                    && !(last && (b == b' ' || b == b'\t'));
+                let width = if plain { 1 } else { 3 };
+                if col + width > if last { 76 } else { 75 } {
+                    out.extend_from_slice(b"=\r\n");
+                    col = 0;
+                }
+                if plain && !(col == 0 && (b == b'-' || b == b'.')) {
+                    out.push(b);
+                    col += 1;
+                } else {
+                    out.extend_from_slice(&[b'=', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+                    col += 3;
+                }
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn qp_encode_writes_what_the_reference_writes(
+            text in "[-. \t=\r\nxé]{0,40}([a-z]{60,90}[-. \t=\r\nxé]{0,5}){0,4}"
+        ) {
+            let enc = qp_encode(&text);
+            proptest::prop_assert_eq!(&enc, &qp_reference(&text));
+            let decoded = quoted_printable::decode(&enc, quoted_printable::ParseMode::Strict).unwrap();
+            let expected = text.replace("\r\n", "\n").replace('\r', "\n").replace('\n', "\r\n");
+            proptest::prop_assert_eq!(String::from_utf8(decoded).unwrap(), expected);
+        }
     }
 
     #[test]

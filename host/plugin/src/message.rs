@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 /// raw and decoded by [`decode_value`]): the default parser also took `Received` chains and
 /// address lists apart that nothing reads (about 2% of the server's CPU with the spam step
 /// under load).
-pub(crate) fn parser() -> &'static MessageParser {
+pub fn parser() -> &'static MessageParser {
     static PARSER: std::sync::LazyLock<MessageParser> = std::sync::LazyLock::new(|| {
         MessageParser::new()
             .with_mime_headers()
@@ -62,6 +62,11 @@ impl MessageData {
                 .map(|m| m.into_owned())
                 .unwrap_or_default()
         })
+    }
+
+    /// The parsed message if something parsed it already.
+    pub fn parsed_if_ready(&self) -> Option<&Message<'static>> {
+        self.parsed.get()
     }
 
     /// The `Message-ID` header without angle brackets.

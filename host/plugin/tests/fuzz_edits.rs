@@ -125,6 +125,11 @@ proptest! {
             return Ok(());
         }
         let mut envelope = Envelope::default();
+        let result = edits::apply(&raw, &mut envelope.clone(), &edits);
+        // With the parse the host already holds, the same result.
+        let held = sluice_plugin::message::parser().parse(&raw);
+        let with_held = edits::apply_parsed(&raw, held.as_ref(), &mut envelope.clone(), &edits);
+        prop_assert_eq!(&result, &with_held);
         let Ok(Some(out)) = edits::apply(&raw, &mut envelope, &edits) else {
             return Ok(());
         };
