@@ -25,6 +25,7 @@ pub mod bindings;
 pub mod chain;
 pub mod edits;
 pub mod handlers;
+pub mod http_client;
 pub mod message;
 pub mod pipeline;
 pub mod policy;

@@ -63,6 +63,7 @@ pub struct HttpGrant {
     max_wait: std::time::Duration,
     /// Requests sent in this call.
     sent: usize,
+    client: crate::http_client::HttpClient,
 }
 
 /// Host resources (messages, data handles, WASI streams, sockets, HTTP fields) one store
@@ -149,14 +150,11 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpGrant {
             first_byte_timeout: cap(o.first_byte_timeout),
             between_bytes_timeout: cap(o.between_bytes_timeout),
         });
+        // The pool drives connections itself: the request's I/O future has nothing to wait for.
+        drop(fut);
+        let client = self.client.clone();
         if !by_name {
-            let mut default = DefaultHooks;
-            return wasmtime_wasi_http::WasiHttpHooks::send_request(
-                &mut default,
-                request,
-                options,
-                fut,
-            );
+            return Box::new(async move { sent(client.send(request, options).await) });
         }
         // A grant by name: the name must resolve to public addresses only (DNS rebinding
         // must not turn a grant into a way to the host's own network). Plain HTTP is then
@@ -189,22 +187,17 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpGrant {
                     request.headers_mut().insert(http::header::HOST, h);
                 }
             }
-            let mut default = DefaultHooks;
-            Box::into_pin(wasmtime_wasi_http::WasiHttpHooks::send_request(
-                &mut default,
-                request,
-                options,
-                fut,
-            ))
-            .await
+            sent(client.send(request, options).await)
         })
     }
 }
 
-/// The library's own hooks (its default request sending).
-struct DefaultHooks;
-
-impl wasmtime_wasi_http::WasiHttpHooks for DefaultHooks {}
+/// A response as `send_request` returns it, with an I/O future that is already done.
+fn sent(
+    response: Result<http::Response<wasmtime_wasi_http::WasiBody>, wasmtime_wasi_http::Error>,
+) -> Result<(http::Response<wasmtime_wasi_http::WasiBody>, IoFuture), wasmtime_wasi_http::Error> {
+    response.map(|r| (r, Box::new(async { Ok(()) }) as IoFuture))
+}
 
 /// Shared services the host functions reach: the stores behind traits (sled by default)
 /// and the event bus.
@@ -215,6 +208,8 @@ pub struct Services {
     pub events: Arc<dyn EventSink>,
     /// The server's `[tracking]`, when configured.
     pub tracking: Option<Arc<Tracking>>,
+    /// Outgoing `wasi:http` requests, with kept-alive connections.
+    pub http: crate::http_client::HttpClient,
 }
 
 /// What `tracking-url` needs: the signing keys, the public base URL, and how long a
@@ -238,6 +233,7 @@ impl Services {
                 blobs: m.blobs,
                 events: events.clone(),
                 tracking: None,
+                http: Default::default(),
             },
             events,
         )
@@ -386,6 +382,7 @@ impl StepState {
                 step: step.clone(),
                 max_wait: wall_timeout,
                 sent: 0,
+                client: services.http.clone(),
             },
             table: {
                 let mut t = ResourceTable::new();

@@ -530,6 +530,64 @@ async fn http_only_to_granted_origins() {
     );
 }
 
+/// Requests of later calls reuse the connection of earlier ones (a keep-alive server that
+/// counts connections and requests).
+#[tokio::test]
+async fn http_connections_are_kept_alive_between_calls() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (c, r) = (connections.clone(), requests.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(s) = stream else { continue };
+            c.fetch_add(1, Ordering::SeqCst);
+            let r = r.clone();
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut reader = BufReader::new(s);
+                loop {
+                    // Read one request head (the probe sends no body).
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    r.fetch_add(1, Ordering::SeqCst);
+                    if w.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (_d, p) = load(&step(
+        "http",
+        HOSTILE,
+        &format!(
+            "[pipeline.step.capabilities]\nhttp = [\"{origin}\"]\n[pipeline.step.config]\nmode = \"http\"\ntarget = \"{origin}/check\"\n"
+        ),
+    ))
+    .await;
+    for _ in 0..5 {
+        let (_, msg, _) = data(&p).await;
+        assert_eq!(header(&msg, "X-Http").as_deref(), Some("status 204"));
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 5);
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "each call opened its own connection"
+    );
+}
+
 #[tokio::test]
 async fn warm_instances_are_reused_then_recycled() {
     let (_d, p) = load(&hostile(

@@ -540,6 +540,7 @@ async fn serve(settings: Settings) -> Result<()> {
                         retention: t.retention,
                     })
                 }),
+                http: Default::default(),
             };
             Some(load_policies(&settings, path, Some(services)).await?)
         }
