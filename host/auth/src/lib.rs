@@ -8,6 +8,7 @@
 //! before ours is added (RFC 8601 section 5).
 
 mod arc_syntax;
+mod digest;
 mod sign;
 mod spf_syntax;
 
@@ -268,7 +269,7 @@ impl Verifier {
     }
 
     async fn message_checks(&self, raw: &[u8], ip: IpAddr, spf: &SpfCheck) -> Checked {
-        let Some(message) = AuthenticatedMessage::parse(raw) else {
+        let Some(message) = authenticated(raw) else {
             let summary = Summary {
                 spf: spf.result().into(),
                 ..Summary::none()
@@ -547,9 +548,73 @@ fn header_end(raw: &[u8]) -> usize {
     raw.len()
 }
 
+/// `AuthenticatedMessage::parse`, with the body hashes computed through a buffer (mail-auth
+/// hashes the canonical body one byte at a time: 11% of the inbound relay's CPU at 50 KB).
+/// The header section is parsed on its own, so that mail-auth hashes an empty body, and the
+/// real body's hashes are filled in; if mail-auth places the body elsewhere than after the
+/// first empty line, the whole message is parsed as before.
+fn authenticated(raw: &[u8]) -> Option<AuthenticatedMessage<'_>> {
+    let Some(cut) = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) else {
+        return AuthenticatedMessage::parse(raw);
+    };
+    let mut message = AuthenticatedMessage::parse(&raw[..cut])?;
+    if message.body_offset as usize != cut {
+        return AuthenticatedMessage::parse(raw);
+    }
+    message.raw_message = raw;
+    let body = &raw[cut..];
+    for (canonicalization, algorithm, length, hash) in &mut message.body_hashes {
+        *hash = digest::hash(*algorithm, canonicalization.canonical_body(body, *length));
+    }
+    Some(message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn body_hashes_match_mail_auths_own() {
+        let sig = |c: &str, a: &str, l: &str| {
+            format!(
+                "DKIM-Signature: v=1; a={a}; c={c}; d=example.com; s=s1; h=from:subject;{l}\r\n bh=AAAA; b=AAAA\r\n"
+            )
+        };
+        let mut raw = String::new();
+        raw.push_str(&sig("relaxed/relaxed", "rsa-sha256", ""));
+        raw.push_str(&sig("simple/simple", "rsa-sha1", ""));
+        raw.push_str(&sig("relaxed/simple", "ed25519-sha256", ""));
+        // Refused in strict parsing (an `l=` tag): no body hash.
+        raw.push_str(&sig("simple/relaxed", "rsa-sha256", " l=100;"));
+        raw.push_str("ARC-Message-Signature: i=1; a=rsa-sha256; c=relaxed/relaxed; d=example.org;\r\n s=a; h=from; bh=AAAA; b=AAAA\r\n");
+        raw.push_str("From: a@example.com\r\nSubject: hi\r\n\r\n");
+        for i in 0..2000 {
+            raw.push_str(&format!("line {i} \t with  blanks  \r\n"));
+            if i % 9 == 0 {
+                raw.push_str("\r\n");
+            }
+        }
+        raw.push_str("\r\n\r\n");
+        let raw = raw.as_bytes();
+        let ours = authenticated(raw).unwrap();
+        let theirs = AuthenticatedMessage::parse(raw).unwrap();
+        assert_eq!(theirs.body_hashes.len(), 3);
+        assert_eq!(ours.body_hashes, theirs.body_hashes);
+        assert_eq!(ours.body_offset, theirs.body_offset);
+        assert_eq!(ours.raw_message, theirs.raw_message);
+        assert_eq!(ours.headers, theirs.headers);
+        assert_eq!(ours.from, theirs.from);
+        // No body at all, and LF-only line ends: parsed as mail-auth parses them.
+        for raw in [
+            &b"From: a@example.com\r\n"[..],
+            b"From: a@example.com\n\nbody\n",
+        ] {
+            let ours = authenticated(raw).unwrap();
+            let theirs = AuthenticatedMessage::parse(raw).unwrap();
+            assert_eq!(ours.body_hashes, theirs.body_hashes);
+            assert_eq!(ours.body_offset, theirs.body_offset);
+        }
+    }
 
     #[test]
     fn strips_only_our_authentication_results() {
