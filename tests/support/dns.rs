@@ -85,7 +85,14 @@ impl Zone {
     }
 
     fn answer(&self, q: &Name, t: RecordType, depth: u8) -> Answer {
-        let key = q.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        // The raw labels: `to_ascii` escapes characters a domain-spec may put in a name
+        // (`:`, `/`, `%`, spaces), so such names would never match the zone's.
+        let key = q
+            .iter()
+            .map(String::from_utf8_lossy)
+            .collect::<Vec<_>>()
+            .join(".")
+            .to_ascii_lowercase();
         let Some(entries) = self.0.get(&key) else {
             return Answer::NxDomain;
         };
@@ -140,7 +147,11 @@ impl Zone {
 }
 
 fn fqdn(s: &str) -> Name {
-    let mut n = Name::from_utf8(s).unwrap_or_else(|_| Name::root());
+    // From raw labels first: zone data may name hosts with `:` or `/`, which the text
+    // parsers refuse.
+    let mut n = Name::from_labels(s.trim_end_matches('.').split('.').map(str::as_bytes))
+        .or_else(|_| Name::from_utf8(s))
+        .unwrap_or_else(|_| Name::root());
     n.set_fqdn(true);
     n
 }

@@ -1,6 +1,7 @@
-//! Message authentication for Sluice, on mail-auth: the checks of received mail (SPF at MAIL
-//! FROM; DKIM, ARC and DMARC at the end of data) with the `Authentication-Results` header
-//! they produce (RFC 8601), and DKIM signing of sent mail (`sign`).
+//! Message authentication for Sluice: the checks of received mail (SPF at MAIL FROM, our own
+//! evaluator; DKIM, ARC and DMARC at the end of data, mail-auth's) with the
+//! `Authentication-Results` header they produce (RFC 8601), and DKIM signing of sent mail
+//! (`sign`).
 //!
 //! Invariants: a check never fails the caller, it yields `temperror` (DNS down or slow) or
 //! `permerror`; the whole of a message's checks is bounded by one deadline; an
@@ -10,6 +11,7 @@
 mod arc_syntax;
 mod digest;
 mod sign;
+mod spf;
 mod spf_syntax;
 
 pub use sign::{KeyError, SignKey, Signer};
@@ -20,7 +22,7 @@ use mail_auth::hickory_resolver::config::{
 };
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
-    SpfOutput, SpfResult, dmarc::Policy, spf::verify::SpfParameters,
+    SpfOutput, SpfResult, dmarc::Policy,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -178,64 +180,13 @@ impl Verifier {
         }
     }
 
-    /// mail-auth's evaluation of `domain`'s policy, made a permerror when the record breaks
-    /// RFC 7208's grammar; within the deadline.
+    /// `check_host()` for `domain` ([`spf`]), within the deadline.
     async fn evaluate_spf(&self, ip: IpAddr, helo: &str, sender: &str, domain: &str) -> SpfOutput {
-        let params = if sender.is_empty() {
-            SpfParameters::verify_ehlo(ip, helo, &self.host)
-        } else {
-            SpfParameters::verify_mail_from(ip, helo, &self.host, sender)
-        };
-        let started = std::time::Instant::now();
-        let output = match tokio::time::timeout(self.deadline, self.auth.verify_spf(params)).await {
-            Ok(o) => o,
-            Err(_) => SpfOutput::new(String::new()).with_result(SpfResult::TempError),
-        };
-        // A record mail-auth evaluated although RFC 7208's grammar refuses it: permerror.
-        // Within the same deadline as the evaluation (the record is in the resolver's cache).
-        // A temperror is checked too: mail-auth reports some malformed domain-specs (names
-        // the resolver refuses to send) as one; if the record cannot be read, it stands.
-        if matches!(output.result(), SpfResult::PermError | SpfResult::None) {
-            return output;
-        }
-        let left = self.deadline.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, self.spf_record_problem(domain)).await {
-            Ok(Some(why)) => {
-                tracing::debug!(%domain, %why, "malformed SPF record");
-                SpfOutput::new(domain.to_string()).with_result(SpfResult::PermError)
-            }
-            _ => output,
-        }
-    }
-
-    /// Why `domain`'s own SPF record breaks RFC 7208's grammar (or why there are several);
-    /// none when it does not, or when it cannot be read (mail-auth's result stands).
-    async fn spf_record_problem(&self, domain: &str) -> Option<String> {
-        use mail_auth::hickory_resolver::proto::rr::RData;
-        let name = mail_auth::hickory_resolver::proto::rr::Name::from_str_relaxed(format!(
-            "{}.",
-            domain.trim_end_matches('.')
-        ))
-        .ok()?;
-        let lookup = self.auth.resolver().txt_lookup(name).await.ok()?;
-        let records: Vec<String> = lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::TXT(txt) => Some(
-                    txt.txt_data
-                        .iter()
-                        .map(|s| String::from_utf8_lossy(s).into_owned())
-                        .collect::<String>(),
-                ),
-                _ => None,
-            })
-            .collect();
-        match spf_syntax::select(&records) {
-            Err(why) => Some(why),
-            Ok(Some(record)) => spf_syntax::problem(record),
-            Ok(None) => None,
-        }
+        let mut check = spf::Spf::new(self.auth.resolver(), ip, helo, sender, &self.host);
+        let result = tokio::time::timeout(self.deadline, check.check_host(domain))
+            .await
+            .unwrap_or(SpfResult::TempError);
+        SpfOutput::new(domain.to_string()).with_result(result)
     }
 
     /// DKIM, ARC and DMARC over `raw` (the message as received, before our trace headers),

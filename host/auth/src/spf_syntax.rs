@@ -1,10 +1,9 @@
-//! RFC 7208's record grammar (section 12), checked on the sender domain's own SPF record:
-//! mail-auth evaluates some malformed records that the RFC says are a `permerror` (bad CIDR
-//! lengths, `/032`, five-part IPv4 addresses, numeric or missing top labels, non-ASCII or
-//! control characters, empty or malformed modifier names, `redirect`/`exp` given twice or
-//! without a valid domain, two `v=spf1` records). A record found malformed here makes the
-//! result `permerror`, as the RFC asks; records reached through `include` or `redirect`
-//! are left to mail-auth.
+//! RFC 7208's record grammar (section 12), checked on every SPF record [`crate::spf`]
+//! evaluates (bad CIDR lengths, `/032`, five-part IPv4 addresses, numeric or missing top
+//! labels, non-ASCII or control characters, empty or malformed modifier names,
+//! `redirect`/`exp` given twice or without a valid domain, `c`/`r`/`t` macros outside
+//! `exp` text, two `v=spf1` records): a record found malformed is a `permerror`, as the
+//! RFC asks.
 
 /// The SPF record among a name's TXT strings: none when there is none; an error when
 /// there are several (RFC 7208 section 4.5: permerror).
@@ -89,11 +88,13 @@ fn term_problem(term: &str, redirect: &mut bool, exp: &mut bool) -> Option<&'sta
             _ => Some("bad ptr argument"),
         },
         "a" | "mx" => {
+            // A domain-spec may contain `/` (and `:`): the dual-cidr is the suffix of
+            // `/digits` and `//digits`, if there is one.
             let (domain, cidr) = match arg.strip_prefix(':') {
-                Some(rest) => match rest.find('/') {
-                    Some(i) => (Some(&rest[..i]), &rest[i..]),
-                    None => (Some(rest), ""),
-                },
+                Some(rest) => {
+                    let at = cidr_start(rest);
+                    (Some(&rest[..at]), &rest[at..])
+                }
                 None => (None, arg),
             };
             if domain.is_some_and(|d| !domain_spec(d)) {
@@ -130,6 +131,24 @@ fn term_problem(term: &str, redirect: &mut bool, exp: &mut bool) -> Option<&'sta
         }
         _ => Some("unknown mechanism"),
     }
+}
+
+/// Where a trailing `[ "/" 1*DIGIT ] [ "//" 1*DIGIT ]` starts (the end when there is none).
+pub(crate) fn cidr_start(s: &str) -> usize {
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    let mut end = s.len();
+    if let Some(i) = s.rfind("//")
+        && digits(&s[i + 2..])
+    {
+        end = i;
+    }
+    if let Some(i) = s[..end].rfind('/')
+        && digits(&s[i + 1..end])
+        && !s[..i].ends_with('/')
+    {
+        end = i;
+    }
+    end
 }
 
 /// `"0" / %x31-39 *DIGIT`, at most `max`.
@@ -173,6 +192,12 @@ fn ip4(s: &str) -> bool {
 
 /// `*( macro-expand / macro-literal )`; the position after each macro-expand recorded.
 fn macro_tokens(s: &str) -> Option<Vec<(usize, bool)>> {
+    macro_tokens_of(s, "slodiphcrtv")
+}
+
+/// [`macro_tokens`] allowing only the macro `letters` (RFC 7208 section 7.1: `c`, `r` and
+/// `t` only in `exp` text, never in a domain-spec).
+fn macro_tokens_of(s: &str, letters: &str) -> Option<Vec<(usize, bool)>> {
     // (end offset, whether the token was a macro-expand)
     let b = s.as_bytes();
     let mut out = Vec::new();
@@ -189,7 +214,7 @@ fn macro_tokens(s: &str) -> Option<Vec<(usize, bool)>> {
                     let inner = &s[i + 2..close];
                     let mut chars = inner.chars();
                     let letter = chars.next()?.to_ascii_lowercase();
-                    if !"slodiphcrtv".contains(letter) {
+                    if !letters.contains(letter) {
                         return None;
                     }
                     let rest: String = chars.collect();
@@ -222,7 +247,7 @@ fn macro_string(s: &str) -> bool {
 
 /// `macro-string domain-end`, domain-end being `"." toplabel ["."]` or a macro-expand.
 fn domain_spec(s: &str) -> bool {
-    let Some(tokens) = macro_tokens(s) else {
+    let Some(tokens) = macro_tokens_of(s, "slodiphv") else {
         return false;
     };
     if tokens.last().is_some_and(|&(_, expand)| expand) {
@@ -306,6 +331,9 @@ mod tests {
             "v=spf1 ptr:example.org ~all",
             "v=spf1 moo.cow-far_out=man:dog/cat ip4:1.2.3.4 -all",
             "v=spf1 a:example.com. -all",
+            // A domain-spec may hold `:` and `/`; the dual-cidr is the trailing `/n//m`.
+            "v=spf1 a:foo:bar/baz.example.com",
+            "v=spf1 mx:foo:bar/baz.example.com/24//64 -all",
         ] {
             assert_eq!(problem(r), None, "{r}");
         }
@@ -321,7 +349,9 @@ mod tests {
             ("v=spf1 a/33 -all", "CIDR"),
             ("v=spf1 a:foo.1.2.3.4 -all", "domain-spec"),
             ("v=spf1 a:museum -all", "domain-spec"),
-            ("v=spf1 a:foo:bar/baz.example.com", "domain-spec"),
+            ("v=spf1 a:example.com/abc", "domain-spec"),
+            ("v=spf1 -all exp=%{r}.example.com", "domain-spec"),
+            ("v=spf1 exists:%{t}.example.com -all", "domain-spec"),
             ("v=spf1 =foo -all", "modifier name"),
             ("v=spf1 redirect=a.example redirect=b.example", "twice"),
             ("v=spf1 exp=%{x} -all", "domain-spec"),
