@@ -341,6 +341,7 @@ impl Compiler<'_> {
             .map(|(i, r)| self.route(i, r, tls))
             .collect();
 
+        let plugin_http_roots = self.http_roots(&f.plugins.http_ca);
         Settings {
             hostname: f.hostname.clone(),
             users_file: f
@@ -363,7 +364,34 @@ impl Compiler<'_> {
             routes,
             policies: f.policies.clone(),
             http_bind,
+            plugin_http_roots,
         }
+    }
+
+    /// The certificates of `[plugins] http_ca`, each file holding at least one.
+    fn http_roots(&mut self, paths: &[std::path::PathBuf]) -> Vec<Vec<u8>> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = Vec::new();
+        for (i, p) in paths.iter().enumerate() {
+            let key = format!("plugins.http_ca[{i}]");
+            let path = self.relative(p);
+            let certs = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| {
+                    CertificateDer::pem_slice_iter(&pem)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| e.to_string())
+                });
+            match certs {
+                Ok(c) if c.is_empty() => {
+                    self.problem(key, format!("{}: no PEM certificate", path.display()))
+                }
+                Ok(c) => roots.extend(c.into_iter().map(|c| c.to_vec())),
+                Err(e) => self.problem(key, format!("{}: {e}", path.display())),
+            }
+        }
+        roots
     }
 
     fn tracking(&mut self, t: &TrackingFile, http: bool) -> Option<TrackingSettings> {
@@ -640,5 +668,41 @@ via = "smarthost"
             "{err}"
         );
         assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn plugin_http_cas_are_read_next_to_the_file_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        // Any well-formed PEM certificate block: the DER is checked when the pool is built.
+        std::fs::write(
+            dir.path().join("ca.pem"),
+            "-----BEGIN CERTIFICATE-----\nAAECAw==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "not a certificate\n").unwrap();
+        let file = dir.path().join("sluice.toml");
+        let file = file.to_str().unwrap();
+        let listener = "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:25\"\nrole = \"mx\"\n";
+        let s = load_str(
+            &format!("{listener}[plugins]\nhttp_ca = [\"ca.pem\"]\n"),
+            file,
+        )
+        .unwrap();
+        assert_eq!(s.plugin_http_roots, vec![vec![0, 1, 2, 3]]);
+        let err = load_str(
+            &format!(
+                "{listener}[plugins]\nhttp_ca = [\"ca.pem\", \"empty.pem\", \"missing.pem\"]\n"
+            ),
+            file,
+        )
+        .unwrap_err();
+        let got: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            got,
+            vec!["plugins.http_ca[1]", "plugins.http_ca[2]"],
+            "{err}"
+        );
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
     }
 }

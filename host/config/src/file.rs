@@ -56,6 +56,18 @@ pub struct ConfigFile {
     /// relative path is taken from the configuration file's folder. Without it no plugin
     /// runs.
     pub policies: Option<PathBuf>,
+    /// How plugins reach the network.
+    pub plugins: PluginsFile,
+}
+
+/// `[plugins]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsFile {
+    /// PEM files of CA certificates that plugin HTTPS requests trust besides the web PKI
+    /// roots (an internal webhook receiver's CA). Relative paths are taken from the
+    /// configuration file's folder.
+    pub http_ca: Vec<PathBuf>,
 }
 
 impl Default for ConfigFile {
@@ -78,6 +90,7 @@ impl Default for ConfigFile {
             verp: None,
             route: Vec::new(),
             policies: None,
+            plugins: PluginsFile::default(),
         }
     }
 }

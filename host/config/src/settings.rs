@@ -31,6 +31,8 @@ pub struct Settings {
     pub routes: Vec<Route>,
     /// Policy files, resolved against the configuration file's folder.
     pub policies: Option<PathBuf>,
+    /// CA certificates (DER) plugin HTTPS requests trust besides the web PKI roots.
+    pub plugin_http_roots: Vec<Vec<u8>>,
 }
 
 /// See `AuthenticationFile`.

@@ -27,15 +27,24 @@ pub fn unverified() -> Arc<ClientConfig> {
 
 /// Checks the certificate against the web PKI roots.
 pub fn verified() -> Arc<ClientConfig> {
-    let roots = rustls::RootCertStore {
+    verified_with(&[]).expect("no extra roots to refuse")
+}
+
+/// Checks the certificate against the web PKI roots and `extra` CA certificates (DER);
+/// an error names a certificate that cannot be a trust anchor.
+pub fn verified_with(extra: &[Vec<u8>]) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    for der in extra {
+        roots.add(CertificateDer::from(der.clone()))?;
+    }
     let config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("aws-lc-rs supports TLS 1.2 and 1.3")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Arc::new(config)
+    Ok(Arc::new(config))
 }
 
 #[derive(Debug)]

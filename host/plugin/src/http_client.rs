@@ -6,7 +6,8 @@
 //! to the same few endpoints, so every request paid a connect (and a handshake), and a busy
 //! server left thousands of sockets in `TIME_WAIT`. Here connections to an origin are kept
 //! and reused (hyper's pool); HTTPS checks certificates against the web PKI roots like
-//! outbound SMTP's `verify` mode ([`sluice_net::client_tls::verified`]).
+//! outbound SMTP's `verify` mode ([`sluice_net::client_tls::verified`]), plus the CA
+//! certificates of the server's `[plugins] http_ca`.
 //!
 //! The guest's timeouts keep their meaning: connecting and waiting for the response head are
 //! bounded by `connect-timeout + first-byte-timeout`, and each response body frame by
@@ -51,12 +52,19 @@ impl std::fmt::Debug for HttpClient {
 }
 
 impl HttpClient {
+    /// Trusting the web PKI roots.
     pub fn new() -> HttpClient {
+        HttpClient::with_roots(&[]).expect("no extra roots to refuse")
+    }
+
+    /// Trusting the web PKI roots and `extra` CA certificates (DER).
+    pub fn with_roots(extra: &[Vec<u8>]) -> Result<HttpClient, rustls::Error> {
+        let tls = sluice_net::client_tls::verified_with(extra)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*sluice_net::client_tls::verified()).clone())
+            .with_tls_config((*tls).clone())
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
@@ -65,7 +73,7 @@ impl HttpClient {
             .pool_max_idle_per_host(IDLE_PER_ORIGIN)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
-        HttpClient { client }
+        Ok(HttpClient { client })
     }
 
     /// Sends `request` (absolute URI) and returns the response with its body bounded by the

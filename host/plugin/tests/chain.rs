@@ -588,6 +588,96 @@ async fn http_connections_are_kept_alive_between_calls() {
     );
 }
 
+/// HTTPS through the pool: a receiver whose certificate comes from a private CA is reached
+/// when the server trusts that CA (`[plugins] http_ca`), and refused when it does not.
+#[tokio::test]
+async fn https_to_a_receiver_signed_by_a_configured_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("https://{}", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, h) = (acceptor.clone(), h.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                h.fetch_add(1, Ordering::SeqCst);
+                let _ = tls
+                    .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_policy(
+        dir.path(),
+        &step(
+            "http",
+            HOSTILE,
+            &format!(
+                "[pipeline.step.capabilities]\nhttp = [\"{origin}\"]\n[pipeline.step.config]\nmode = \"http\"\ntarget = \"{origin}/check\"\n"
+            ),
+        ),
+    );
+    let load = |roots: Vec<Vec<u8>>| {
+        let path = path.clone();
+        async move {
+            let (mut services, _) = sluice_plugin::step::Services::in_memory();
+            services.http = sluice_plugin::http_client::HttpClient::with_roots(&roots).unwrap();
+            WasmPipeline::load(runtime(), &path, Some(services))
+                .await
+                .unwrap_or_else(|e| panic!("{e:?}"))
+        }
+    };
+
+    let untrusting = load(Vec::new()).await;
+    let (_, msg, _) = data(&untrusting).await;
+    let h = header(&msg, "X-Http").unwrap();
+    assert!(h.starts_with("refused"), "{h}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "a request went past TLS");
+
+    let trusting = load(vec![ca.der().to_vec()]).await;
+    let (_, msg, _) = data(&trusting).await;
+    assert_eq!(header(&msg, "X-Http").as_deref(), Some("status 204"));
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn warm_instances_are_reused_then_recycled() {
     let (_d, p) = load(&hostile(

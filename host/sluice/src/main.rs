@@ -540,7 +540,10 @@ async fn serve(settings: Settings) -> Result<()> {
                         retention: t.retention,
                     })
                 }),
-                http: Default::default(),
+                http: sluice_plugin::http_client::HttpClient::with_roots(
+                    &settings.plugin_http_roots,
+                )
+                .context("[plugins] http_ca")?,
             };
             Some(load_policies(&settings, path, Some(services)).await?)
         }

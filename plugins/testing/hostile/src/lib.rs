@@ -177,15 +177,20 @@ export_filter!(Hostile);
 fn http_get(url: &str) -> Result<u16, String> {
     use wasi::http::outgoing_handler;
     use wasi::http::types::{Fields, OutgoingRequest, Scheme};
-    let rest = url.strip_prefix("http://").ok_or("only http:// here")?;
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        (Scheme::Https, rest)
+    } else {
+        (
+            Scheme::Http,
+            url.strip_prefix("http://").ok_or("only http(s):// here")?,
+        )
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     let request = OutgoingRequest::new(Fields::new());
-    request
-        .set_scheme(Some(&Scheme::Http))
-        .map_err(|_| "scheme")?;
+    request.set_scheme(Some(&scheme)).map_err(|_| "scheme")?;
     request
         .set_authority(Some(authority))
         .map_err(|_| "authority")?;
