@@ -9,6 +9,11 @@
 //! outbound SMTP's `verify` mode ([`sluice_net::client_tls::verified`]), plus the CA
 //! certificates of the server's `[plugins] http_ca`.
 //!
+//! Names are resolved by [`PublicOnly`]: a name whose answer holds any address that is not
+//! public is refused at connect time, so a grant by name cannot be turned into a way to the
+//! host's own network by a DNS answer that changes between the grant check and the connect
+//! (origins granted by IP literal are connected to directly).
+//!
 //! The guest's timeouts keep their meaning: connecting and waiting for the response head are
 //! bounded by `connect-timeout + first-byte-timeout`, and each response body frame by
 //! `between-bytes-timeout`. [`crate::step::HttpGrant`] checks origins and limits before a
@@ -31,7 +36,46 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Used when the guest sets no timeout and the step has no wall-clock limit.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Connector = hyper_rustls::HttpsConnector<HttpConnector<PublicOnly>>;
+
+/// The connector's resolver: the system's, refusing any answer with an address that is not
+/// public ([`crate::step::is_global`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PublicOnly;
+
+impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for PublicOnly {
+    type Response = std::vec::IntoIter<std::net::SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            if addrs.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{}: no address", name.as_str()),
+                ));
+            }
+            if let Some(a) = addrs.iter().find(|a| !crate::step::is_global(a.ip())) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} resolves to {}, not a public address",
+                        name.as_str(),
+                        a.ip()
+                    ),
+                ));
+            }
+            Ok(addrs.into_iter())
+        })
+    }
+}
 
 /// The pool; cheap to clone (an `Arc` inside).
 #[derive(Clone)]
@@ -60,7 +104,7 @@ impl HttpClient {
     /// Trusting the web PKI roots and `extra` CA certificates (DER).
     pub fn with_roots(extra: &[Vec<u8>]) -> Result<HttpClient, rustls::Error> {
         let tls = sluice_net::client_tls::verified_with(extra)?;
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(PublicOnly);
         http.enforce_http(false);
         http.set_nodelay(true);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -111,6 +155,8 @@ fn client_error(e: &hyper_util::client::legacy::Error) -> Error {
         while let Some(s) = source {
             if let Some(io) = s.downcast_ref::<std::io::Error>() {
                 return match io.kind() {
+                    std::io::ErrorKind::PermissionDenied => Error::DestinationIpProhibited,
+                    std::io::ErrorKind::NotFound => Error::DestinationNotFound,
                     std::io::ErrorKind::ConnectionRefused => Error::ConnectionRefused,
                     std::io::ErrorKind::TimedOut => Error::ConnectionTimeout,
                     std::io::ErrorKind::InvalidData => Error::TlsCertificateError,
@@ -173,5 +219,48 @@ impl http_body::Body for Timed {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.incoming.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty};
+
+    /// A name answering with a loopback address is refused by the connector itself, whatever
+    /// the grant check before it saw; an IP literal is connected to as it is.
+    #[tokio::test]
+    async fn names_resolving_to_private_addresses_are_refused_at_connect() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = HttpClient::new();
+        // Bounded, so that a regression fails instead of hanging on the silent listener.
+        let quick = Some(RequestOptions {
+            connect_timeout: Some(Duration::from_secs(2)),
+            first_byte_timeout: Some(Duration::from_secs(2)),
+            between_bytes_timeout: Some(Duration::from_secs(2)),
+        });
+        let request = |url: String| {
+            http::Request::get(url)
+                .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+                .unwrap()
+        };
+        let by_name = client
+            .send(request(format!("http://localhost:{port}/")), quick)
+            .await;
+        assert!(
+            matches!(by_name, Err(Error::DestinationIpProhibited)),
+            "{by_name:?}"
+        );
+        // The literal reaches the listener (which accepts and then drops the connection).
+        let accept = std::thread::spawn(move || listener.accept().is_ok());
+        let by_ip = client
+            .send(request(format!("http://127.0.0.1:{port}/")), quick)
+            .await;
+        assert!(accept.join().unwrap(), "no connection to the literal");
+        assert!(
+            !matches!(by_ip, Err(Error::DestinationIpProhibited)),
+            "{by_ip:?}"
+        );
     }
 }

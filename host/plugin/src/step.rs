@@ -157,9 +157,10 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpGrant {
             return Box::new(async move { sent(client.send(request, options).await) });
         }
         // A grant by name: the name must resolve to public addresses only (DNS rebinding
-        // must not turn a grant into a way to the host's own network). Plain HTTP is then
-        // sent to the address checked; HTTPS needs the name for TLS, and a resolver that
-        // answers differently within this moment is the residual risk (docs/security.md).
+        // must not turn a grant into a way to the host's own network). Checked here to
+        // refuse early with a log line; plain HTTP is then sent to the address checked, and
+        // HTTPS (which needs the name for TLS) is checked again by the pool's resolver at
+        // connect time (`http_client::PublicOnly`).
         let (plugin, step) = (self.plugin.clone(), self.step.clone());
         Box::new(async move {
             let addrs: Vec<std::net::SocketAddr> =
