@@ -9,10 +9,10 @@
 //! outbound SMTP's `verify` mode ([`sluice_net::client_tls::verified`]), plus the CA
 //! certificates of the server's `[plugins] http_ca`.
 //!
-//! Names are resolved by [`PublicOnly`]: a name whose answer holds any address that is not
-//! public is refused at connect time, so a grant by name cannot be turned into a way to the
-//! host's own network by a DNS answer that changes between the grant check and the connect
-//! (origins granted by IP literal are connected to directly).
+//! Names are resolved by [`PublicOnly`]: a name that does not resolve, or whose answer holds
+//! any address that is not public, is refused (`HttpRequestDenied`), and the connection goes
+//! to the very addresses checked, so no later DNS answer can turn a grant by name into a way
+//! to the host's own network (origins granted by IP literal are connected to directly).
 //!
 //! The guest's timeouts keep their meaning: connecting and waiting for the response head are
 //! bounded by `connect-timeout + first-byte-timeout`, and each response body frame by
@@ -38,8 +38,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector<PublicOnly>>;
 
-/// The connector's resolver: the system's, refusing any answer with an address that is not
-/// public ([`crate::step::is_global`]).
+/// The connector's resolver: the system's, refusing (as `PermissionDenied`) a name that does
+/// not resolve or whose answer has an address that is not public ([`crate::step::is_global`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PublicOnly;
 
@@ -54,23 +54,21 @@ impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for 
 
     fn call(&mut self, name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
         Box::pin(async move {
-            let addrs: Vec<std::net::SocketAddr> =
-                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            let denied =
+                |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await
+                .map_err(|e| denied(format!("{}: {e}", name.as_str())))?
+                .collect();
             if addrs.is_empty() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!("{}: no address", name.as_str()),
-                ));
+                return Err(denied(format!("{}: no address", name.as_str())));
             }
             if let Some(a) = addrs.iter().find(|a| !crate::step::is_global(a.ip())) {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!(
-                        "{} resolves to {}, not a public address",
-                        name.as_str(),
-                        a.ip()
-                    ),
-                ));
+                return Err(denied(format!(
+                    "{} resolves to {}, not a public address",
+                    name.as_str(),
+                    a.ip()
+                )));
             }
             Ok(addrs.into_iter())
         })
@@ -155,8 +153,7 @@ fn client_error(e: &hyper_util::client::legacy::Error) -> Error {
         while let Some(s) = source {
             if let Some(io) = s.downcast_ref::<std::io::Error>() {
                 return match io.kind() {
-                    std::io::ErrorKind::PermissionDenied => Error::DestinationIpProhibited,
-                    std::io::ErrorKind::NotFound => Error::DestinationNotFound,
+                    std::io::ErrorKind::PermissionDenied => Error::HttpRequestDenied,
                     std::io::ErrorKind::ConnectionRefused => Error::ConnectionRefused,
                     std::io::ErrorKind::TimedOut => Error::ConnectionTimeout,
                     std::io::ErrorKind::InvalidData => Error::TlsCertificateError,
@@ -249,7 +246,7 @@ mod tests {
             .send(request(format!("http://localhost:{port}/")), quick)
             .await;
         assert!(
-            matches!(by_name, Err(Error::DestinationIpProhibited)),
+            matches!(by_name, Err(Error::HttpRequestDenied)),
             "{by_name:?}"
         );
         // The literal reaches the listener (which accepts and then drops the connection).
@@ -258,9 +255,6 @@ mod tests {
             .send(request(format!("http://127.0.0.1:{port}/")), quick)
             .await;
         assert!(accept.join().unwrap(), "no connection to the literal");
-        assert!(
-            !matches!(by_ip, Err(Error::DestinationIpProhibited)),
-            "{by_ip:?}"
-        );
+        assert!(!matches!(by_ip, Err(Error::HttpRequestDenied)), "{by_ip:?}");
     }
 }

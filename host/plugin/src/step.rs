@@ -133,14 +133,6 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpGrant {
             tracing::warn!(plugin = %self.plugin, step = %self.step, "HTTP request limit of {MAX_CONNECTIONS} per call reached");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
-        let https = uri.scheme_str() == Some("https");
-        let host = uri
-            .host()
-            .unwrap_or("")
-            .trim_matches(['[', ']'])
-            .to_string();
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let by_name = host.parse::<std::net::IpAddr>().is_err();
         let cap = |t: Option<std::time::Duration>| {
             Some(t.map_or(self.max_wait, |t| t.min(self.max_wait)))
         };
@@ -152,43 +144,17 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpGrant {
         });
         // The pool drives connections itself: the request's I/O future has nothing to wait for.
         drop(fut);
+        // A grant by name reaches only public addresses (DNS rebinding must not turn a grant
+        // into a way to the host's own network): the pool's resolver checks the answer it
+        // connects to (`http_client::PublicOnly`) and the request is denied otherwise.
         let client = self.client.clone();
-        if !by_name {
-            return Box::new(async move { sent(client.send(request, options).await) });
-        }
-        // A grant by name: the name must resolve to public addresses only (DNS rebinding
-        // must not turn a grant into a way to the host's own network). Checked here to
-        // refuse early with a log line; plain HTTP is then sent to the address checked, and
-        // HTTPS (which needs the name for TLS) is checked again by the pool's resolver at
-        // connect time (`http_client::PublicOnly`).
         let (plugin, step) = (self.plugin.clone(), self.step.clone());
         Box::new(async move {
-            let addrs: Vec<std::net::SocketAddr> =
-                match tokio::net::lookup_host((host.as_str(), port)).await {
-                    Ok(a) => a.collect(),
-                    Err(_) => Vec::new(),
-                };
-            if addrs.is_empty() || addrs.iter().any(|a| !is_global(a.ip())) {
-                tracing::warn!(%plugin, %step, %host, ?addrs, "HTTP request refused: the granted name does not resolve to public addresses only");
-                return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+            let response = client.send(request, options).await;
+            if matches!(response, Err(wasmtime_wasi_http::Error::HttpRequestDenied)) {
+                tracing::warn!(%plugin, %step, %origin, "HTTP request refused: the granted name does not resolve to public addresses only");
             }
-            let mut request = request;
-            if !https {
-                let original = request.uri().authority().map(|a| a.to_string());
-                let pinned = match addrs[0] {
-                    std::net::SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
-                    std::net::SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
-                };
-                let mut parts = request.uri().clone().into_parts();
-                parts.authority = pinned.parse().ok();
-                if let Ok(uri) = http::Uri::from_parts(parts) {
-                    *request.uri_mut() = uri;
-                }
-                if let Some(h) = original.and_then(|o| http::HeaderValue::from_str(&o).ok()) {
-                    request.headers_mut().insert(http::header::HOST, h);
-                }
-            }
-            sent(client.send(request, options).await)
+            sent(response)
         })
     }
 }
