@@ -166,12 +166,8 @@ impl Verifier {
             Some((_, d)) if !sender.is_empty() => d.to_string(),
             _ => helo.to_string(),
         };
-        // A name no DNS query can carry: `none` without a lookup (RFC 7208 section 4.3).
-        let output = if spf_syntax::malformed_domain(&domain) {
-            SpfOutput::new(domain.clone()).with_result(SpfResult::None)
-        } else {
-            self.evaluate_spf(ip, helo, sender, &domain).await
-        };
+        // A name no DNS query can carry is `none` without a lookup (`check_host`).
+        let output = self.evaluate_spf(ip, helo, sender, &domain).await;
         SpfCheck {
             output,
             domain,

@@ -79,7 +79,8 @@ impl<'a> Spf<'a> {
         }
     }
 
-    /// `check_host()` for `domain`.
+    /// `check_host()` for `domain`: `none` without a lookup for a name no DNS query can carry
+    /// (RFC 7208 section 4.3).
     pub(crate) fn check_host<'b>(&'b mut self, domain: &'b str) -> Eval<'b> {
         Box::pin(async move {
             if spf_syntax::malformed_domain(domain) {
@@ -266,12 +267,7 @@ impl<'a> Spf<'a> {
         len: Option<u8>,
         count_void: bool,
     ) -> Result<bool, SpfResult> {
-        let rtype = if self.ip.is_ipv4() {
-            RecordType::A
-        } else {
-            RecordType::AAAA
-        };
-        match self.query(host, rtype).await {
+        match self.query(host, self.address_type()).await {
             Answer::Error => Err(SpfResult::TempError),
             Answer::Void => {
                 if count_void {
@@ -279,17 +275,15 @@ impl<'a> Spf<'a> {
                 }
                 Ok(false)
             }
-            Answer::Records(records) => Ok(records.iter().any(|r| match r {
-                RData::A(a) => in_network(self.ip, IpAddr::V4(a.0), len),
-                RData::AAAA(a) => in_network(self.ip, IpAddr::V6(a.0), len),
-                _ => false,
-            })),
+            Answer::Records(records) => {
+                Ok(addresses(&records).any(|a| in_network(self.ip, a, len)))
+            }
         }
     }
 
     /// The client's validated host names (RFC 7208 section 5.5), lowercased, without the
-    /// trailing dot. `strict`: a DNS error of the PTR query is a temperror (for `%{p}`
-    /// it only makes the name `unknown`).
+    /// trailing dot; none when the PTR lookup fails. `count_void`: an empty PTR answer counts
+    /// against the void-lookup limit (the `ptr` mechanism's, not `%{p}`'s).
     async fn validated_names(&mut self, count_void: bool) -> Result<Vec<String>, SpfResult> {
         let reverse = reverse_name(self.ip);
         let names = match self.query(&reverse, RecordType::PTR).await {
@@ -302,11 +296,7 @@ impl<'a> Spf<'a> {
             }
             Answer::Error => return Ok(Vec::new()),
         };
-        let rtype = if self.ip.is_ipv4() {
-            RecordType::A
-        } else {
-            RecordType::AAAA
-        };
+        let rtype = self.address_type();
         let mut validated = Vec::new();
         for name in names
             .iter()
@@ -317,16 +307,21 @@ impl<'a> Spf<'a> {
             .take(MAX_NAMES)
         {
             if let Answer::Records(addrs) = self.query(&name, rtype).await
-                && addrs.iter().any(|a| match a {
-                    RData::A(a) => IpAddr::V4(a.0) == self.ip,
-                    RData::AAAA(a) => IpAddr::V6(a.0) == self.ip,
-                    _ => false,
-                })
+                && addresses(&addrs).any(|a| a == self.ip)
             {
                 validated.push(name.trim_end_matches('.').to_ascii_lowercase());
             }
         }
         Ok(validated)
+    }
+
+    /// The address records of the client's family.
+    fn address_type(&self) -> RecordType {
+        if self.ip.is_ipv4() {
+            RecordType::A
+        } else {
+            RecordType::AAAA
+        }
     }
 
     fn count_lookup(&mut self) -> Result<(), SpfResult> {
@@ -503,25 +498,19 @@ fn name_text(name: &Name) -> String {
 /// The address or domain-spec of a term, and its `/n` (IPv4) and `//n` (IPv6) lengths.
 /// A `/` followed by anything but digits belongs to the domain-spec.
 fn split_cidr(s: &str) -> (&str, Option<u8>, Option<u8>) {
-    let mut s = s;
-    let mut v6 = None;
-    if let Some(i) = s.rfind("//")
-        && let Ok(n) = s[i + 2..].parse::<u8>()
-        && s[i + 2..].bytes().all(|b| b.is_ascii_digit())
-    {
-        v6 = Some(n);
-        s = &s[..i];
-    }
-    let mut v4 = None;
-    if let Some(i) = s.rfind('/')
-        && !s[i + 1..].is_empty()
-        && s[i + 1..].bytes().all(|b| b.is_ascii_digit())
-        && let Ok(n) = s[i + 1..].parse::<u8>()
-    {
-        v4 = Some(n);
-        s = &s[..i];
-    }
-    (s, v4, v6)
+    let (head, cidr) = s.split_at(spf_syntax::cidr_start(s));
+    let (v4, v6) = cidr.split_once("//").unwrap_or((cidr, ""));
+    let length = |t: &str| t.strip_prefix('/').unwrap_or(t).parse::<u8>().ok();
+    (head, length(v4), length(v6))
+}
+
+/// The addresses of A and AAAA records.
+fn addresses(records: &[RData]) -> impl Iterator<Item = IpAddr> + '_ {
+    records.iter().filter_map(|r| match r {
+        RData::A(a) => Some(IpAddr::V4(a.0)),
+        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+        _ => None,
+    })
 }
 
 /// Whether `ip` is in `net`/`len` (the whole address without a length); addresses of
