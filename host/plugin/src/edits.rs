@@ -444,7 +444,7 @@ fn replace_parts(
         out.extend_from_slice(&raw[copied..hs]);
         let start = out.len();
         out.extend_from_slice(&fields.render());
-        out.extend_from_slice(&qp_encode(content));
+        qp_encode_into(content, &mut out);
         let rest = &raw[be..];
         if !rest.starts_with(b"\r\n") && !rest.is_empty() {
             out.extend_from_slice(b"\r\n");
@@ -492,8 +492,15 @@ fn replace_parts(
 /// and `-` or `.` at the start of any line encoded: no line of the result can be read as
 /// a MIME boundary or an SMTP end of data.
 pub fn qp_encode(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    qp_encode_into(text, &mut out);
+    out
+}
+
+/// [`qp_encode`], appending to `out`.
+fn qp_encode_into(text: &str, out: &mut Vec<u8>) {
     let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 8 + 2);
+    out.reserve(bytes.len() + bytes.len() / 8 + 2);
     let mut start = 0;
     loop {
         // CRLF, a lone CR and a lone LF all end a line.
@@ -501,9 +508,9 @@ pub fn qp_encode(text: &str) -> Vec<u8> {
             .iter()
             .position(|&b| b == b'\r' || b == b'\n')
             .map_or(bytes.len(), |i| start + i);
-        qp_line(&bytes[start..end], &mut out);
+        qp_line(&bytes[start..end], out);
         if end == bytes.len() {
-            return out;
+            return;
         }
         out.extend_from_slice(b"\r\n");
         start = if bytes[end..].starts_with(b"\r\n") {
