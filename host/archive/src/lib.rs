@@ -3,10 +3,13 @@
 //!
 //! - Messages are compressed (zstd) into append-only segment files ([`segment`]), one per
 //!   purge day, so purging expired mail deletes whole files.
-//! - A sled index (`index/`) maps entry ids to their metadata and place, and search terms
-//!   (sender, recipient, their domains, subject words, Message-ID, queue id, namespace) to
-//!   entry ids. The index is derived: on open, segment records it lacks are indexed and
-//!   index entries whose record did not reach the disk are dropped.
+//! - The index ([`index`]) lives in files beside the segments: per stretch of a segment
+//!   (a run), a row per entry (id, time, place, namespace) and search postings (sender,
+//!   recipient, their domains, subject words, Message-ID, queue id → entry ids). The newest
+//!   stretch of each segment is indexed in memory and written out once it is large, so a
+//!   `put` costs a few map insertions, not database writes. The index is derived: on open,
+//!   records after the last run file are indexed again and index entries whose record did
+//!   not reach the disk are dropped.
 //! - Entries are numbered in arrival order and hash-chained: each entry's hash (of its
 //!   metadata, including the message's SHA-256) is chained with the previous chain value.
 //!   Purged entries leave a tombstone with their hash until every older entry is gone, so
@@ -18,9 +21,10 @@
 //! capability `blobs`.
 
 mod index;
+mod migrate;
 pub mod segment;
 
-use index::{Index, Slot};
+use index::{Index, Link, Slot};
 use segment::{MAX_SEGMENT, Record, SegId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -36,8 +40,9 @@ use std::time::Duration;
 pub enum ArchiveError {
     #[error("archive I/O: {0}")]
     Io(#[from] std::io::Error),
-    #[error("archive index: {0}")]
-    Index(#[from] sled::Error),
+    /// Another process (the server, or another command) has the archive open.
+    #[error("archive locked by another process: {0}")]
+    Locked(String),
     #[error("archive data damaged: {0}")]
     Corrupt(String),
     /// An earlier write or sync failed; the archive refuses writes until reopened.
@@ -153,6 +158,8 @@ pub struct Verification {
 pub struct Archive {
     dir: PathBuf,
     index: Index,
+    /// Held (an advisory lock on `lock`) while the archive is open.
+    _lock: File,
     writer: Mutex<Writer>,
     sync: Durability,
 }
@@ -194,11 +201,24 @@ impl Archive {
     pub fn open(dir: &Path) -> Result<Archive, ArchiveError> {
         let segments = dir.join("segments");
         sluice_core::durable::create_dir_all(&segments)?;
-        let index = Index::open(&dir.join("index"))?;
-        let recovered = index.recover(&segments)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(ArchiveError::Locked(dir.display().to_string()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+        migrate::from_sled(dir)?;
+        let (index, recovered) = Index::open(dir)?;
         let archive = Archive {
             dir: dir.to_path_buf(),
             index,
+            _lock: lock,
             writer: Mutex::new(Writer {
                 next: recovered.next,
                 head: recovered.head,
@@ -290,6 +310,11 @@ impl Archive {
     ) -> Result<(), ArchiveError> {
         let roll = w.open.get(&day).is_none_or(|o| o.len >= MAX_SEGMENT);
         if roll {
+            if let Some(o) = w.open.get(&day)
+                && let Some(run) = self.index.seal(o.seg)
+            {
+                self.index.spawn_write(run);
+            }
             let n = match w.open.get(&day) {
                 Some(o) => o.seg.n + 1,
                 None => self.last_segment_number(day)?.map_or(0, |n| n + 1),
@@ -322,7 +347,9 @@ impl Archive {
             offset,
             len: bytes.len() as u32,
         };
-        self.index.insert(record, slot, open.len)?;
+        if let Some(run) = self.index.insert(record, slot) {
+            self.index.spawn_write(run);
+        }
         let mut s = self.sync.state.lock().expect("archive sync");
         s.written = record.entry.id;
         s.dirty.insert(open.seg, (open.file.clone(), open.len));
@@ -385,28 +412,31 @@ impl Archive {
 
     /// An entry's metadata.
     pub fn entry(&self, id: u64) -> Result<Option<Entry>, ArchiveError> {
-        Ok(self.index.live(id)?.map(|(e, _)| e))
+        Ok(self.stored(id)?.map(|s| s.record.entry))
+    }
+
+    /// An entry's record, checked to be that entry.
+    fn stored(&self, id: u64) -> Result<Option<index::Stored>, ArchiveError> {
+        let Some(slot) = self.index.locate(id) else {
+            return Ok(None);
+        };
+        let stored = self.index.read_record(slot)?;
+        if stored.record.entry.id != id {
+            return Err(ArchiveError::Corrupt(format!(
+                "entry {id}: the segment holds entry {} in its place",
+                stored.record.entry.id
+            )));
+        }
+        Ok(Some(stored))
     }
 
     /// An entry and its raw message, checked against the recorded SHA-256.
     pub fn get(&self, id: u64) -> Result<Option<(Entry, Vec<u8>)>, ArchiveError> {
-        let Some((entry, slot)) = self.index.live(id)? else {
+        let Some(stored) = self.stored(id)? else {
             return Ok(None);
         };
-        let raw = self.read_message(&entry, slot)?;
-        Ok(Some((entry, raw)))
-    }
-
-    fn read_message(&self, entry: &Entry, slot: Slot) -> Result<Vec<u8>, ArchiveError> {
-        let mut file = File::open(self.segments().join(slot.seg.file_name()))?;
-        let (record, body) = segment::read_at(&mut file, slot.offset, slot.len)?;
-        if record.entry != *entry {
-            return Err(ArchiveError::Corrupt(format!(
-                "entry {}: the segment's record differs from the index",
-                entry.id
-            )));
-        }
-        let raw = zstd::bulk::decompress(&body, entry.size as usize)?;
+        let entry = stored.record.entry;
+        let raw = zstd::bulk::decompress(&stored.body, entry.size as usize)?;
         let sha: [u8; 32] = Sha256::digest(&raw).into();
         if sha != entry.sha256 || raw.len() as u64 != entry.size {
             return Err(ArchiveError::Corrupt(format!(
@@ -414,7 +444,7 @@ impl Archive {
                 entry.id
             )));
         }
-        Ok(raw)
+        Ok(Some((entry, raw)))
     }
 
     /// Searches the index; see [`Query`].
@@ -446,13 +476,13 @@ impl Archive {
                 due.push(seg);
             }
         }
-        due.sort();
-        // Segments of days already indexed but whose file is gone (a purge cut short).
-        for seg in self.index.segments()? {
+        // Segments still indexed whose file is gone (a purge cut short).
+        for seg in self.index.segments() {
             if seg.day <= today && !due.contains(&seg) {
                 due.push(seg);
             }
         }
+        due.sort();
         for seg in due {
             {
                 // New mail never goes to a day that has come: stop appending to it.
@@ -461,20 +491,12 @@ impl Archive {
                     w.open.remove(&seg.day);
                 }
             }
-            purged += self.index.tombstone_segment(seg)?;
-            self.index.flush()?;
-            let path = self.segments().join(seg.file_name());
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
+            purged += self.index.purge_segment(seg)?;
             tracing::info!(segment = %seg.file_name(), "archive segment purged");
         }
         if purged > 0 {
-            sluice_core::durable::sync_dir(&self.segments())?;
-            self.index.compact_tombstones()?;
-            self.index.flush()?;
+            let next = self.writer.lock().expect("archive writer").next;
+            self.index.compact_tombstones(next)?;
         }
         Ok(purged)
     }
@@ -483,91 +505,108 @@ impl Archive {
     /// against its metadata and SHA-256.
     pub fn verify(&self) -> Result<Verification, ArchiveError> {
         let mut v = Verification::default();
-        let (mut prev, first) = self.index.checkpoint()?;
+        let (first, chain0, links) = self.index.chain()?;
+        // The chain value before the next link; unknown after a record that cannot be read
+        // (reported once, the check goes on from the next one).
+        let mut prev = Some(chain0);
         let mut expected_id = first;
         let mut files: HashMap<SegId, File> = HashMap::new();
-        for item in self.index.all() {
-            let (id, slot) = item?;
-            if let Some(want) = expected_id
-                && id != want
-            {
+        for link in links {
+            let id = match &link {
+                Link::Live(id, _) => *id,
+                Link::Tombstone(t) => t.id,
+            };
+            if id != expected_id {
                 v.problems.push(format!(
-                    "entries {want} to {} are missing from the index",
+                    "entries {expected_id} to {} are missing from the index",
                     id - 1
                 ));
+                // The link before this one is missing: the chain check goes on after it.
+                prev = None;
             }
-            expected_id = Some(id + 1);
-            let (hash, stored_chain) = match &slot {
-                index::Stored::Live(entry, _, chain) => (entry.hash(), *chain),
-                index::Stored::Tombstone(t) => (t.entry_hash, t.chain),
+            expected_id = id + 1;
+            let slot = match link {
+                Link::Tombstone(t) => {
+                    v.tombstones += 1;
+                    if prev.is_some_and(|p| chain(&p, &t.entry_hash) != t.chain) {
+                        v.problems.push(format!(
+                            "entry {id}: the hash chain is broken (its metadata or an earlier entry was altered or removed)"
+                        ));
+                    }
+                    prev = Some(t.chain);
+                    continue;
+                }
+                Link::Live(_, slot) => slot,
             };
-            let computed = chain(&prev, &hash);
-            if computed != stored_chain {
+            v.messages += 1;
+            let file = match files.entry(slot.seg) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(vac) => {
+                    match File::open(self.segments().join(slot.seg.file_name())) {
+                        Ok(f) => vac.insert(f),
+                        Err(e) => {
+                            v.problems.push(format!(
+                                "entry {id}: segment {} unreadable: {e}",
+                                slot.seg.file_name()
+                            ));
+                            prev = None;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let (record, body) = match segment::read_at(file, slot.offset, slot.len) {
+                Ok(r) => r,
+                Err(e) => {
+                    v.problems.push(format!("entry {id}: {e}"));
+                    prev = None;
+                    continue;
+                }
+            };
+            let entry = &record.entry;
+            if entry.id != id {
+                v.problems.push(format!(
+                    "entry {id}: the segment holds entry {} in its place",
+                    entry.id
+                ));
+            }
+            if prev.is_some_and(|p| chain(&p, &entry.hash()) != record.chain) {
                 v.problems.push(format!(
                     "entry {id}: the hash chain is broken (its metadata or an earlier entry was altered or removed)"
                 ));
             }
-            prev = stored_chain;
-            match slot {
-                index::Stored::Tombstone(_) => v.tombstones += 1,
-                index::Stored::Live(entry, slot, chain) => {
-                    v.messages += 1;
-                    let file = match files.entry(slot.seg) {
-                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(vac) => {
-                            match File::open(self.segments().join(slot.seg.file_name())) {
-                                Ok(f) => vac.insert(f),
-                                Err(e) => {
-                                    v.problems.push(format!(
-                                        "entry {id}: segment {} unreadable: {e}",
-                                        slot.seg.file_name()
-                                    ));
-                                    continue;
-                                }
-                            }
-                        }
-                    };
-                    match segment::read_at(file, slot.offset, slot.len) {
-                        Ok((record, body)) => {
-                            if record.entry != entry || record.chain != chain {
-                                v.problems.push(format!(
-                                    "entry {id}: the segment's record differs from the index"
-                                ));
-                            }
-                            match zstd::bulk::decompress(&body, entry.size as usize) {
-                                Ok(raw) => {
-                                    v.bytes += raw.len() as u64;
-                                    let sha: [u8; 32] = Sha256::digest(&raw).into();
-                                    if sha != entry.sha256 {
-                                        v.problems.push(format!(
-                                            "entry {id}: the stored message does not match its SHA-256"
-                                        ));
-                                    }
-                                }
-                                Err(e) => v
-                                    .problems
-                                    .push(format!("entry {id}: cannot decompress: {e}")),
-                            }
-                        }
-                        Err(e) => v.problems.push(format!("entry {id}: {e}")),
+            prev = Some(record.chain);
+            match zstd::bulk::decompress(&body, entry.size as usize) {
+                Ok(raw) => {
+                    v.bytes += raw.len() as u64;
+                    let sha: [u8; 32] = Sha256::digest(&raw).into();
+                    if sha != entry.sha256 || raw.len() as u64 != entry.size {
+                        v.problems.push(format!(
+                            "entry {id}: the stored message does not match its SHA-256"
+                        ));
                     }
                 }
+                Err(e) => v
+                    .problems
+                    .push(format!("entry {id}: cannot decompress: {e}")),
             }
         }
         v.head = self.index.head()?.map(|(id, c)| (id, hex::encode(c)));
         Ok(v)
     }
 
-    /// Makes the index durable (sled's own flush; the segments are the truth, so a lost
-    /// index update is redone at the next open).
+    /// Writes the index runs still held in memory to their files (they are rebuilt from
+    /// the segments at the next open if this is never called).
     pub fn flush(&self) -> Result<(), ArchiveError> {
-        self.index.flush()
+        self.index.write_all()
     }
 }
 
 impl Drop for Archive {
     fn drop(&mut self) {
-        let _ = self.index.flush();
+        if let Err(e) = self.index.write_all() {
+            tracing::warn!(error = %e, "archive index not written at close; rebuilt at the next open");
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 use crate::{ArchiveError, Entry};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 const MAGIC: &[u8; 4] = b"SLAR";
@@ -26,10 +27,15 @@ pub struct SegId {
 
 impl SegId {
     pub fn file_name(self) -> String {
+        format!("{}.seg", self.stem())
+    }
+
+    /// The file name without `.seg`: `<purge day YYYYMMDD>-<n>`.
+    pub fn stem(self) -> String {
         let date = chrono::DateTime::from_timestamp(i64::from(self.day) * 86400, 0)
             .map(|d| d.format("%Y%m%d").to_string())
             .unwrap_or_else(|| "00000000".into());
-        format!("{date}-{:04}.seg", self.n)
+        format!("{date}-{:04}", self.n)
     }
 
     pub fn parse(name: &str) -> Option<SegId> {
@@ -82,13 +88,12 @@ pub(crate) fn encode(record: &Record, body: &[u8]) -> Result<Vec<u8>, ArchiveErr
 
 /// Reads the record of `len` bytes at `offset`: its header and compressed body.
 pub(crate) fn read_at(
-    file: &mut File,
+    file: &File,
     offset: u64,
     len: u32,
 ) -> Result<(Record, Vec<u8>), ArchiveError> {
-    file.seek(SeekFrom::Start(offset))?;
     let mut buf = vec![0u8; len as usize];
-    file.read_exact(&mut buf)?;
+    file.read_exact_at(&mut buf, offset)?;
     match decode(&buf) {
         Some((record, body, used)) if used == buf.len() => Ok((record, body.to_vec())),
         _ => Err(ArchiveError::Corrupt(format!(
@@ -130,22 +135,61 @@ pub(crate) struct Found {
     pub record: Record,
 }
 
-/// The valid records of a segment from `start` (a record boundary), and where the valid
-/// part ends (a torn or damaged tail after it is not counted).
-pub(crate) fn scan(path: &Path, start: u64) -> Result<(Vec<Found>, u64), ArchiveError> {
+/// What [`scan`] found.
+pub(crate) struct Scan {
+    pub found: Vec<Found>,
+    /// Where the valid records end: a tail after it is torn if this is at or past the
+    /// synced length.
+    pub end: u64,
+    /// Damaged stretches before the synced length that were skipped.
+    pub damaged: Vec<(u64, u64)>,
+}
+
+/// The valid records of a segment from `start` (a record boundary). Before `synced` (the
+/// length known to have been on disk) an invalid record is damage, not a torn write: the
+/// scan looks for the next valid record and goes on from there.
+pub(crate) fn scan(path: &Path, start: u64, synced: u64) -> Result<Scan, ArchiveError> {
     let mut file = File::open(path)?;
-    file.seek(SeekFrom::Start(start))?;
     let mut data = Vec::new();
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))?;
     file.read_to_end(&mut data)?;
     let mut found = Vec::new();
+    let mut damaged = Vec::new();
     let mut at = 0usize;
-    while let Some((record, _, used)) = decode(&data[at..]) {
-        found.push(Found {
-            offset: start + at as u64,
-            len: used as u32,
-            record,
-        });
-        at += used;
+    let mut end = start;
+    while at < data.len() {
+        if let Some((record, _, used)) = decode(&data[at..]) {
+            found.push(Found {
+                offset: start + at as u64,
+                len: used as u32,
+                record,
+            });
+            at += used;
+            end = start + at as u64;
+            continue;
+        }
+        if start + (at as u64) >= synced {
+            break;
+        }
+        // Damage: the next offset where a whole valid record starts.
+        let next = (at + 1..data.len().saturating_sub(FRAME - 1))
+            .find(|&i| data[i..].starts_with(MAGIC) && decode(&data[i..]).is_some());
+        match next {
+            Some(i) => {
+                damaged.push((start + at as u64, start + i as u64));
+                at = i;
+            }
+            None => {
+                damaged.push((start + at as u64, start + data.len() as u64));
+                // Nothing valid after it: leave the damaged tail in place for `verify`.
+                end = start + data.len() as u64;
+                break;
+            }
+        }
     }
-    Ok((found, start + at as u64))
+    Ok(Scan {
+        found,
+        end,
+        damaged,
+    })
 }
