@@ -583,8 +583,8 @@ tls = "none"
         wait_port(self.port)
         # RELAY_BENCH_PERF=DIR: profile the server while it runs (perf record, one file per
         # relay in DIR), for finding where its CPU goes under load.
-        # RELAY_BENCH_PERF_STAT=DIR: count its context switches, page faults, memory-map
-        # system calls and TLB flushes instead (perf stat, a text file per relay in DIR).
+        # RELAY_BENCH_PERF_STAT=DIR: count its context switches, page faults, memory-map,
+        # sync and write system calls and TLB flushes instead (perf stat, a text file per relay in DIR).
         self.perf = None
         perf_dir = os.environ.get("RELAY_BENCH_PERF")
         stat_dir = os.environ.get("RELAY_BENCH_PERF_STAT")
@@ -603,7 +603,9 @@ tls = "none"
                 "syscalls:sys_enter_madvise", "syscalls:sys_enter_mmap",
                 "syscalls:sys_enter_munmap", "syscalls:sys_enter_mprotect",
                 "syscalls:sys_enter_ioctl", "syscalls:sys_enter_futex",
-                "syscalls:sys_enter_sched_yield"])
+                "syscalls:sys_enter_sched_yield", "syscalls:sys_enter_fdatasync",
+                "syscalls:sys_enter_fsync", "syscalls:sys_enter_sync_file_range",
+                "syscalls:sys_enter_pwrite64", "syscalls:sys_enter_write"])
             self.perf = subprocess.Popen(["perf", "stat", "-e", events, "-o", out, "-p",
                                           str(self.proc.pid)], stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL)

@@ -251,6 +251,21 @@ impl Archive {
         attributes: Vec<(String, String)>,
         retention_days: u32,
     ) -> Result<Entry, ArchiveError> {
+        let entry = self.put_unsynced(namespace, raw, attributes, retention_days)?;
+        self.wait_durable(entry.id)?;
+        Ok(entry)
+    }
+
+    /// [`Archive::put`] without waiting for the disk: the entry is durable once a later
+    /// [`Archive::sync`] (or the commit the archive is hooked into) has returned, which
+    /// [`Archive::confirm`] checks.
+    pub fn put_unsynced(
+        &self,
+        namespace: &str,
+        raw: &[u8],
+        attributes: Vec<(String, String)>,
+        retention_days: u32,
+    ) -> Result<Entry, ArchiveError> {
         let queue_id = attributes
             .iter()
             .find(|(k, _)| k == keys::QUEUE_ID)
@@ -266,8 +281,6 @@ impl Archive {
             if let Some(q) = &queue_id
                 && let Some(e) = self.index.by_queue_id(namespace, q)?
             {
-                drop(w);
-                self.wait_durable(e.id)?;
                 return Ok(e);
             }
             let created_ms = now_ms().max(w.last_ms);
@@ -296,8 +309,27 @@ impl Archive {
             w.last_ms = created_ms;
             record.entry
         };
-        self.wait_durable(entry.id)?;
         Ok(entry)
+    }
+
+    /// Makes every entry written so far durable.
+    pub fn sync(&self) -> Result<(), ArchiveError> {
+        let written = self.sync.state.lock().expect("archive sync").written;
+        self.wait_durable(written)
+    }
+
+    /// Whether entry `id` is on disk (after a [`Archive::sync`] that followed its write).
+    pub fn confirm(&self, id: u64) -> Result<(), ArchiveError> {
+        let s = self.sync.state.lock().expect("archive sync");
+        if let Some(f) = &s.failed {
+            return Err(ArchiveError::Failed(f.clone()));
+        }
+        if s.synced < id {
+            return Err(ArchiveError::Failed(format!(
+                "entry {id} is not on disk yet"
+            )));
+        }
+        Ok(())
     }
 
     /// Appends a record to its day's segment and indexes it (under the writer lock).
@@ -643,6 +675,12 @@ pub fn parse_time(s: &str) -> Option<u64> {
     u64::try_from(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp()).ok()
 }
 
+impl sluice_core::durable::CommitHook for Archive {
+    fn sync(&self) -> std::io::Result<()> {
+        Archive::sync(self).map_err(std::io::Error::other)
+    }
+}
+
 impl sluice_store::BlobStore for Archive {
     fn put(
         &self,
@@ -651,11 +689,7 @@ impl sluice_store::BlobStore for Archive {
         attributes: Vec<(String, String)>,
         retention: Duration,
     ) -> Result<String, sluice_store::StoreError> {
-        let days = retention
-            .as_secs()
-            .div_ceil(DAY)
-            .clamp(1, u64::from(u32::MAX)) as u32;
-        Archive::put(self, ns, body, attributes, days)
+        Archive::put(self, ns, body, attributes, retention_days(retention))
             .map(|e| e.id.to_string())
             .map_err(store_error)
     }
@@ -692,6 +726,32 @@ impl sluice_store::BlobStore for Archive {
         let now = now_ms() / 1000;
         self.purge(now).map_err(store_error)
     }
+
+    fn put_unsynced(
+        &self,
+        ns: &str,
+        body: &[u8],
+        attributes: Vec<(String, String)>,
+        retention: Duration,
+    ) -> Result<String, sluice_store::StoreError> {
+        Archive::put_unsynced(self, ns, body, attributes, retention_days(retention))
+            .map(|e| e.id.to_string())
+            .map_err(store_error)
+    }
+
+    fn confirm(&self, id: &str) -> Result<(), sluice_store::StoreError> {
+        let id = id
+            .parse::<u64>()
+            .map_err(|_| sluice_store::StoreError::Failed(format!("no archive entry `{id}`")))?;
+        Archive::confirm(self, id).map_err(store_error)
+    }
+}
+
+fn retention_days(retention: Duration) -> u32 {
+    retention
+        .as_secs()
+        .div_ceil(DAY)
+        .clamp(1, u64::from(u32::MAX)) as u32
 }
 
 fn blob_meta(e: Entry) -> sluice_store::BlobMeta {

@@ -783,3 +783,31 @@ fn an_old_sled_index_gives_its_tombstones_and_checkpoint() {
     assert_eq!(e.id, 4);
     assert!(a.verify().unwrap().problems.is_empty());
 }
+
+#[test]
+fn unsynced_puts_are_confirmed_only_after_a_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path());
+    let e = a
+        .put_unsynced(
+            "in",
+            &message(1),
+            attrs("U1", "a@a.test", &["b@b.test"], "x"),
+            45,
+        )
+        .unwrap();
+    assert!(a.confirm(e.id).is_err(), "not synced yet");
+    // Searchable at once; a retry finds it before the sync too.
+    assert_eq!(ids(&a.search(&Query::default()).unwrap()), [1]);
+    let again = a
+        .put_unsynced(
+            "in",
+            &message(1),
+            attrs("U1", "a@a.test", &["b@b.test"], "x"),
+            45,
+        )
+        .unwrap();
+    assert_eq!(again.id, e.id);
+    sluice_core::durable::CommitHook::sync(&a).unwrap();
+    a.confirm(e.id).unwrap();
+}

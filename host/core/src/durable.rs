@@ -43,6 +43,17 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
     result
 }
 
+/// Another store whose writes ride a group commit (the queue's): the committer calls
+/// [`CommitHook::sync`] before making its own records durable, so that whatever was written
+/// to the hooked store before the commit began is on disk before any record written after
+/// it could be. A store that waits for that commit instead of syncing on its own saves an
+/// `fdatasync` per write group.
+pub trait CommitHook: Send + Sync {
+    /// Makes every write made so far durable. An error is the hooked store's own to
+    /// report (to the writers waiting on it); the commit goes on.
+    fn sync(&self) -> std::io::Result<()>;
+}
+
 /// Makes a folder's entries (files created, renamed or removed in it) durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()

@@ -177,7 +177,16 @@ pub struct Services {
     pub tracking: Option<Arc<Tracking>>,
     /// Outgoing `wasi:http` requests, with kept-alive connections.
     pub http: crate::http_client::HttpClient,
+    /// When set, `blobs` syncs with the queue's group commit (it is the queue's
+    /// `CommitHook`): a stored message is written with `put_unsynced` and made durable by
+    /// this commit, instead of an `fdatasync` of the blob store's own.
+    pub blob_commit: Option<Commit>,
 }
+
+/// Runs a group commit (the queue's) and returns once it is done.
+pub type Commit = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync,
+>;
 
 /// What `tracking-url` needs: the signing keys, the public base URL, and how long a
 /// tracked message's context is kept (in `kv`, namespace [`sluice_track::CONTEXT_NAMESPACE`]).
@@ -201,6 +210,7 @@ impl Services {
                 events: events.clone(),
                 tracking: None,
                 http: Default::default(),
+                blob_commit: None,
             },
             events,
         )
@@ -735,11 +745,36 @@ impl host::Host for StepState {
         let retention =
             std::time::Duration::from_secs(u64::from(retention_days.clamp(1, 3650)) * 86400);
         let blobs = self.services.blobs.clone();
+        if let Some(commit) = self.services.blob_commit.clone() {
+            // Written here (compressing a large message off the async workers), made durable
+            // by the queue's next group commit.
+            let id = off_the_workers(message.raw.len(), || {
+                blobs.put_unsynced(&ns, &message.raw, all, retention)
+            })
+            .map_err(store_error)?;
+            commit().await.map_err(host::Error::Failed)?;
+            blobs.confirm(&id).map_err(store_error)?;
+            return Ok(id);
+        }
         // The store syncs to disk: a blocking thread waits, not an async worker.
         tokio::task::spawn_blocking(move || blobs.put(&ns, &message.raw, all, retention))
             .await
             .map_err(|e| host::Error::Failed(e.to_string()))?
             .map_err(store_error)
+    }
+}
+
+/// Runs `f` with `block_in_place` for a body of 256 KiB or more on a multi-threaded runtime
+/// (compressing it takes milliseconds), inline otherwise.
+fn off_the_workers<T>(len: usize, f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi = Handle::try_current()
+        .map(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
+        .unwrap_or(false);
+    if len >= 256 * 1024 && multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
     }
 }
 

@@ -174,4 +174,17 @@ pub trait Queue: Send + Sync {
     }
     /// Makes every earlier change durable.
     async fn sync(&self) -> Result<(), QueueError>;
+    /// Makes every earlier change durable, riding the next flush other writers ask for
+    /// if one comes within `within`, asking for one after that: under load no flush of
+    /// its own. What a commit hook's writers wait for.
+    async fn sync_soon(&self, within: std::time::Duration) -> Result<(), QueueError> {
+        let _ = within;
+        self.sync().await
+    }
+    /// Has each later [`Queue::sync`] (and every other flush) sync `hook` first; returns
+    /// whether this queue can (one without its own flushes cannot).
+    fn add_commit_hook(&self, hook: Arc<dyn sluice_core::durable::CommitHook>) -> bool {
+        let _ = hook;
+        false
+    }
 }

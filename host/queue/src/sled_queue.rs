@@ -54,6 +54,8 @@ struct Flusher {
     /// for good), so no later flush may acknowledge anything. Cleared only by reopening.
     poison: Mutex<Option<Failure>>,
     poisoned: AtomicBool,
+    /// Other stores synced before each flush.
+    hooks: Hooks,
 }
 
 /// Why the store stopped taking writes.
@@ -117,7 +119,11 @@ struct Shared {
     last_reopen: Mutex<Option<Instant>>,
     /// Free bytes kept in reserve on the queue's filesystem.
     min_free: AtomicU64,
+    /// Synced at the start of every flush ([`Queue::add_commit_hook`]).
+    hooks: Hooks,
 }
+
+type Hooks = Arc<Mutex<Vec<Arc<dyn sluice_core::durable::CommitHook>>>>;
 
 struct Inner {
     db: sled::Db,
@@ -136,7 +142,11 @@ impl Drop for Inner {
 }
 
 impl Inner {
-    fn open(dir: &Path, outbox: &crate::outbox::Outbox) -> Result<Arc<Inner>, QueueError> {
+    fn open(
+        dir: &Path,
+        outbox: &crate::outbox::Outbox,
+        hooks: Hooks,
+    ) -> Result<Arc<Inner>, QueueError> {
         // No periodic flush of sled's own: it fsyncs with errors only logged, and a lost
         // fsync error is lost data. The flusher below runs at least every FLUSH_EVERY.
         let config = sled::Config::new()
@@ -168,6 +178,7 @@ impl Inner {
             stop: AtomicBool::new(false),
             poison: Mutex::new(None),
             poisoned: AtomicBool::new(false),
+            hooks,
         });
         // Live bodies per segment, counted as the records stream by.
         let mut live: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
@@ -238,6 +249,30 @@ impl Inner {
         Ok(())
     }
 
+    /// [`Queue::sync_soon`]: waits for the flush after the next ticket anyone takes, taking
+    /// one itself after `within`.
+    async fn durable_soon(&self, within: Duration) -> Result<(), QueueError> {
+        let f = &self.flusher;
+        if let Some(e) = f.failure() {
+            return Err(e);
+        }
+        let mut rx = f.flushed.subscribe();
+        // A flush reaching this ticket read the ticket count after someone took it, and
+        // so after every write made before this line.
+        let ticket = f.requested.load(Ordering::SeqCst) + 1;
+        let waited = tokio::time::timeout(within, rx.wait_for(|s| s.done >= ticket))
+            .await
+            .map(|r| r.map(|s| *s));
+        let state = match waited {
+            Ok(state) => state.map_err(|_| QueueError::Closed)?,
+            Err(_) => return self.durable().await,
+        };
+        if ticket <= state.failed_upto || f.poisoned.load(Ordering::SeqCst) {
+            return Err(f.failure().unwrap_or(QueueError::Closed));
+        }
+        Ok(())
+    }
+
     fn remove_record(&self, id: &str) -> Result<(), QueueError> {
         if let Some(old) = self.check(self.db.remove(key(META, id)))?
             && let Some(r) = BodyRef::decode(&old)
@@ -253,7 +288,8 @@ impl SledQueue {
     pub fn open(dir: &Path) -> Result<SledQueue, QueueError> {
         sluice_core::durable::create_dir_all(dir).map_err(io)?;
         let outbox = crate::outbox::Outbox::new();
-        let inner = Inner::open(dir, &outbox)?;
+        let hooks: Hooks = Arc::default();
+        let inner = Inner::open(dir, &outbox, hooks.clone())?;
         Ok(SledQueue {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
@@ -262,6 +298,7 @@ impl SledQueue {
                 abandoned: Mutex::new(Vec::new()),
                 last_reopen: Mutex::new(None),
                 min_free: AtomicU64::new(0),
+                hooks,
             }),
         })
     }
@@ -319,7 +356,12 @@ impl SledQueue {
         // Operations still running on the old database finish with it; the open waits for
         // its lock.
         *cur = None;
-        let inner = Inner::open(&self.shared.dir, &self.shared.outbox).inspect_err(|e| {
+        let inner = Inner::open(
+            &self.shared.dir,
+            &self.shared.outbox,
+            self.shared.hooks.clone(),
+        )
+        .inspect_err(|e| {
             tracing::error!(error = %e, "cannot reopen the queue store; trying again later");
         })?;
         let abandoned = std::mem::take(
@@ -446,7 +488,14 @@ fn flush_loop(inner: std::sync::Weak<Inner>, f: Arc<Flusher>) {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        // Bodies first, then the records that point at them.
+        // Hooked stores first (records written after this flush may point at their
+        // data), then bodies, then the records that point at them.
+        let hooks = f.hooks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for h in hooks {
+            if let Err(e) = h.sync() {
+                tracing::error!(error = %e, "a store synced with the queue failed to sync");
+            }
+        }
         let result = strong
             .bodies
             .sync()
@@ -651,6 +700,19 @@ impl Queue for SledQueue {
     async fn sync(&self) -> Result<(), QueueError> {
         self.inner()?.durable().await
     }
+
+    async fn sync_soon(&self, within: Duration) -> Result<(), QueueError> {
+        self.inner()?.durable_soon(within).await
+    }
+
+    fn add_commit_hook(&self, hook: Arc<dyn sluice_core::durable::CommitHook>) -> bool {
+        self.shared
+            .hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
+        true
+    }
 }
 
 #[cfg(test)]
@@ -674,6 +736,74 @@ mod tests {
         recipients: Vec<RecipientState>,
         quarantine: Option<String>,
         session: Option<SessionInfo>,
+    }
+
+    /// Counts its syncs and notes the flushes already done when each began.
+    #[derive(Default)]
+    struct Hook {
+        calls: Mutex<Vec<u64>>,
+        flusher: std::sync::OnceLock<Arc<Flusher>>,
+    }
+
+    impl sluice_core::durable::CommitHook for Hook {
+        fn sync(&self) -> std::io::Result<()> {
+            let done = self.flusher.get().map_or(0, |f| f.flushed.borrow().done);
+            self.calls.lock().unwrap().push(done);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn commit_hooks_are_synced_before_the_flush_they_ride() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SledQueue::open(dir.path()).unwrap();
+        let hook = Arc::new(Hook::default());
+        let _ = hook.flusher.set(q.inner().unwrap().flusher.clone());
+        assert!(q.add_commit_hook(hook.clone()));
+        let before = q.inner().unwrap().flusher.flushed.borrow().done;
+        q.sync().await.unwrap();
+        let after = q.inner().unwrap().flusher.flushed.borrow().done;
+        assert!(after > before);
+        // The hook ran in that flush, before it was marked done.
+        assert!(
+            hook.calls
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|&d| d >= before && d < after),
+            "{:?} {before} {after}",
+            hook.calls.lock().unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn sync_soon_rides_another_writers_flush_or_asks_after_its_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SledQueue::open(dir.path()).unwrap();
+        let f = q.inner().unwrap().flusher.clone();
+        // Riding: it waits (a minute at most) until another writer's flush.
+        let rider = {
+            let q = q.clone();
+            tokio::spawn(async move { q.sync_soon(Duration::from_secs(60)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!rider.is_finished(), "no flush was asked for yet");
+        let asked = f.requested.load(Ordering::SeqCst);
+        q.sync().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), rider)
+            .await
+            .expect("rode the other flush")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            f.requested.load(Ordering::SeqCst),
+            asked + 1,
+            "one flush asked for"
+        );
+        // Alone: its own flush after the wait.
+        let asked = f.requested.load(Ordering::SeqCst);
+        q.sync_soon(Duration::from_millis(5)).await.unwrap();
+        assert_eq!(f.requested.load(Ordering::SeqCst), asked + 1);
     }
 
     #[tokio::test]

@@ -544,6 +544,22 @@ async fn serve(settings: Settings) -> Result<()> {
                     &settings.plugin_http_roots,
                 )
                 .context("[plugins] http_ca")?,
+                // The archive's writes ride the queue's group commit (one fdatasync cycle
+                // for both) instead of syncing on their own.
+                blob_commit: queue.add_commit_hook(archive.clone()).then(|| {
+                    let queue = queue.clone();
+                    let commit: sluice_plugin::step::Commit = Arc::new(move || {
+                        let queue = queue.clone();
+                        Box::pin(async move {
+                            // Under load, the next enqueue's flush; after 2 ms, its own.
+                            queue
+                                .sync_soon(std::time::Duration::from_millis(2))
+                                .await
+                                .map_err(|e| e.to_string())
+                        })
+                    });
+                    commit
+                }),
             };
             Some(load_policies(&settings, path, Some(services)).await?)
         }

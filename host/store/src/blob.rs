@@ -82,6 +82,25 @@ pub trait BlobStore: Send + Sync {
     ) -> Result<Vec<BlobMeta>, StoreError>;
     /// Removes blobs past their retention; returns how many.
     fn purge_expired(&self) -> Result<usize, StoreError>;
+    /// Like [`BlobStore::put`], but returns once the body is written, before it is on
+    /// disk: for a store whose syncs ride another store's group commit
+    /// (`sluice_core::durable::CommitHook`). After that commit, [`BlobStore::confirm`] says
+    /// whether the write is durable. By default the same as `put`.
+    fn put_unsynced(
+        &self,
+        ns: &str,
+        body: &[u8],
+        attributes: Vec<(String, String)>,
+        retention: Duration,
+    ) -> Result<String, StoreError> {
+        self.put(ns, body, attributes, retention)
+    }
+    /// Whether a blob stored with [`BlobStore::put_unsynced`] is durable (asked after the
+    /// commit that syncs this store).
+    fn confirm(&self, id: &str) -> Result<(), StoreError> {
+        let _ = id;
+        Ok(())
+    }
 }
 
 fn new_id() -> String {
