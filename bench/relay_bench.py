@@ -147,13 +147,15 @@ def track_policy(path):
 ARCHIVE = plugin_path("archive")
 
 
-def archive_policy(path):
+def archive_policy(path, warm=False):
     """The archive plugin at the queued stage: every message stored (zstd segments, search
-    index, hash chain, fdatasync per group) before its delivery."""
+    index, hash chain, synced with the queue's group commit) before its delivery; with
+    `warm`, in reused instances (`instances = "warm"`)."""
     sha = digest(ARCHIVE)
+    instances = 'instances = "warm"\n' if warm else ""
     with open(path, "w") as f:
         f.write(f'[[pipeline]]\nname = "bench"\n[[pipeline.step]]\nname = "archive"\n'
-                f'plugin = "{ARCHIVE}"\nsha256 = "{sha}"\nstages = ["queued"]\n'
+                f'plugin = "{ARCHIVE}"\nsha256 = "{sha}"\nstages = ["queued"]\n{instances}'
                 f'[pipeline.step.capabilities]\nblobs = "bench"\n'
                 f'[pipeline.step.config]\nretention_days = 7\n')
 
@@ -529,8 +531,8 @@ class Sluice:
         elif steps == "queued":
             noop_policy(os.path.join(self.dir, "policy.toml"), 1, stage="queued")
             policies = 'policies = "policy.toml"'
-        elif steps == "archive":
-            archive_policy(os.path.join(self.dir, "policy.toml"))
+        elif steps in ("archive", "archive-warm"):
+            archive_policy(os.path.join(self.dir, "policy.toml"), warm=steps == "archive-warm")
             policies = 'policies = "policy.toml"'
         elif steps == "track":
             track_policy(os.path.join(self.dir, "policy.toml"))
@@ -851,8 +853,8 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
         server = make(workdir, sink.port, binary, steps="outbound")
     elif kind == "sluice+queued":
         server = make(workdir, sink.port, binary, steps="queued")
-    elif kind == "sluice+archive":
-        server = make(workdir, sink.port, binary, steps="archive")
+    elif kind in ("sluice+archive", "sluice+archive-warm"):
+        server = make(workdir, sink.port, binary, steps=kind.split("+")[1])
     elif kind in ("sluice+inbound", "sluice+inbound-av"):
         server = make(workdir, sink.port, binary, steps=kind.split("+")[1])
         pass_greylist(server.port, [("load@bench.test", "rcpt@bench.test"),
@@ -934,6 +936,7 @@ def main():
                          "sluice+spam (the spam-score plugin and model), "
                          "sluice+track (link tracking, per-recipient render), "
                          "sluice+archive (the archive plugin at the queued stage), "
+                         "sluice+archive-warm (the same in warm instances), "
                          "sluice+queued (one no-op step at the queued stage), "
                          "sluice+outbound (STARTTLS+AUTH submission, suppression, tracking, "
                          "DKIM RSA-2048, webhook events; needs --html), "

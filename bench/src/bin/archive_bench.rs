@@ -94,16 +94,14 @@ fn message(n: u64) -> Message {
     Message { raw, attributes }
 }
 
-fn dir_size(path: &std::path::Path) -> u64 {
+/// Bytes of the files in `path` whose names end with `suffix`.
+fn files_size(path: &std::path::Path, suffix: &str) -> u64 {
     let mut total = 0;
     if let Ok(rd) = std::fs::read_dir(path) {
         for e in rd.flatten() {
-            let p = e.path();
-            total += if p.is_dir() {
-                dir_size(&p)
-            } else {
-                e.metadata().map_or(0, |m| m.len())
-            };
+            if e.file_name().to_string_lossy().ends_with(suffix) {
+                total += e.metadata().map_or(0, |m| m.len());
+            }
         }
     }
     total
@@ -197,9 +195,9 @@ fn main() -> Result<()> {
         );
     }
     println!(
-        "disk: segments {:.0} MB, index {:.0} MB",
-        dir_size(&dir.join("segments")) as f64 / 1e6,
-        dir_size(&dir.join("index")) as f64 / 1e6
+        "disk: segments {:.0} MB, index files {:.0} MB",
+        files_size(&dir.join("segments"), ".seg") as f64 / 1e6,
+        files_size(&dir.join("segments"), ".idx") as f64 / 1e6
     );
     drop(archive);
     let started = Instant::now();

@@ -322,14 +322,6 @@ impl Run {
         }
     }
 
-    /// Whether the run may hold a queue-id term (exact for memory runs).
-    fn may_hold_qid(&self, key: &[u8], hash: u64) -> bool {
-        match &self.postings {
-            Postings::Mem(m) => m.contains_key(key),
-            Postings::File { qids, .. } => qids.binary_search(&hash).is_ok(),
-        }
-    }
-
     /// The bytes of this (memory) run's index file.
     fn encode(&self) -> Vec<u8> {
         let Postings::Mem(map) = &self.postings else {
@@ -595,9 +587,43 @@ struct State {
     open: HashMap<SegId, Run>,
     tombs: Vec<TombFile>,
     checkpoint: Checkpoint,
+    /// Every file-backed run's queue-id hashes, sorted: a retried stage's check is one
+    /// binary search, not one per run.
+    qids: Vec<u64>,
 }
 
 impl State {
+    /// Rebuilds [`State::qids`] from the runs.
+    fn rebuild_qids(&mut self) {
+        let mut all: Vec<u64> = Vec::new();
+        for run in &self.runs {
+            if let Postings::File { qids, .. } = &run.postings {
+                all.extend_from_slice(qids);
+            }
+        }
+        all.sort_unstable();
+        self.qids = all;
+    }
+
+    /// Merges a run's (sorted) queue-id hashes into [`State::qids`].
+    fn merge_qids(&mut self, more: &[u64]) {
+        let old = std::mem::take(&mut self.qids);
+        let mut out = Vec::with_capacity(old.len() + more.len());
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() && j < more.len() {
+            if old[i] <= more[j] {
+                out.push(old[i]);
+                i += 1;
+            } else {
+                out.push(more[j]);
+                j += 1;
+            }
+        }
+        out.extend_from_slice(&old[i..]);
+        out.extend_from_slice(&more[j..]);
+        self.qids = out;
+    }
+
     fn all(&self) -> impl Iterator<Item = &Run> + '_ {
         self.runs.iter().map(|r| &**r).chain(self.open.values())
     }
@@ -642,6 +668,7 @@ impl Index {
                 open: HashMap::new(),
                 tombs: Vec::new(),
                 checkpoint: Checkpoint::default(),
+                qids: Vec::new(),
             })),
             marks: Mutex::new(marks),
         };
@@ -796,8 +823,13 @@ impl Index {
         let mut best: Option<(u64, Slot)> = None;
         {
             let s = self.read();
+            let in_files = s.qids.binary_search(&hash).is_ok();
             for run in s.all() {
-                if !run.may_hold_qid(&k, hash) {
+                let maybe = match &run.postings {
+                    Postings::Mem(m) => m.contains_key(&k),
+                    Postings::File { qids, .. } => in_files && qids.binary_search(&hash).is_ok(),
+                };
+                if !maybe {
                     continue;
                 }
                 for id in run.ids(&k)? {
@@ -995,6 +1027,7 @@ impl Index {
             seal(&mut s, seg);
             let (gone, kept): (Vec<_>, Vec<_>) = s.runs.drain(..).partition(|r| r.seg == seg);
             s.runs = kept;
+            s.rebuild_qids();
             gone
         };
         let mut tombs = Vec::new();
@@ -1378,6 +1411,7 @@ impl Index {
                 s.runs = runs;
                 s.tombs = tombs;
                 s.checkpoint = checkpoint;
+                s.rebuild_qids();
                 for run in fresh {
                     let seg = run.seg;
                     s.open.insert(seg, run);
@@ -1479,7 +1513,12 @@ fn write_run(dir: &Path, state: &RwLock<State>, run: &Arc<Run>) -> Result<(), Ar
     let loaded = Arc::new(Run::load(&path)?);
     let mut s = state.write().expect("archive index");
     match s.runs.iter_mut().find(|r| Arc::ptr_eq(r, run)) {
-        Some(r) => *r = loaded,
+        Some(r) => {
+            *r = loaded.clone();
+            if let Postings::File { qids, .. } = &loaded.postings {
+                s.merge_qids(qids);
+            }
+        }
         // Purged meanwhile.
         None => {
             drop(s);

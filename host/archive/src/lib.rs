@@ -642,8 +642,9 @@ impl Drop for Archive {
     }
 }
 
-/// zstd level: fast, and most of the gain on mail text.
-const LEVEL: i32 = 3;
+/// zstd level 1: on real mail (200 messages of the SpamAssassin ham corpus, `zstd -b1 -e3`)
+/// 2.10× at 214 MB/s, against level 3's 2.14× at 161 MB/s.
+const LEVEL: i32 = 1;
 
 /// zstd with one compression context per thread (creating one zeroes hundreds of KB).
 fn compress(raw: &[u8]) -> Result<Vec<u8>, ArchiveError> {
