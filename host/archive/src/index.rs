@@ -1207,6 +1207,9 @@ impl Index {
                     && let Some(seg) = SegId::parse(&format!("{stem}.seg"))
                 {
                     tomb_segs.push(seg);
+                } else if name.starts_with('.') && name.ends_with(".tmp") {
+                    // An index or tombstone file whose writing a crash cut short.
+                    remove_if_there(&self.dir.join(&name))?;
                 }
             }
             segs.sort();

@@ -535,7 +535,11 @@ fn a_lost_index_is_rebuilt_from_the_segments() {
         a.verify().unwrap().head
     };
     remove_runs(dir.path());
+    // A run file whose writing a crash cut short is cleared away.
+    let tmp = dir.path().join("segments").join(".x.0000.idx.1.tmp");
+    std::fs::write(&tmp, b"half").unwrap();
     let a = open(dir.path());
+    assert!(!tmp.exists());
     assert_eq!(
         ids(&a
             .search(&Query {
