@@ -22,7 +22,7 @@
 //! The segments stay the truth: an index file that is missing or fails its CRC is rebuilt
 //! from its segment when the archive opens.
 
-use crate::segment::{self, Record, SegId};
+use crate::segment::{self, Record, SegFiles, SegId};
 use crate::{ArchiveError, Entry, Page, Query, Recovered};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -451,6 +451,7 @@ fn parse_run_file_name(name: &str) -> Option<(SegId, u32)> {
 }
 
 /// A tombstone file: where it is and the ids it holds.
+#[derive(Clone, Copy)]
 struct TombFile {
     seg: SegId,
     lo: u64,
@@ -605,23 +606,11 @@ impl State {
         self.qids = all;
     }
 
-    /// Merges a run's (sorted) queue-id hashes into [`State::qids`].
+    /// Adds a run's (sorted) queue-id hashes to [`State::qids`]: the stable sort finds
+    /// the two sorted runs and merges them in linear time.
     fn merge_qids(&mut self, more: &[u64]) {
-        let old = std::mem::take(&mut self.qids);
-        let mut out = Vec::with_capacity(old.len() + more.len());
-        let (mut i, mut j) = (0, 0);
-        while i < old.len() && j < more.len() {
-            if old[i] <= more[j] {
-                out.push(old[i]);
-                i += 1;
-            } else {
-                out.push(more[j]);
-                j += 1;
-            }
-        }
-        out.extend_from_slice(&old[i..]);
-        out.extend_from_slice(&more[j..]);
-        self.qids = out;
+        self.qids.extend_from_slice(more);
+        self.qids.sort();
     }
 
     fn all(&self) -> impl Iterator<Item = &Run> + '_ {
@@ -791,17 +780,11 @@ impl Index {
 
     /// Reads entries' records, checking each is the entry its row says.
     fn entries(&self, slots: &[(u64, Slot)]) -> Result<Vec<Entry>, ArchiveError> {
-        let mut files: HashMap<SegId, File> = HashMap::new();
+        let mut files = SegFiles::new(&self.dir);
         let mut out = Vec::with_capacity(slots.len());
         for &(id, slot) in slots {
-            let file = match files.entry(slot.seg) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(File::open(self.dir.join(slot.seg.file_name()))?)
-                }
-            };
             // A damaged record is left out (and logged); `verify` reports it.
-            match segment::read_at(file, slot.offset, slot.len) {
+            match files.read(slot.seg, slot.offset, slot.len) {
                 Ok((record, _)) if record.entry.id == id => out.push(record.entry),
                 Ok((record, _)) => tracing::error!(
                     id,
@@ -1010,15 +993,6 @@ impl Index {
         self.entries(&found)
     }
 
-    /// The segments that have live entries.
-    pub fn segments(&self) -> Vec<SegId> {
-        let s = self.read();
-        let mut out: Vec<SegId> = s.all().map(|r| r.seg).collect();
-        out.sort();
-        out.dedup();
-        out
-    }
-
     /// Purges a segment: its entries become tombstones (a file written before anything is
     /// removed), then its runs and the segment itself go. Returns how many entries went.
     pub fn purge_segment(&self, seg: SegId) -> Result<usize, ArchiveError> {
@@ -1106,15 +1080,7 @@ impl Index {
     }
 
     fn tomb_files(&self) -> Vec<TombFile> {
-        self.read()
-            .tombs
-            .iter()
-            .map(|t| TombFile {
-                seg: t.seg,
-                lo: t.lo,
-                hi: t.hi,
-            })
-            .collect()
+        self.read().tombs.clone()
     }
 
     /// The checkpoint and every live entry and tombstone after it, in id order.
@@ -1137,7 +1103,7 @@ impl Index {
                 Err(e) => tracing::error!(error = %e, "archive tombstones unreadable"),
             }
         }
-        links.retain(|l| link_id(l) >= cp.first);
+        // Live entries are never older than the checkpoint: it moves up to the oldest one.
         links.sort_by_key(link_id);
         Ok((cp.first, cp.chain, links))
     }
@@ -1331,28 +1297,22 @@ impl Index {
             );
             after.sort_by_key(|(id, _)| *id);
             after.dedup_by_key(|(id, _)| *id);
-            let mut files: HashMap<SegId, File> = HashMap::new();
-            let mut link =
-                |id: u64, at: Option<(SegId, Row)>| -> Result<Option<Hashes>, ArchiveError> {
-                    if let Some(k) = known.get(&id) {
-                        return Ok(Some(*k));
-                    }
-                    let Some((seg, r)) = at else { return Ok(None) };
-                    let file = match files.entry(seg) {
-                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            v.insert(File::open(self.dir.join(seg.file_name()))?)
-                        }
-                    };
-                    Ok(segment::read_at(file, r.offset, r.len)
-                        .ok()
-                        .map(|(rec, _)| (rec.entry.hash(), rec.chain)))
-                };
+            let mut files = SegFiles::new(&self.dir);
+            let mut link = |id: u64, at: Option<(SegId, Row)>| -> Option<Hashes> {
+                if let Some(k) = known.get(&id) {
+                    return Some(*k);
+                }
+                let (seg, r) = at?;
+                files
+                    .read(seg, r.offset, r.len)
+                    .ok()
+                    .map(|(rec, _)| (rec.entry.hash(), rec.chain))
+            };
             let start = if marks_id >= checkpoint.first {
                 let at = all_rows()
                     .find(|(id, _, _)| *id == marks_id)
                     .map(|(_, s, r)| (s, r));
-                let start = link(marks_id, at)?.map(|(_, c)| (c, marks_id + 1));
+                let start = link(marks_id, at).map(|(_, c)| (c, marks_id + 1));
                 if start.is_none() {
                     tracing::warn!(
                         id = marks_id,
@@ -1369,7 +1329,7 @@ impl Index {
                     if *id < expect {
                         continue;
                     }
-                    match link(*id, *at)? {
+                    match link(*id, *at) {
                         Some((hash, chain))
                             if *id == expect && crate::chain(&prev, &hash) == chain =>
                         {

@@ -508,12 +508,8 @@ impl Archive {
                 due.push(seg);
             }
         }
-        // Segments still indexed whose file is gone (a purge cut short).
-        for seg in self.index.segments() {
-            if seg.day <= today && !due.contains(&seg) {
-                due.push(seg);
-            }
-        }
+        // (A purge cut short is finished when the archive opens: its tombstone file is
+        // there, so the segment and its index files go.)
         due.sort();
         for seg in due {
             {
@@ -542,7 +538,8 @@ impl Archive {
         // (reported once, the check goes on from the next one).
         let mut prev = Some(chain0);
         let mut expected_id = first;
-        let mut files: HashMap<SegId, File> = HashMap::new();
+        let segments = self.segments();
+        let mut files = segment::SegFiles::new(&segments);
         for link in links {
             let id = match &link {
                 Link::Live(id, _) => *id,
@@ -571,23 +568,7 @@ impl Archive {
                 Link::Live(_, slot) => slot,
             };
             v.messages += 1;
-            let file = match files.entry(slot.seg) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(vac) => {
-                    match File::open(self.segments().join(slot.seg.file_name())) {
-                        Ok(f) => vac.insert(f),
-                        Err(e) => {
-                            v.problems.push(format!(
-                                "entry {id}: segment {} unreadable: {e}",
-                                slot.seg.file_name()
-                            ));
-                            prev = None;
-                            continue;
-                        }
-                    }
-                }
-            };
-            let (record, body) = match segment::read_at(file, slot.offset, slot.len) {
+            let (record, body) = match files.read(slot.seg, slot.offset, slot.len) {
                 Ok(r) => r,
                 Err(e) => {
                     v.problems.push(format!("entry {id}: {e}"));

@@ -86,6 +86,37 @@ pub(crate) fn encode(record: &Record, body: &[u8]) -> Result<Vec<u8>, ArchiveErr
     Ok(out)
 }
 
+/// Segment files opened once each for a series of reads.
+pub(crate) struct SegFiles<'a> {
+    dir: &'a Path,
+    open: std::collections::HashMap<SegId, File>,
+}
+
+impl<'a> SegFiles<'a> {
+    pub fn new(dir: &'a Path) -> SegFiles<'a> {
+        SegFiles {
+            dir,
+            open: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The record of `len` bytes at `offset` of segment `seg` (see [`read_at`]).
+    pub fn read(
+        &mut self,
+        seg: SegId,
+        offset: u64,
+        len: u32,
+    ) -> Result<(Record, Vec<u8>), ArchiveError> {
+        let file = match self.open.entry(seg) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(File::open(self.dir.join(seg.file_name()))?)
+            }
+        };
+        read_at(file, offset, len)
+    }
+}
+
 /// Reads the record of `len` bytes at `offset`: its header and compressed body.
 pub(crate) fn read_at(
     file: &File,
