@@ -233,20 +233,13 @@ impl Inner {
         if let Some(e) = f.failure() {
             return Err(e);
         }
-        let mut rx = f.flushed.subscribe();
+        let rx = f.flushed.subscribe();
         let ticket = f.requested.fetch_add(1, Ordering::SeqCst) + 1;
         {
             let _g = f.wake.lock().unwrap_or_else(|e| e.into_inner());
             f.cond.notify_one();
         }
-        let state = *rx
-            .wait_for(|s| s.done >= ticket)
-            .await
-            .map_err(|_| QueueError::Closed)?;
-        if ticket <= state.failed_upto || f.poisoned.load(Ordering::SeqCst) {
-            return Err(f.failure().unwrap_or(QueueError::Closed));
-        }
-        Ok(())
+        self.flushed_to(rx, ticket).await
     }
 
     /// [`Queue::sync_soon`]: waits for the flush after the next ticket anyone takes, taking
@@ -256,17 +249,27 @@ impl Inner {
         if let Some(e) = f.failure() {
             return Err(e);
         }
-        let mut rx = f.flushed.subscribe();
+        let rx = f.flushed.subscribe();
         // A flush reaching this ticket read the ticket count after someone took it, and
         // so after every write made before this line.
         let ticket = f.requested.load(Ordering::SeqCst) + 1;
-        let waited = tokio::time::timeout(within, rx.wait_for(|s| s.done >= ticket))
+        match tokio::time::timeout(within, self.flushed_to(rx, ticket)).await {
+            Ok(result) => result,
+            Err(_) => self.durable().await,
+        }
+    }
+
+    /// Waits until the flusher is done with `ticket`, and says whether that flush held.
+    async fn flushed_to(
+        &self,
+        mut rx: watch::Receiver<Flushed>,
+        ticket: u64,
+    ) -> Result<(), QueueError> {
+        let f = &self.flusher;
+        let state = *rx
+            .wait_for(|s| s.done >= ticket)
             .await
-            .map(|r| r.map(|s| *s));
-        let state = match waited {
-            Ok(state) => state.map_err(|_| QueueError::Closed)?,
-            Err(_) => return self.durable().await,
-        };
+            .map_err(|_| QueueError::Closed)?;
         if ticket <= state.failed_upto || f.poisoned.load(Ordering::SeqCst) {
             return Err(f.failure().unwrap_or(QueueError::Closed));
         }
