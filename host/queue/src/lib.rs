@@ -17,6 +17,7 @@
 
 pub mod body_log;
 pub mod history;
+mod history_sled;
 pub mod mem;
 pub mod meta;
 pub mod outbox;
@@ -92,6 +93,8 @@ pub enum QueueError {
     NoSpace(String),
     #[error("queue is closed")]
     Closed,
+    #[error("event history storage: {0}")]
+    History(Box<redb::Error>),
 }
 
 impl QueueError {

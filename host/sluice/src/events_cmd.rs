@@ -1,6 +1,6 @@
 //! `sluice events` (recent events from the history, by kind, recipient and time) and
 //! `sluice queue history`. With the server stopped they open the event history
-//! (`<data_dir>/history`) directly; while it runs (sled holds a lock) they go through the
+//! (`<data_dir>/history`) directly; while it runs (redb holds a lock) they go through the
 //! admin API. Both print the same.
 
 use crate::api_client::{Access, ApiClient, local_or_api};
