@@ -244,7 +244,10 @@ pub struct StepTrace {
 pub struct StageResult {
     pub verdict: Verdict,
     pub score: f64,
+    /// Every step's symbols.
     pub symbols: Vec<wit::Symbol>,
+    /// The edits the host made after the steps (the score headers of the chain's
+    /// thresholds); each step's own edits are in its trace.
     pub edits: Vec<wit::Edit>,
     pub trace: Vec<StepTrace>,
 }
@@ -382,16 +385,17 @@ impl Chain {
                             result.score += s.score;
                         }
                     }
+                    result.symbols.extend(o.symbols.iter().cloned());
+                    // The step's edits are applied already; the trace keeps them (they can
+                    // be whole replaced parts: moved, not copied).
                     let trace = StepTrace {
                         step: step.name.to_string(),
                         verdict: verdict.clone(),
-                        symbols: o.symbols.clone(),
-                        edits: o.edits.clone(),
+                        symbols: o.symbols,
+                        edits: o.edits,
                         elapsed,
                         error: None,
                     };
-                    result.symbols.extend(o.symbols);
-                    result.edits.extend(o.edits);
                     (verdict, trace)
                 }
                 Err(e) => {
@@ -437,11 +441,9 @@ impl Chain {
                 .message_score
                 .with_label_values(&[&self.name])
                 .observe(result.score);
-            let before = result.edits.len();
             self.apply_thresholds(&mut result);
-            let added = result.edits[before..].to_vec();
             // Host-made headers from well-formed values: applying them cannot fail.
-            let _ = edit_message(input, &added);
+            let _ = edit_message(input, &result.edits);
         }
         result
     }
