@@ -101,8 +101,7 @@ impl History {
             .set_cache_size(CACHE)
             .create(dir.join(FILE))
             .map_err(db_error)?;
-        let mut tx = db.begin_write().map_err(db_error)?;
-        tx.set_quick_repair(true);
+        let tx = begin(&db, Durability::Immediate)?;
         tx.open_table(EVENTS).map_err(db_error)?;
         tx.commit().map_err(db_error)?;
         crate::history_sled::migrate(dir, &db)?;
@@ -216,13 +215,21 @@ fn write_loop(db: &Database, rx: &Receiver<Event>) {
     }
 }
 
-/// Writes events, their records and index entries, in one transaction.
-fn write(db: &Database, events: &[Event], durability: Durability) -> Result<(), QueueError> {
+/// A write transaction. Durable commits save redb's allocator state (quick repair), so
+/// that opening the history after a crash does not walk the whole database.
+pub(crate) fn begin(
+    db: &Database,
+    durability: Durability,
+) -> Result<redb::WriteTransaction, QueueError> {
     let mut tx = db.begin_write().map_err(db_error)?;
-    // The durable commits (one a second) save redb's allocator state, so that opening the
-    // history after a crash does not walk the whole database.
     tx.set_quick_repair(matches!(durability, Durability::Immediate));
     tx.set_durability(durability).map_err(db_error)?;
+    Ok(tx)
+}
+
+/// Writes events, their records and index entries, in one transaction.
+fn write(db: &Database, events: &[Event], durability: Durability) -> Result<(), QueueError> {
+    let tx = begin(db, durability)?;
     {
         let mut t = tx.open_table(EVENTS).map_err(db_error)?;
         for e in events {
@@ -340,8 +347,9 @@ fn purge(db: &Database, before_ms: u64) -> Result<usize, QueueError> {
     let end = [LOG, &[0xff]].concat();
     let mut removed = 0;
     loop {
-        let tx = db.begin_write().map_err(db_error)?;
-        let n = {
+        let tx = begin(db, Durability::Immediate)?;
+        let mut n = 0;
+        {
             let mut t = tx.open_table(EVENTS).map_err(db_error)?;
             let mut doomed = Vec::new();
             for item in t
@@ -363,13 +371,12 @@ fn purge(db: &Database, before_ms: u64) -> Result<usize, QueueError> {
                     }
                 }
                 doomed.push(k.value().to_vec());
+                n += 1;
             }
-            let n = doomed.iter().filter(|k| k.starts_with(LOG)).count();
             for k in &doomed {
                 t.remove(k.as_slice()).map_err(db_error)?;
             }
-            n
-        };
+        }
         if n == 0 {
             return Ok(removed);
         }
@@ -394,7 +401,7 @@ mod tests {
         e
     }
 
-    fn tree() -> (tempfile::TempDir, Database) {
+    fn db() -> (tempfile::TempDir, Database) {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join(FILE)).unwrap();
         (dir, db)
@@ -414,7 +421,7 @@ mod tests {
 
     #[test]
     fn searches_page_newest_first_and_filter() {
-        let (_d, t) = tree();
+        let (_d, t) = db();
         let mut all = Vec::new();
         for i in 0..25u64 {
             let kind = if i % 5 == 0 {
@@ -511,7 +518,7 @@ mod tests {
 
     #[test]
     fn purge_removes_old_events_and_their_index_entries() {
-        let (_d, t) = tree();
+        let (_d, t) = db();
         let events: Vec<Event> = (0..2500u64)
             .map(|i| {
                 event(

@@ -4,7 +4,7 @@
 //! the same keys).
 
 use crate::QueueError;
-use crate::history::{EVENTS, db_error};
+use crate::history::{EVENTS, begin, db_error};
 use redb::{Database, Durability};
 use std::path::Path;
 
@@ -47,9 +47,7 @@ pub(crate) fn migrate(dir: &Path, db: &Database) -> Result<(), QueueError> {
 
 /// Writes a chunk of sled pairs durably; returns how many.
 fn put(db: &Database, chunk: &mut Vec<(sled::IVec, sled::IVec)>) -> Result<usize, QueueError> {
-    let mut tx = db.begin_write().map_err(db_error)?;
-    tx.set_quick_repair(true);
-    tx.set_durability(Durability::Immediate).map_err(db_error)?;
+    let tx = begin(db, Durability::Immediate)?;
     {
         let mut t = tx.open_table(EVENTS).map_err(db_error)?;
         for (k, v) in chunk.iter() {
