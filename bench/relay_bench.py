@@ -108,14 +108,16 @@ SUBMIT_LOAD = os.path.join(ROOT, "target", "release", "submit_load")
 HOOK_SINK = os.path.join(ROOT, "target", "release", "hook_sink")
 
 
-def noop_policy(path, steps, stage="data"):
-    """A policy with `steps` no-op plugin steps at the data (or queued) stage."""
+def noop_policy(path, steps, stage="data", warm=False):
+    """A policy with `steps` no-op plugin steps at the data (or queued) stage; `warm`, in
+    reused instances (`instances = "warm"`)."""
     sha = digest(NOOP)
+    instances = 'instances = "warm"\n' if warm else ""
     with open(path, "w") as f:
         f.write('[[pipeline]]\nname = "bench"\n')
         for i in range(steps):
             f.write(f'[[pipeline.step]]\nname = "noop{i}"\nplugin = "{NOOP}"\nsha256 = "{sha}"\n'
-                    f'stages = ["{stage}"]\n')
+                    f'stages = ["{stage}"]\n{instances}')
 
 
 SPAM_SCORE = plugin_path("spam_score")
@@ -542,6 +544,9 @@ class Sluice:
             http = free_port()
             extra = (f'[http]\nbind = "127.0.0.1:{http}"\n\n[tracking]\n'
                      f'base_url = "https://t.bench.test"\nkey = "tracking.key"\n\n')
+        elif isinstance(steps, str) and steps.endswith("w"):
+            noop_policy(os.path.join(self.dir, "policy.toml"), int(steps[:-1]), warm=True)
+            policies = 'policies = "policy.toml"'
         elif steps:
             noop_policy(os.path.join(self.dir, "policy.toml"), steps)
             policies = 'policies = "policy.toml"'
@@ -861,6 +866,9 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
                                     ("probe@bench.test", "probe@bench.test")])
     elif kind == "postfix+opendkim":
         server = Postfix(workdir, sink.port, dkim=True)
+    elif kind.startswith("sluice+") and kind.endswith("w"):
+        # `sluice+6w`: six no-op steps in warm instances.
+        server = make(workdir, sink.port, binary, steps=kind.split("+")[1])
     elif kind.startswith("sluice+"):
         server = make(workdir, sink.port, binary, steps=int(kind.split("+")[1]))
     elif kind == "postfix":
@@ -932,7 +940,7 @@ def main():
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--sizes", default="5000,50000")
     ap.add_argument("--relays", default="direct,sluice,sluice+6,postfix",
-                    help="comma-separated: direct, sluice, sluice+N (N no-op plugin steps), postfix, "
+                    help="comma-separated: direct, sluice, sluice+N (N no-op plugin steps), sluice+Nw (the same in warm instances), postfix, "
                          "sluice+spam (the spam-score plugin and model), "
                          "sluice+track (link tracking, per-recipient render), "
                          "sluice+archive (the archive plugin at the queued stage), "

@@ -31,6 +31,9 @@ pub struct MessageData {
     /// `None` for mail the host made itself (DSNs).
     pub session: Option<SessionInfo>,
     parsed: OnceLock<Message<'static>>,
+    /// The top-level header block alone, for callers that read headers only (most steps,
+    /// the archive's metadata) while nothing has parsed the whole message.
+    head: OnceLock<Message<'static>>,
 }
 
 impl MessageData {
@@ -46,6 +49,7 @@ impl MessageData {
             envelope,
             session,
             parsed: OnceLock::new(),
+            head: OnceLock::new(),
         })
     }
 
@@ -56,11 +60,19 @@ impl MessageData {
 
     /// The parsed message (parsed on first use).
     pub fn parsed(&self) -> &Message<'static> {
-        self.parsed.get_or_init(|| {
-            parser()
-                .parse(self.raw.as_slice())
-                .map(|m| m.into_owned())
-                .unwrap_or_default()
+        self.parsed
+            .get_or_init(|| or_empty(parser().parse(self.raw.as_slice())))
+    }
+
+    /// The message's top-level headers: from the full parse when something made it, else
+    /// from a parse of the header block alone (the body is neither decoded nor copied).
+    pub fn head(&self) -> &Message<'static> {
+        if let Some(m) = self.parsed.get() {
+            return m;
+        }
+        self.head.get_or_init(|| {
+            let block = &self.raw[..header_block_len(&self.raw)];
+            or_empty(parser().parse_headers(block))
         })
     }
 
@@ -71,11 +83,11 @@ impl MessageData {
 
     /// The `Message-ID` header without angle brackets.
     pub fn message_id(&self) -> Option<String> {
-        self.parsed().message_id().map(str::to_string)
+        self.head().message_id().map(str::to_string)
     }
 
     pub fn headers(&self) -> Vec<Header> {
-        self.parsed()
+        self.head()
             .headers_raw()
             .map(|(name, value)| Header {
                 name: name.to_string(),
@@ -85,7 +97,7 @@ impl MessageData {
     }
 
     pub fn header(&self, name: &str) -> Vec<String> {
-        self.parsed()
+        self.head()
             .headers_raw()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| decode_value(v))
@@ -191,6 +203,34 @@ impl MessageData {
         let end = start.saturating_add(len as usize).min(self.raw.len());
         self.raw[start..end].to_vec()
     }
+}
+
+/// An owned parse, or an empty message with an empty root part when mail-parser found no
+/// headers (its accessors index the root part: a bare default would panic in them).
+fn or_empty(m: Option<Message<'_>>) -> Message<'static> {
+    m.map(Message::into_owned).unwrap_or_else(|| {
+        let mut m = Message::default();
+        m.parts.push(mail_parser::MessagePart::default());
+        m
+    })
+}
+
+/// Length of the header block, through the empty line that ends it (the whole message when
+/// there is none).
+fn header_block_len(raw: &[u8]) -> usize {
+    let mut start = 0;
+    while start < raw.len() {
+        let end = raw[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(raw.len(), |i| start + i + 1);
+        let line = &raw[start..end];
+        if line == b"\r\n" || line == b"\n" {
+            return end;
+        }
+        start = end;
+    }
+    raw.len()
 }
 
 fn content_type(p: &mail_parser::MessagePart<'_>) -> String {
@@ -386,6 +426,36 @@ mod tests {
             "café crème"
         );
         assert_eq!(decode_value(" plain\r\n value"), "plain value");
+    }
+
+    #[test]
+    fn headers_read_without_a_full_parse_match_the_full_parse() {
+        let env = Envelope::default();
+        for raw in [
+            "Subject: =?utf-8?Q?caf=C3=A9?=\r\n folded\r\nMessage-ID: <x@y>\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\nX-A: 1\r\n\r\nbody\r\n\r\nX-B: not a header\r\n",
+            "Subject: lf only\nX-A: 1\n\nbody\n",
+            "Subject: no body\r\nX-A: 1\r\n",
+            "Subject: empty body\r\n\r\n",
+            "no header at all\r\n",
+            "",
+        ] {
+            let head = MessageData::new(Arc::new(raw.as_bytes().to_vec()), "q", env.clone(), None);
+            let full = MessageData::new(Arc::new(raw.as_bytes().to_vec()), "q", env.clone(), None);
+            full.parsed();
+            let pairs = |m: &MessageData| -> Vec<(String, String)> {
+                m.headers().into_iter().map(|h| (h.name, h.value)).collect()
+            };
+            assert_eq!(pairs(&head), pairs(&full), "{raw:?}");
+            assert_eq!(head.header("x-a"), full.header("X-A"), "{raw:?}");
+            assert_eq!(head.header("x-b"), Vec::<String>::new(), "{raw:?}");
+            assert_eq!(head.message_id(), full.message_id(), "{raw:?}");
+            assert_eq!(head.head().subject(), full.parsed().subject(), "{raw:?}");
+            assert_eq!(head.head().date(), full.parsed().date(), "{raw:?}");
+            assert!(
+                head.parsed_if_ready().is_none(),
+                "headers alone parse no body"
+            );
+        }
     }
 
     #[test]

@@ -783,7 +783,7 @@ fn stored_attributes(m: &MessageData) -> Vec<(String, String)> {
     use sluice_store::blob::keys;
     let mut a: Vec<(String, String)> = Vec::new();
     let mut put = |k: &str, v: &str| a.push((k.to_string(), v.to_string()));
-    let parsed = m.parsed();
+    let parsed = m.head();
     put(keys::QUEUE_ID, &m.queue_id);
     if let Some(id) = parsed.message_id() {
         put(keys::MESSAGE_ID, id);
