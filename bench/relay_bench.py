@@ -491,7 +491,8 @@ def signed_message(workdir, size):
 class Sluice:
     name = "sluice"
 
-    def __init__(self, workdir, sink_port, binary, steps=0, delivery="", plugins=None):
+    def __init__(self, workdir, sink_port, binary, steps=0, delivery="", plugins=None,
+                 warm=False):
         self.dir = os.path.join(workdir, "sluice")
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
@@ -552,6 +553,8 @@ class Sluice:
             policies = 'policies = "policy.toml"'
         if plugins and policies:
             rebase_plugins(os.path.join(self.dir, "policy.toml"), plugins)
+        if warm and policies:
+            all_warm(os.path.join(self.dir, "policy.toml"))
         with open(conf, "w") as f:
             f.write(f'''hostname = "sluice.bench.test"
 {policies}
@@ -836,15 +839,34 @@ def step_costs(http_port):
     return {k: sums[k] / counts[k] * 1000 for k in sums if counts.get(k)}
 
 
+def all_warm(path):
+    """Every step of a policy file in warm instances (`instances = "warm"`)."""
+    out = []
+    for line in open(path).read().splitlines():
+        if line.startswith("instances ="):
+            continue
+        out.append(line)
+        if line.startswith("[[pipeline.step]]"):
+            out.append('instances = "warm"')
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
 def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_file=None,
             recipients=1, baseline_plugins=None):
     sink = Sink(workdir)
     label = kind
     make = Sluice
+    if kind.endswith("~w"):
+        # Any sluice row with every step in warm instances.
+        kind = kind[:-2]
+        inner = make
+        make = lambda *a, **k: inner(*a, warm=True, **k)
     if kind == "baseline" or kind.startswith("baseline+"):
         # The older binary (and its plugins, --baseline-plugins) in any setup below.
         kind, binary = "sluice" + kind[len("baseline"):], baseline
-        make = lambda *a, **k: Sluice(*a, plugins=baseline_plugins, **k)
+        inner_base = make
+        make = lambda *a, **k: inner_base(*a, plugins=baseline_plugins, **k)
     if kind == "sluice":
         server = make(workdir, sink.port, binary)
     elif kind == "sluice-history":
@@ -940,7 +962,7 @@ def main():
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--sizes", default="5000,50000")
     ap.add_argument("--relays", default="direct,sluice,sluice+6,postfix",
-                    help="comma-separated: direct, sluice, sluice+N (N no-op plugin steps), sluice+Nw (the same in warm instances), postfix, "
+                    help="comma-separated: direct, sluice, sluice+N (N no-op plugin steps), sluice+Nw (the same in warm instances), any sluice row with a ~w suffix (every step in warm instances), postfix, "
                          "sluice+spam (the spam-score plugin and model), "
                          "sluice+track (link tracking, per-recipient render), "
                          "sluice+archive (the archive plugin at the queued stage), "
