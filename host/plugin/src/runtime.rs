@@ -239,6 +239,10 @@ fn config(pooling: bool) -> Config {
     c.wasm_component_model(true);
     c.epoch_interruption(true);
     c.max_wasm_stack(512 * 1024);
+    // For profiling plugins' compiled code with `perf`: `/tmp/perf-<pid>.map` names it.
+    if std::env::var_os("SLUICE_WASM_PERFMAP").is_some_and(|v| v == "1") {
+        c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if pooling {
         let mut p = PoolingAllocationConfig::default();
         p.total_component_instances(1000);
