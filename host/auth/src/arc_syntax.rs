@@ -4,18 +4,10 @@
 //! misspelt tags, empty tag specs, `a=rsa-sha1`, a missing `a=`, an AMS signing ARC-Seal,
 //! a set missing its AMS). A set found broken here makes the chain `fail`.
 
+use sluice_core::envelope::header_end;
 use std::collections::{BTreeMap, HashSet};
 
 /// The unfolded header fields of a message's header block.
-/// Where the header block ends (its last line break included).
-fn header_end(raw: &[u8]) -> usize {
-    raw.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 2)
-        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|p| p + 1))
-        .unwrap_or(raw.len())
-}
-
 fn header_fields(raw: &[u8]) -> Vec<(String, String)> {
     let text = String::from_utf8_lossy(&raw[..header_end(raw)]);
     let mut fields: Vec<(String, String)> = Vec::new();

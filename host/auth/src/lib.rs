@@ -415,7 +415,7 @@ fn dkim_summary(outputs: &[mail_auth::DkimOutput<'_>]) -> &'static str {
 /// Removes `Authentication-Results` header fields whose authserv-id is ours (compared
 /// case-insensitively): only we may write those. `None` when there was none.
 pub fn strip_ours(raw: &[u8], authserv_id: &str) -> Option<Vec<u8>> {
-    let end = header_end(raw);
+    let end = sluice_core::envelope::header_end(raw);
     let mut fields: Vec<(usize, usize)> = Vec::new();
     let mut start = 0;
     let mut pos = 0;
@@ -478,21 +478,6 @@ fn authserv_id_of(value: &str) -> String {
         }
     }
     id.trim_matches('"').to_string()
-}
-
-/// Offset of the blank line ending the header section (the whole message when none).
-fn header_end(raw: &[u8]) -> usize {
-    let mut pos = 0;
-    while pos < raw.len() {
-        if raw[pos..].starts_with(b"\r\n") || raw[pos] == b'\n' {
-            return pos;
-        }
-        match raw[pos..].iter().position(|&b| b == b'\n') {
-            Some(i) => pos += i + 1,
-            None => return raw.len(),
-        }
-    }
-    raw.len()
 }
 
 /// `AuthenticatedMessage::parse`, with the body hashes computed through a buffer (mail-auth

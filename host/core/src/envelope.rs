@@ -130,14 +130,27 @@ pub struct SessionInfo {
     pub auth_user: Option<String>,
 }
 
+/// Offset of the blank line that ends a message's header block, CRLF or bare LF (the whole
+/// message when there is none): `&raw[..header_end(raw)]` is the header fields with the
+/// last one's line break.
+pub fn header_end(raw: &[u8]) -> usize {
+    let mut pos = 0;
+    while pos < raw.len() {
+        if raw[pos..].starts_with(b"\r\n") || raw[pos] == b'\n' {
+            return pos;
+        }
+        match raw[pos..].iter().position(|&b| b == b'\n') {
+            Some(i) => pos += i + 1,
+            None => return raw.len(),
+        }
+    }
+    raw.len()
+}
+
 /// The `Message-ID` header of a message (without angle brackets), read from its header
 /// block only.
 pub fn message_id(body: &[u8]) -> Option<String> {
-    let end = body
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(body.len());
-    let head = &body[..end];
+    let head = &body[..header_end(body)];
     let mut lines = head.split(|&b| b == b'\n').peekable();
     while let Some(line) = lines.next() {
         if line.len() > 11 && line[..11].eq_ignore_ascii_case(b"message-id:") {
@@ -158,4 +171,29 @@ pub fn message_id(body: &[u8]) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_block_ends_at_the_first_blank_line() {
+        for (raw, end) in [
+            (&b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\n"[..], 12),
+            (b"A: 1\nB: 2\n\nbody\n\n", 10),
+            (b"A: 1\r\n\nbody", 6),
+            (b"\r\nbody", 0),
+            (b"A: 1\r\n folded\r\n", 15),
+            (b"A: 1", 4),
+            (b"", 0),
+        ] {
+            assert_eq!(header_end(raw), end, "{:?}", String::from_utf8_lossy(raw));
+        }
+        assert_eq!(
+            message_id(b"Subject: x\n\nMessage-ID: <in@body>\n"),
+            None,
+            "a Message-ID line in the body of an LF-only message is not the header"
+        );
+    }
 }

@@ -71,7 +71,7 @@ impl MessageData {
             return m;
         }
         self.head.get_or_init(|| {
-            let block = &self.raw[..header_block_len(&self.raw)];
+            let block = &self.raw[..sluice_core::envelope::header_end(&self.raw)];
             or_empty(parser().parse_headers(block))
         })
     }
@@ -213,24 +213,6 @@ fn or_empty(m: Option<Message<'_>>) -> Message<'static> {
         m.parts.push(mail_parser::MessagePart::default());
         m
     })
-}
-
-/// Length of the header block, through the empty line that ends it (the whole message when
-/// there is none).
-fn header_block_len(raw: &[u8]) -> usize {
-    let mut start = 0;
-    while start < raw.len() {
-        let end = raw[start..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(raw.len(), |i| start + i + 1);
-        let line = &raw[start..end];
-        if line == b"\r\n" || line == b"\n" {
-            return end;
-        }
-        start = end;
-    }
-    raw.len()
 }
 
 fn content_type(p: &mail_parser::MessagePart<'_>) -> String {
