@@ -108,16 +108,14 @@ SUBMIT_LOAD = os.path.join(ROOT, "target", "release", "submit_load")
 HOOK_SINK = os.path.join(ROOT, "target", "release", "hook_sink")
 
 
-def noop_policy(path, steps, stage="data", warm=False):
-    """A policy with `steps` no-op plugin steps at the data (or queued) stage; `warm`, in
-    reused instances (`instances = "warm"`)."""
+def noop_policy(path, steps, stage="data"):
+    """A policy with `steps` no-op plugin steps at the data (or queued) stage."""
     sha = digest(NOOP)
-    instances = 'instances = "warm"\n' if warm else ""
     with open(path, "w") as f:
         f.write('[[pipeline]]\nname = "bench"\n')
         for i in range(steps):
             f.write(f'[[pipeline.step]]\nname = "noop{i}"\nplugin = "{NOOP}"\nsha256 = "{sha}"\n'
-                    f'stages = ["{stage}"]\n{instances}')
+                    f'stages = ["{stage}"]\n')
 
 
 SPAM_SCORE = plugin_path("spam_score")
@@ -545,9 +543,6 @@ class Sluice:
             http = free_port()
             extra = (f'[http]\nbind = "127.0.0.1:{http}"\n\n[tracking]\n'
                      f'base_url = "https://t.bench.test"\nkey = "tracking.key"\n\n')
-        elif isinstance(steps, str) and steps.endswith("w"):
-            noop_policy(os.path.join(self.dir, "policy.toml"), int(steps[:-1]), warm=True)
-            policies = 'policies = "policy.toml"'
         elif steps:
             noop_policy(os.path.join(self.dir, "policy.toml"), steps)
             policies = 'policies = "policy.toml"'
@@ -857,9 +852,9 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
     sink = Sink(workdir)
     label = kind
     make = Sluice
-    if kind.endswith("~w"):
-        # Any sluice row with every step in warm instances.
-        kind = kind[:-2]
+    if kind.endswith("~w") or re.fullmatch(r"(sluice|baseline)\+\d+w", kind):
+        # Any sluice row with every step in warm instances (`sluice+6w` is `sluice+6~w`).
+        kind = kind[:-2] if kind.endswith("~w") else kind[:-1]
         inner = make
         make = lambda *a, **k: inner(*a, warm=True, **k)
     if kind == "baseline" or kind.startswith("baseline+"):
@@ -888,9 +883,6 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
                                     ("probe@bench.test", "probe@bench.test")])
     elif kind == "postfix+opendkim":
         server = Postfix(workdir, sink.port, dkim=True)
-    elif kind.startswith("sluice+") and kind.endswith("w"):
-        # `sluice+6w`: six no-op steps in warm instances.
-        server = make(workdir, sink.port, binary, steps=kind.split("+")[1])
     elif kind.startswith("sluice+"):
         server = make(workdir, sink.port, binary, steps=int(kind.split("+")[1]))
     elif kind == "postfix":
