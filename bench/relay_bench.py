@@ -490,7 +490,7 @@ class Sluice:
     name = "sluice"
 
     def __init__(self, workdir, sink_port, binary, steps=0, delivery="", plugins=None,
-                 warm=False):
+                 instances=None):
         self.dir = os.path.join(workdir, "sluice")
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
@@ -548,8 +548,8 @@ class Sluice:
             policies = 'policies = "policy.toml"'
         if plugins and policies:
             rebase_plugins(os.path.join(self.dir, "policy.toml"), plugins)
-        if warm and policies:
-            all_warm(os.path.join(self.dir, "policy.toml"))
+        if instances and policies:
+            all_instances(os.path.join(self.dir, "policy.toml"), instances)
         with open(conf, "w") as f:
             f.write(f'''hostname = "sluice.bench.test"
 {policies}
@@ -834,15 +834,15 @@ def step_costs(http_port):
     return {k: sums[k] / counts[k] * 1000 for k in sums if counts.get(k)}
 
 
-def all_warm(path):
-    """Every step of a policy file in warm instances (`instances = "warm"`)."""
+def all_instances(path, mode):
+    """Every step of a policy file in `mode` instances (`instances = "warm"` or "fresh")."""
     out = []
     for line in open(path).read().splitlines():
         if line.startswith("instances ="):
             continue
         out.append(line)
         if line.startswith("[[pipeline.step]]"):
-            out.append('instances = "warm"')
+            out.append(f'instances = "{mode}"')
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
 
@@ -852,11 +852,16 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
     sink = Sink(workdir)
     label = kind
     make = Sluice
+    mode = None
     if kind.endswith("~w") or re.fullmatch(r"(sluice|baseline)\+\d+w", kind):
         # Any sluice row with every step in warm instances (`sluice+6w` is `sluice+6~w`).
-        kind = kind[:-2] if kind.endswith("~w") else kind[:-1]
+        kind, mode = (kind[:-2] if kind.endswith("~w") else kind[:-1]), "warm"
+    elif kind.endswith("~f"):
+        # Any sluice row with every step in a fresh instance per call.
+        kind, mode = kind[:-2], "fresh"
+    if mode:
         inner = make
-        make = lambda *a, **k: inner(*a, warm=True, **k)
+        make = lambda *a, **k: inner(*a, instances=mode, **k)
     if kind == "baseline" or kind.startswith("baseline+"):
         # The older binary (and its plugins, --baseline-plugins) in any setup below.
         kind, binary = "sluice" + kind[len("baseline"):], baseline
@@ -954,7 +959,7 @@ def main():
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--sizes", default="5000,50000")
     ap.add_argument("--relays", default="direct,sluice,sluice+6,postfix",
-                    help="comma-separated: direct, sluice, sluice+N (N no-op plugin steps), sluice+Nw (the same in warm instances), any sluice row with a ~w suffix (every step in warm instances), postfix, "
+                    help="comma-separated: direct, sluice, sluice+N (N no-op plugin steps), sluice+Nw (the same in warm instances), any sluice row with a ~w suffix (every step in warm instances) or ~f (every step in a fresh instance per call; without a suffix a step runs as its policy and plugin say), postfix, "
                          "sluice+spam (the spam-score plugin and model), "
                          "sluice+track (link tracking, per-recipient render), "
                          "sluice+archive (the archive plugin at the queued stage), "

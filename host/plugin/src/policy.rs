@@ -151,11 +151,11 @@ pub struct StepFile {
     /// Largest result (edits, symbols) in KiB.
     #[serde(default = "default_max_output_kb")]
     pub max_output_kb: usize,
-    /// `fresh` (default): a new instance for every call, nothing carried between messages.
+    /// `fresh`: a new instance for every call, nothing carried between messages.
     /// `warm`: reuse up to `warm_pool` live instances, each for at most `recycle_after`
-    /// messages (for heavy runtimes such as Python or JavaScript).
-    #[serde(default = "default_instances")]
-    pub instances: String,
+    /// messages. Unset: warm when the component declares it keeps nothing between calls
+    /// (the `sluice:reusable` section), fresh otherwise.
+    pub instances: Option<String>,
     /// Warm instances kept, with `instances = "warm"`.
     #[serde(default = "default_warm_pool")]
     pub warm_pool: usize,
@@ -176,9 +176,6 @@ pub struct StepFile {
 
 fn default_on_error() -> String {
     "tempfail".into()
-}
-fn default_instances() -> String {
-    "fresh".into()
 }
 fn default_warm_pool() -> usize {
     4
@@ -444,17 +441,18 @@ async fn load_file(
                 }
             }
             let plugin_path = dir.join(&s.plugin);
-            let pre = match runtime.load(&plugin_path, &s.sha256) {
-                Ok(pre) => pre,
-                Err(e) => {
-                    let field = match e {
-                        LoadError::Digest { .. } => "sha256",
-                        _ => "plugin",
-                    };
-                    report(field, e.to_string());
-                    continue;
-                }
-            };
+            let crate::runtime::Loaded { pre, reusable } =
+                match runtime.load(&plugin_path, &s.sha256) {
+                    Ok(loaded) => loaded,
+                    Err(e) => {
+                        let field = match e {
+                            LoadError::Digest { .. } => "sha256",
+                            _ => "plugin",
+                        };
+                        report(field, e.to_string());
+                        continue;
+                    }
+                };
             let plugin_name: Arc<str> = plugin_path
                 .file_stem()
                 .map_or("plugin".into(), |n| n.to_string_lossy().into());
@@ -543,7 +541,13 @@ async fn load_file(
                 max_output: s.max_output_kb * 1024,
                 grants,
                 config: config_json(&s.config).into(),
-                warm: match s.instances.as_str() {
+                // Warm by default when the component declares it keeps nothing between
+                // calls; otherwise fresh unless the policy asks for warm.
+                warm: match s.instances.as_deref().unwrap_or(if reusable {
+                    "warm"
+                } else {
+                    "fresh"
+                }) {
                     "fresh" => None,
                     "warm" if s.warm_pool > 0 && s.recycle_after > 0 => {
                         Some(WarmPool::new(s.warm_pool, s.recycle_after))

@@ -158,7 +158,7 @@ impl Runtime {
 
     /// Reads a plugin, checks its digest, compiles it (or loads the cached compilation) and
     /// links it.
-    pub fn load(&self, path: &Path, sha256: &str) -> Result<PluginPre<StepState>, LoadError> {
+    pub fn load(&self, path: &Path, sha256: &str) -> Result<Loaded, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.to_path_buf(),
             source,
@@ -178,7 +178,10 @@ impl Runtime {
         let component = self.component(&bytes, &actual).map_err(invalid)?;
         self.check_version(path, &component)?;
         let pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
-        PluginPre::new(pre).map_err(invalid)
+        Ok(Loaded {
+            pre: PluginPre::new(pre).map_err(invalid)?,
+            reusable: declares_reusable(&bytes),
+        })
     }
 
     /// Refuses a component that exports another version of the `filter` interface.
@@ -232,6 +235,24 @@ fn deserialize(engine: &Engine, file: &Path) -> wasmtime::Result<Component> {
     // checks the header and engine settings again; the remaining risk is someone with
     // write access to the data folder, who could equally replace the binary.
     unsafe { Component::deserialize_file(engine, file) }
+}
+
+/// A plugin ready to instantiate.
+pub struct Loaded {
+    pub pre: PluginPre<StepState>,
+    /// The component declares it keeps nothing between calls ([`REUSABLE_SECTION`]).
+    pub reusable: bool,
+}
+
+/// The custom section by which a component declares that an instance may serve several
+/// messages (the Rust SDK's `export_filter!(T, reusable)` writes it into the core module).
+pub const REUSABLE_SECTION: &str = "sluice:reusable";
+
+/// Whether the component, or a core module in it, has a [`REUSABLE_SECTION`].
+fn declares_reusable(bytes: &[u8]) -> bool {
+    wasmparser::Parser::new(0).parse_all(bytes).any(
+        |p| matches!(p, Ok(wasmparser::Payload::CustomSection(c)) if c.name() == REUSABLE_SECTION),
+    )
 }
 
 fn config(pooling: bool) -> Config {

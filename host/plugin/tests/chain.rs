@@ -3,7 +3,7 @@
 
 use sluice_core::{Envelope, Pipelines, Recipient, SessionInfo, Verdict};
 use sluice_plugin::{Runtime, WasmPipeline};
-use sluice_test_plugins::{HOSTILE, NOOP, Plugin, TAG};
+use sluice_test_plugins::{HOSTILE, NOOP, PROBE, Plugin, TAG};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -676,6 +676,35 @@ async fn https_to_a_receiver_signed_by_a_configured_ca() {
     let (_, msg, _) = data(&trusting).await;
     assert_eq!(header(&msg, "X-Http").as_deref(), Some("status 204"));
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_plugin_that_declares_itself_reusable_runs_warm_unless_the_policy_says_fresh() {
+    // The probe declares `sluice:reusable` (and, in mode `reuse`, counts calls in a static
+    // to show it); the hostile plugin declares nothing and stays fresh (test above).
+    let probe = |extra: &str| {
+        step(
+            "p",
+            PROBE,
+            &format!("{extra}\n[pipeline.step.config]\nmode = \"reuse\"\n"),
+        )
+    };
+    let calls = |p: Arc<WasmPipeline>| async move {
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let (_, msg, _) = data(&p).await;
+            seen.push(header(&msg, "X-Calls").unwrap());
+        }
+        seen
+    };
+    let (_d, p) = load(&probe("recycle_after = 3")).await;
+    assert_eq!(
+        calls(p).await,
+        ["1", "2", "3", "1"],
+        "declared: warm, recycled"
+    );
+    let (_d, p) = load(&probe("instances = \"fresh\"")).await;
+    assert_eq!(calls(p).await, ["1", "1", "1", "1"], "forced fresh");
 }
 
 #[tokio::test]

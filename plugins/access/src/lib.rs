@@ -171,7 +171,7 @@ impl Filter for Access {
     }
 }
 
-export_filter!(Access);
+export_filter!(Access, reusable);
 
 #[cfg(test)]
 mod tests {

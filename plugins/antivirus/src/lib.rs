@@ -134,7 +134,7 @@ impl Filter for Antivirus {
     }
 }
 
-export_filter!(Antivirus);
+export_filter!(Antivirus, reusable);
 
 #[cfg(test)]
 mod tests {

@@ -136,4 +136,4 @@ impl Filter for Archive {
     }
 }
 
-export_filter!(Archive);
+export_filter!(Archive, reusable);

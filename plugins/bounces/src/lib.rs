@@ -180,4 +180,4 @@ impl Filter for Bounces {
     }
 }
 
-export_filter!(Bounces);
+export_filter!(Bounces, reusable);

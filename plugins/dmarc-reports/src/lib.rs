@@ -243,7 +243,7 @@ impl Filter for DmarcReports {
     }
 }
 
-export_filter!(DmarcReports);
+export_filter!(DmarcReports, reusable);
 
 #[cfg(test)]
 mod tests {

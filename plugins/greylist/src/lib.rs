@@ -175,4 +175,4 @@ fn set(key: &str, value: u64, ttl: u64) {
     }
 }
 
-export_filter!(Greylist);
+export_filter!(Greylist, reusable);

@@ -404,7 +404,7 @@ impl Filter for LinkTracking {
     }
 }
 
-export_filter!(LinkTracking);
+export_filter!(LinkTracking, reusable);
 
 #[cfg(test)]
 mod tests {

@@ -78,8 +78,23 @@ pub trait Filter {
 }
 
 /// Exports a [`Filter`] as the component's `filter` interface.
+///
+/// `export_filter!(T, reusable)` also declares that the plugin keeps nothing from one call
+/// in the next (no statics, thread-locals or caches holding message data), in a custom
+/// section named [`REUSABLE_SECTION`]: the host then runs it in warm instances by default,
+/// reused for up to `recycle_after` messages, instead of a fresh instance per call. Only
+/// declare it for code you have checked; an operator can still force `instances = "fresh"`.
 #[macro_export]
 macro_rules! export_filter {
+    ($t:ident, reusable) => {
+        const _: () = {
+            #[cfg(target_arch = "wasm32")]
+            #[unsafe(link_section = "sluice:reusable")]
+            #[used]
+            static REUSABLE: [u8; 1] = [1];
+        };
+        $crate::export_filter!($t);
+    };
     ($t:ident) => {
         const _: () = {
             use $crate::Filter as _F;
@@ -134,6 +149,10 @@ macro_rules! export_filter {
         };
     };
 }
+
+/// The custom section by which a component declares it may be reused across messages (see
+/// [`export_filter!`]). Components from other toolchains may carry it too, at the top level.
+pub const REUSABLE_SECTION: &str = "sluice:reusable";
 
 impl EventKind {
     /// The kind's name, as in the event JSON (`other` kinds by their own name).

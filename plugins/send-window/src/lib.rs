@@ -171,7 +171,7 @@ impl Filter for SendWindow {
     }
 }
 
-export_filter!(SendWindow);
+export_filter!(SendWindow, reusable);
 
 #[cfg(test)]
 mod tests {

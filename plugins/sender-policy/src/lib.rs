@@ -227,7 +227,7 @@ impl Filter for SenderPolicy {
     }
 }
 
-export_filter!(SenderPolicy);
+export_filter!(SenderPolicy, reusable);
 
 #[cfg(test)]
 mod tests {

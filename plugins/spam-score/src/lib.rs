@@ -203,4 +203,4 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-export_filter!(SpamScore);
+export_filter!(SpamScore, reusable);

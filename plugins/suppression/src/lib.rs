@@ -203,4 +203,4 @@ impl Filter for Suppression {
     }
 }
 
-export_filter!(Suppression);
+export_filter!(Suppression, reusable);

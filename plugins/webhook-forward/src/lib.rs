@@ -236,4 +236,4 @@ impl Filter for Forward {
     }
 }
 
-export_filter!(Forward);
+export_filter!(Forward, reusable);

@@ -130,4 +130,4 @@ impl Filter for Webhook {
     }
 }
 
-export_filter!(Webhook);
+export_filter!(Webhook, reusable);

@@ -56,4 +56,4 @@ impl Filter for Tag {
     }
 }
 
-export_filter!(Tag);
+export_filter!(Tag, reusable);

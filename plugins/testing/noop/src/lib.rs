@@ -16,4 +16,4 @@ impl Filter for Noop {
     }
 }
 
-export_filter!(Noop);
+export_filter!(Noop, reusable);

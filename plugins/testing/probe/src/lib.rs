@@ -20,6 +20,9 @@
 //! - `rcpt` (rcpt): quarantines `hold…@` recipients, discards `drop…@` ones.
 //! - `envelope` (data): adds the recipient `config.value`.
 //! - `hold` (delivery): quarantines every message at the delivery stage.
+//! - `reuse` (data): counts its calls in a static, in `X-Calls`. The probe declares itself
+//!   reusable (`export_filter!(Probe, reusable)`), so this shows whether the host reused
+//!   an instance; no other mode keeps anything between calls.
 
 use serde::Deserialize;
 use sluice_plugin_sdk::{
@@ -59,7 +62,7 @@ impl Filter for Probe {
         let c: Config = serde_json::from_str(c).map_err(|e| format!("bad config: {e}"))?;
         const MODES: &[&str] = &[
             "parts", "compose", "kv", "data", "blob", "emit", "render", "queued", "events", "rcpt",
-            "envelope", "hold",
+            "envelope", "hold", "reuse",
         ];
         if !MODES.contains(&c.mode.as_str()) {
             return Err(format!("unknown mode `{}`", c.mode));
@@ -121,6 +124,11 @@ impl Filter for Probe {
                 Outcome::cont().add_header("X-Saw", &format!("{edited};{}", text.trim()))
             }
             "kv" => Outcome::cont().add_header("X-Kv", &kv_report()),
+            "reuse" => {
+                static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                Outcome::cont().add_header("X-Calls", &n.to_string())
+            }
             "data" => {
                 let report = match host::open_data("model") {
                     Ok(d) => {
@@ -293,4 +301,4 @@ fn kv_report() -> String {
     r.join(" ")
 }
 
-export_filter!(Probe);
+export_filter!(Probe, reusable);
