@@ -525,8 +525,8 @@ impl Chain {
         let trap = |e: wasmtime::Error| classify(e);
         let warm = step.warm.as_ref().filter(|_| services.is_none());
         let reused = warm.and_then(WarmPool::take);
-        let (mut store, plugin, uses) = match reused {
-            Some(w) => (w.store, w.plugin, w.uses),
+        let (mut store, plugin, uses, born_with) = match reused {
+            Some(w) => (w.store, w.plugin, w.uses, w.born_with),
             None => {
                 let mut store = step.store(
                     &self.runtime,
@@ -539,7 +539,8 @@ impl Chain {
                     .instantiate_async(&mut store)
                     .await
                     .map_err(trap)?;
-                (store, plugin, 0)
+                let born_with = store.data().limits.memory_total();
+                (store, plugin, 0, born_with)
             }
         };
         store.data_mut().cpu_ticks_left = step.deadline_ticks;
@@ -561,6 +562,7 @@ impl Chain {
                 store,
                 plugin,
                 uses: uses + 1,
+                born_with,
             });
         }
         Ok(outcome)
@@ -628,14 +630,22 @@ pub struct Warm {
     store: Store<StepState>,
     plugin: Instance,
     uses: usize,
+    /// Its linear memory right after instantiation.
+    born_with: usize,
 }
+
+/// How far a warm instance's memory may grow past what it was born with (and past twice
+/// that) before it is dropped instead of kept: a big message must not leave every idle
+/// instance holding the memory it needed.
+const WARM_GROWTH: usize = 16 << 20;
 
 /// Warm instances of one step: for plugins that declare they keep nothing between calls
 /// (a fresh instance costs about 20 µs of CPU under load, most of a no-op step), and for
 /// heavy runtimes (Python, JavaScript) whose fresh instance costs milliseconds. An instance
 /// sees up to `recycle_after` messages, so a plugin that does keep state carries it that
-/// far; one that failed (trap, timeout, oversized result) is never reused, and a reload
-/// starts new pools.
+/// far; one that failed (trap, timeout, oversized result) is never reused, nor one whose
+/// memory grew more than 16 MiB (and twice its size) past its start, and a reload starts
+/// new pools.
 pub struct WarmPool {
     pub size: usize,
     pub recycle_after: usize,
@@ -656,7 +666,9 @@ impl WarmPool {
     }
 
     fn put(&self, w: Warm) {
-        if w.uses >= self.recycle_after {
+        let memory = w.store.data().limits.memory_total();
+        let allowed = (w.born_with + WARM_GROWTH).max(2 * w.born_with);
+        if w.uses >= self.recycle_after || memory > allowed {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());

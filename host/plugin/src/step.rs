@@ -258,6 +258,13 @@ pub struct Limits {
     last_grow: usize,
 }
 
+impl Limits {
+    /// The bytes of linear memory the store's instances hold now.
+    pub fn memory_total(&self) -> usize {
+        self.memory_total
+    }
+}
+
 impl ResourceLimiter for Limits {
     fn memory_growing(
         &mut self,

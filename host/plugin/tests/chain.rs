@@ -705,6 +705,29 @@ async fn a_plugin_that_declares_itself_reusable_runs_warm_unless_the_policy_says
     );
     let (_d, p) = load(&probe("instances = \"fresh\"")).await;
     assert_eq!(calls(p).await, ["1", "1", "1", "1"], "forced fresh");
+    // An instance that grew by 20 MiB is dropped, not kept with that memory.
+    let grown = step(
+        "p",
+        PROBE,
+        "[pipeline.step.config]\nmode = \"reuse\"\ntimes = 20\n",
+    );
+    let (_d, p) = load(&grown).await;
+    assert_eq!(
+        calls(p).await,
+        ["1", "1", "1", "1"],
+        "grown instances dropped"
+    );
+    let small = step(
+        "p",
+        PROBE,
+        "[pipeline.step.config]\nmode = \"reuse\"\ntimes = 4\n",
+    );
+    let (_d, p) = load(&small).await;
+    assert_eq!(
+        calls(p).await,
+        ["1", "2", "3", "4"],
+        "kept while under the bound"
+    );
 }
 
 #[tokio::test]

@@ -20,9 +20,10 @@
 //! - `rcpt` (rcpt): quarantines `hold…@` recipients, discards `drop…@` ones.
 //! - `envelope` (data): adds the recipient `config.value`.
 //! - `hold` (delivery): quarantines every message at the delivery stage.
-//! - `reuse` (data): counts its calls in a static, in `X-Calls`. The probe declares itself
-//!   reusable (`export_filter!(Probe, reusable)`), so this shows whether the host reused
-//!   an instance; no other mode keeps anything between calls.
+//! - `reuse` (data): counts its calls in a static, in `X-Calls`, and keeps `config.times`
+//!   MiB more memory each call. The probe declares itself reusable
+//!   (`export_filter!(Probe, reusable)`), so this shows whether the host reused an
+//!   instance; no other mode keeps anything between calls.
 
 use serde::Deserialize;
 use sluice_plugin_sdk::{
@@ -127,6 +128,8 @@ impl Filter for Probe {
             "reuse" => {
                 static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
                 let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                // Held until the instance goes: memory a warm instance would keep.
+                std::mem::forget(vec![1u8; (c.times as usize) << 20]);
                 Outcome::cont().add_header("X-Calls", &n.to_string())
             }
             "data" => {
