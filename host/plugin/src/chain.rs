@@ -366,7 +366,14 @@ impl Chain {
         for step in self.steps.iter().filter(|s| s.stages.contains(&stage)) {
             let start = Instant::now();
             let outcome = match self.call(step, input, services).await {
-                Ok(o) => self.apply_edits(step, input, &o.edits).map(|()| o),
+                Ok((o, warm)) => self.apply_edits(step, input, &o.edits).map(|()| {
+                    // Only an instance whose whole call succeeded, edits included, is
+                    // kept for the next message.
+                    if let (Some(w), Some(pool)) = (warm, &step.warm) {
+                        pool.put(w);
+                    }
+                    o
+                }),
                 Err(e) => Err(e),
             };
             let elapsed = start.elapsed();
@@ -507,7 +514,7 @@ impl Chain {
         step: &Step,
         input: &StageInput,
         services: Option<&Services>,
-    ) -> Result<wit::Outcome, StepError> {
+    ) -> Result<(wit::Outcome, Option<Warm>), StepError> {
         // Dropping the future on timeout drops the store with whatever it was waiting on.
         let call = self.call_inner(step, input, services);
         match tokio::time::timeout(step.wall_timeout, call).await {
@@ -521,7 +528,7 @@ impl Chain {
         step: &Step,
         input: &StageInput,
         services: Option<&Services>,
-    ) -> Result<wit::Outcome, StepError> {
+    ) -> Result<(wit::Outcome, Option<Warm>), StepError> {
         let trap = |e: wasmtime::Error| classify(e);
         let warm = step.warm.as_ref().filter(|_| services.is_none());
         let reused = warm.and_then(WarmPool::take);
@@ -557,15 +564,13 @@ impl Chain {
         if outcome.symbols.len() > MAX_SYMBOLS {
             return Err(StepError::TooManySymbols(outcome.symbols.len()));
         }
-        if let Some(pool) = warm {
-            pool.put(Warm {
-                store,
-                plugin,
-                uses: uses + 1,
-                born_with,
-            });
-        }
-        Ok(outcome)
+        let warm = warm.map(|_| Warm {
+            store,
+            plugin,
+            uses: uses + 1,
+            born_with,
+        });
+        Ok((outcome, warm))
     }
 }
 
@@ -637,15 +642,15 @@ pub struct Warm {
 /// How far a warm instance's memory may grow past what it was born with (and past twice
 /// that) before it is dropped instead of kept: a big message must not leave every idle
 /// instance holding the memory it needed.
-const WARM_GROWTH: usize = 16 << 20;
+const WARM_GROWTH: usize = 4 << 20;
 
 /// Warm instances of one step: for plugins that declare they keep nothing between calls
 /// (a fresh instance costs about 20 µs of CPU under load, most of a no-op step), and for
 /// heavy runtimes (Python, JavaScript) whose fresh instance costs milliseconds. An instance
 /// sees up to `recycle_after` messages, so a plugin that does keep state carries it that
-/// far; one that failed (trap, timeout, oversized result) is never reused, nor one whose
-/// memory grew more than 16 MiB (and twice its size) past its start, and a reload starts
-/// new pools.
+/// far; one that failed (trap, timeout, oversized result, refused edits) is never reused,
+/// nor one whose memory grew more than 4 MiB (and twice its size) past its start, and a
+/// reload starts new pools.
 pub struct WarmPool {
     pub size: usize,
     pub recycle_after: usize,

@@ -1,7 +1,7 @@
 //! Calling a plugin's handlers without the generated bindings' per-instance work.
 //!
 //! The bindings look up and type-check all ten exports of `filter` every time an instance
-//! is created; a fresh instance per message calls one of them. [`Handlers`] resolves the
+//! is created, and a fresh instance calls one of them per message. [`Handlers`] resolves the
 //! export indices once per component and type-checks every handler once (at load, on the
 //! instance `configure` runs in); each call then fetches only the function it needs.
 

@@ -156,7 +156,8 @@ pub struct StepFile {
     /// messages. Unset: warm when the component declares it keeps nothing between calls
     /// (the `sluice:reusable` section), fresh otherwise.
     pub instances: Option<String>,
-    /// Warm instances kept, with `instances = "warm"`.
+    /// Warm instances kept, when the step runs warm (set, or declared by the plugin); must be
+    /// greater than 0 then, like `recycle_after`.
     #[serde(default = "default_warm_pool")]
     pub warm_pool: usize,
     /// Messages a warm instance handles before it is replaced.
@@ -177,6 +178,21 @@ pub struct StepFile {
 fn default_on_error() -> String {
     "tempfail".into()
 }
+/// The instance mode of a step, logged with why: a plugin's own declaration changes how
+/// far its state may carry, so an operator sees it at every load.
+fn instances<'a>(step: &str, plugin: &Path, set: Option<&'a str>, reusable: bool) -> &'a str {
+    let (mode, why) = match (set, reusable) {
+        (Some(m), _) => (m, "set by the policy"),
+        (None, true) => (
+            "warm",
+            "declared reusable by the plugin (`instances = \"fresh\"` overrides)",
+        ),
+        (None, false) => ("fresh", "default"),
+    };
+    tracing::info!(step, plugin = %plugin.display(), instances = mode, "{why}");
+    mode
+}
+
 fn default_warm_pool() -> usize {
     4
 }
@@ -543,11 +559,7 @@ async fn load_file(
                 config: config_json(&s.config).into(),
                 // Warm by default when the component declares it keeps nothing between
                 // calls; otherwise fresh unless the policy asks for warm.
-                warm: match s.instances.as_deref().unwrap_or(if reusable {
-                    "warm"
-                } else {
-                    "fresh"
-                }) {
+                warm: match instances(&s.name, &plugin_path, s.instances.as_deref(), reusable) {
                     "fresh" => None,
                     "warm" if s.warm_pool > 0 && s.recycle_after > 0 => {
                         Some(WarmPool::new(s.warm_pool, s.recycle_after))

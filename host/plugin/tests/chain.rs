@@ -720,7 +720,7 @@ async fn a_plugin_that_declares_itself_reusable_runs_warm_unless_the_policy_says
     let small = step(
         "p",
         PROBE,
-        "[pipeline.step.config]\nmode = \"reuse\"\ntimes = 4\n",
+        "[pipeline.step.config]\nmode = \"reuse\"\ntimes = 1\n",
     );
     let (_d, p) = load(&small).await;
     assert_eq!(
@@ -728,6 +728,28 @@ async fn a_plugin_that_declares_itself_reusable_runs_warm_unless_the_policy_says
         ["1", "2", "3", "4"],
         "kept while under the bound"
     );
+    // An instance whose call failed, in the guest or in the host's check of its edits, is
+    // not reused: the next call runs in a new instance, where it is the first call again
+    // and fails the same way; a reused one would count 2 and succeed.
+    for failure in ["trap", "bad-edit"] {
+        let (_d, p) = load(&step(
+            "p",
+            PROBE,
+            &format!(
+                "on_error = \"skip\"\n[pipeline.step.config]\nmode = \"reuse\"\nvalue = \"{failure}\"\n"
+            ),
+        ))
+        .await;
+        for call in 0..3 {
+            let (verdict, msg, _) = data(&p).await;
+            assert_eq!(verdict, Verdict::Continue);
+            assert_eq!(
+                header(&msg, "X-Calls"),
+                None,
+                "{failure}: call {call} ran in the instance that failed"
+            );
+        }
+    }
 }
 
 #[tokio::test]

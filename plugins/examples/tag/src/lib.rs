@@ -23,7 +23,8 @@ struct Config {
 
 struct Tag;
 
-/// Every message runs in a fresh instance, so the config is read from the host each time.
+/// A call may run in a fresh instance, which has seen no `configure`: the config is read
+/// from the host each time.
 fn config() -> Config {
     serde_json::from_str(&sluice_plugin_sdk::config_json()).expect("checked by configure")
 }

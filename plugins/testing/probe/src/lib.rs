@@ -21,7 +21,8 @@
 //! - `envelope` (data): adds the recipient `config.value`.
 //! - `hold` (delivery): quarantines every message at the delivery stage.
 //! - `reuse` (data): counts its calls in a static, in `X-Calls`, and keeps `config.times`
-//!   MiB more memory each call. The probe declares itself reusable
+//!   MiB more memory each call; with `config.value` `trap` or `bad-edit` its first call
+//!   traps or returns an edit the host refuses (a header name with a colon). The probe declares itself reusable
 //!   (`export_filter!(Probe, reusable)`), so this shows whether the host reused an
 //!   instance; no other mode keeps anything between calls.
 
@@ -130,6 +131,11 @@ impl Filter for Probe {
                 let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 // Held until the instance goes: memory a warm instance would keep.
                 std::mem::forget(vec![1u8; (c.times as usize) << 20]);
+                match (n, c.value.as_str()) {
+                    (1, "trap") => panic!("first call traps"),
+                    (1, "bad-edit") => return Outcome::cont().add_header("X-Bad:Name", "x"),
+                    _ => {}
+                }
                 Outcome::cont().add_header("X-Calls", &n.to_string())
             }
             "data" => {
