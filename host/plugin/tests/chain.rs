@@ -682,11 +682,12 @@ async fn https_to_a_receiver_signed_by_a_configured_ca() {
 async fn a_plugin_that_declares_itself_reusable_runs_warm_unless_the_policy_says_fresh() {
     // The probe declares `sluice:reusable` (and, in mode `reuse`, counts calls in a static
     // to show it); the hostile plugin declares nothing and stays fresh (test above).
-    let probe = |extra: &str| {
+    // The step's settings, then the probe's config beyond `mode = "reuse"`.
+    let probe = |settings: &str, config: &str| {
         step(
             "p",
             PROBE,
-            &format!("{extra}\n[pipeline.step.config]\nmode = \"reuse\"\n"),
+            &format!("{settings}\n[pipeline.step.config]\nmode = \"reuse\"\n{config}\n"),
         )
     };
     let calls = |p: Arc<WasmPipeline>| async move {
@@ -697,47 +698,43 @@ async fn a_plugin_that_declares_itself_reusable_runs_warm_unless_the_policy_says
         }
         seen
     };
-    let (_d, p) = load(&probe("recycle_after = 3")).await;
-    assert_eq!(
-        calls(p).await,
-        ["1", "2", "3", "1"],
-        "declared: warm, recycled"
-    );
-    let (_d, p) = load(&probe("instances = \"fresh\"")).await;
-    assert_eq!(calls(p).await, ["1", "1", "1", "1"], "forced fresh");
-    // An instance that grew by 20 MiB is dropped, not kept with that memory.
-    let grown = step(
-        "p",
-        PROBE,
-        "[pipeline.step.config]\nmode = \"reuse\"\ntimes = 20\n",
-    );
-    let (_d, p) = load(&grown).await;
-    assert_eq!(
-        calls(p).await,
-        ["1", "1", "1", "1"],
-        "grown instances dropped"
-    );
-    let small = step(
-        "p",
-        PROBE,
-        "[pipeline.step.config]\nmode = \"reuse\"\ntimes = 1\n",
-    );
-    let (_d, p) = load(&small).await;
-    assert_eq!(
-        calls(p).await,
-        ["1", "2", "3", "4"],
-        "kept while under the bound"
-    );
+    for (settings, config, want, what) in [
+        (
+            "recycle_after = 3",
+            "",
+            ["1", "2", "3", "1"],
+            "declared: warm, recycled",
+        ),
+        (
+            "instances = \"fresh\"",
+            "",
+            ["1", "1", "1", "1"],
+            "forced fresh",
+        ),
+        // An instance that grew by 20 MiB is dropped, not kept with that memory.
+        (
+            "",
+            "times = 20",
+            ["1", "1", "1", "1"],
+            "grown instances dropped",
+        ),
+        (
+            "",
+            "times = 1",
+            ["1", "2", "3", "4"],
+            "kept while under the bound",
+        ),
+    ] {
+        let (_d, p) = load(&probe(settings, config)).await;
+        assert_eq!(calls(p).await, want, "{what}");
+    }
     // An instance whose call failed, in the guest or in the host's check of its edits, is
     // not reused: the next call runs in a new instance, where it is the first call again
     // and fails the same way; a reused one would count 2 and succeed.
     for failure in ["trap", "bad-edit"] {
-        let (_d, p) = load(&step(
-            "p",
-            PROBE,
-            &format!(
-                "on_error = \"skip\"\n[pipeline.step.config]\nmode = \"reuse\"\nvalue = \"{failure}\"\n"
-            ),
+        let (_d, p) = load(&probe(
+            "on_error = \"skip\"",
+            &format!("value = \"{failure}\""),
         ))
         .await;
         for call in 0..3 {
