@@ -150,14 +150,34 @@ fn plugin_steps_are_measured() {
     let s = s.spawn();
     let mut c = Client::connect(s.mx_port);
     c.cmd("EHLO client.test");
-    let r = c.send_mail("a@example.com", &["bob@localhost"], "Subject: m\r\n\r\nhi");
-    assert!(r.starts_with("250"), "{r}");
+    for _ in 0..2 {
+        let r = c.send_mail("a@example.com", &["bob@localhost"], "Subject: m\r\n\r\nhi");
+        assert!(r.starts_with("250"), "{r}");
+    }
     let m = get(http, "/metrics").1;
     assert!(
         sample(
             &m,
             "sluice_plugin_call_seconds_count{chain=\"inbound\",stage=\"rcpt\",step=\"gate\"}"
-        ) >= 1.0,
+        ) >= 2.0,
+        "{m}"
+    );
+    // The probe declares itself reusable: one warm instance served both messages; the
+    // hostile plugin does not, and a failed instance is never kept either: one per call.
+    assert_eq!(
+        sample(
+            &m,
+            "sluice_plugin_instances_total{chain=\"inbound\",step=\"gate\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "sluice_plugin_instances_total{chain=\"inbound\",step=\"crash\"}"
+        ),
+        2.0,
         "{m}"
     );
     assert!(

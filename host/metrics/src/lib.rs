@@ -65,6 +65,9 @@ pub struct Metrics {
     /// Plugin step failures, by chain, step and kind (`timeout`, `wall_timeout`, `memory`,
     /// `trap`, `edit`, `oversized`, `symbols`).
     pub plugin_errors: IntCounterVec,
+    /// Plugin instances created, by chain and step: one per call for a fresh step, one per
+    /// `recycle_after` calls (or failure) for a warm one.
+    pub plugin_instances: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -253,6 +256,12 @@ impl Metrics {
                 "Plugin step failures, by chain, step and kind.",
                 &["chain", "step", "kind"],
             ),
+            plugin_instances: counter(
+                &r,
+                "sluice_plugin_instances_total",
+                "Plugin instances created, by chain and step (fresh steps: one per call).",
+                &["chain", "step"],
+            ),
             registry: r,
         }
     }
@@ -260,7 +269,7 @@ impl Metrics {
     /// The name of every metric declared, whether or not it has samples yet.
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let all: [&dyn Collector; 22] = [
+        let all: [&dyn Collector; 23] = [
             &self.smtp_connections,
             &self.smtp_replies,
             &self.smtp_commands,
@@ -283,6 +292,7 @@ impl Metrics {
             &self.events_handled,
             &self.plugin_call_seconds,
             &self.plugin_verdicts,
+            &self.plugin_instances,
         ];
         let mut names: Vec<String> = all
             .iter()

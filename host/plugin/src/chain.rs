@@ -63,6 +63,7 @@ pub struct Step {
 pub struct StepMetrics {
     calls: [OnceLock<HistogramSeries>; 9],
     verdicts: [OnceLock<CounterSeries>; 6],
+    instances: OnceLock<CounterSeries>,
 }
 
 impl StepMetrics {
@@ -71,6 +72,14 @@ impl StepMetrics {
             sluice_metrics::global()
                 .plugin_call_seconds
                 .with_label_values(&[chain, step, stage_name(stage)])
+        })
+    }
+
+    fn instances(&self, chain: &str, step: &str) -> &CounterSeries {
+        self.instances.get_or_init(|| {
+            sluice_metrics::global()
+                .plugin_instances
+                .with_label_values(&[chain, step])
         })
     }
 
@@ -546,6 +555,7 @@ impl Chain {
                     .instantiate_async(&mut store)
                     .await
                     .map_err(trap)?;
+                step.metrics.instances(&self.name, &step.name).inc();
                 let born_with = store.data().limits.memory_total();
                 (store, plugin, 0, born_with)
             }
