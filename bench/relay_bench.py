@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import urllib.request
 import threading
 import time
 from benchlib import ROOT, free_port, wait_port
@@ -199,6 +200,7 @@ sha256 = "{digest(WEBHOOK)}"
 stages = ["event"]
 on_error = "tempfail"
 timeout_ms = 10000
+warm_pool = 64
 [pipeline.step.capabilities]
 http = ["http://127.0.0.1:{hook_port}"]
 [pipeline.step.config]
@@ -515,6 +517,7 @@ class Sluice:
             key = os.path.join(self.dir, "dkim.pem")
             rsa_key(key)
             http = free_port()
+            self.http = http
             extra = (f'[http]\nbind = "127.0.0.1:{http}"\n\n[tracking]\n'
                      f'base_url = "https://t.bench.test"\nkey = "tracking.key"\n\n'
                      f'[[dkim]]\ndomain = "bench.test"\nselector = "s1"\nkey = "{key}"\n\n')
@@ -541,6 +544,7 @@ class Sluice:
             with open(os.path.join(self.dir, "tracking.key"), "w") as k:
                 k.write("bench-tracking-key-0123456789abcdef0123456789\n")
             http = free_port()
+            self.http = http
             extra = (f'[http]\nbind = "127.0.0.1:{http}"\n\n[tracking]\n'
                      f'base_url = "https://t.bench.test"\nkey = "tracking.key"\n\n')
         elif steps:
@@ -622,6 +626,15 @@ tls = "none"
         if self.perf:
             self.perf.send_signal(signal.SIGINT)
             self.perf.wait()
+        if self.http:
+            # How many instances each step created (fresh steps: one per call).
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5) as r:
+                    for line in r.read().decode().splitlines():
+                        if line.startswith("sluice_plugin_instances_total{"):
+                            print("  " + line, file=sys.stderr)
+            except OSError as e:
+                print(f"  metrics: {e}", file=sys.stderr)
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=60)

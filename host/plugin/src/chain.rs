@@ -659,8 +659,8 @@ const WARM_GROWTH: usize = 4 << 20;
 /// heavy runtimes (Python, JavaScript) whose fresh instance costs milliseconds. An instance
 /// sees up to `recycle_after` messages, so a plugin that does keep state carries it that
 /// far; one that failed (trap, timeout, oversized result, refused edits) is never reused,
-/// nor one whose memory grew more than 4 MiB (and twice its size) past its start, and a
-/// reload starts new pools.
+/// nor one whose memory grew more than 4 MiB (and twice its size) past its start, nor one
+/// that left host resources open, and a reload starts new pools.
 pub struct WarmPool {
     pub size: usize,
     pub recycle_after: usize,
@@ -680,10 +680,20 @@ impl WarmPool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
 
-    fn put(&self, w: Warm) {
+    fn put(&self, mut w: Warm) {
         let memory = w.store.data().limits.memory_total();
         let allowed = (w.born_with + WARM_GROWTH).max(2 * w.born_with);
-        if w.uses >= self.recycle_after || memory > allowed {
+        // Host resources the guest left open (a socket, an HTTP request still running, a
+        // stream) would outlive the call they were counted against: such an instance goes.
+        // Not counted: the `request-options` that wasmtime-wasi-http 48's `handle` reads and
+        // never deletes (a leak of the host's, a few bytes each, gone with the instance).
+        let leftovers = w
+            .store
+            .data_mut()
+            .table
+            .iter_mut()
+            .any(|r| !r.is::<wasmtime_wasi_http::RequestOptions>());
+        if w.uses >= self.recycle_after || memory > allowed || leftovers {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());

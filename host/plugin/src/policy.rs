@@ -194,7 +194,7 @@ fn instances<'a>(step: &str, plugin: &Path, set: Option<&'a str>, reusable: bool
 }
 
 fn default_warm_pool() -> usize {
-    4
+    16
 }
 fn default_recycle_after() -> usize {
     100

@@ -359,6 +359,26 @@ async fn a_plugin_written_in_python_runs_in_the_chain() {
         header(&msg, "X-Sluice-Symbols").as_deref(),
         Some("PY_WORD_MONEY=2.50, PY_WORD_WINNER=1.50")
     );
+    // In warm instances (as the shipped policy runs it) one instance serves every message:
+    // the interpreter leaves no host resource open between calls.
+    let warm = step(
+        "py-warm",
+        sluice_test_plugins::PY_SPAM_WORDS,
+        "memory_mb = 200\ninstances = \"warm\"\n[pipeline.step.config]\ntag = \"X-Checked-By\"\nwords = { money = 2.5 }\n",
+    );
+    let (_d, p) = load(&warm).await;
+    for _ in 0..3 {
+        let (_, msg, _) = data(&p).await;
+        assert_eq!(header(&msg, "X-Checked-By").as_deref(), Some("python"));
+    }
+    let created = sluice_metrics::global()
+        .plugin_instances
+        .with_label_values(&["test", "py-warm"])
+        .get();
+    assert_eq!(
+        created, 1,
+        "a warm Python step made {created} instances for 3 messages"
+    );
     // Its configure check reaches the operator too.
     let dir = tempfile::tempdir().unwrap();
     let bad = step(
@@ -728,6 +748,22 @@ async fn a_plugin_that_declares_itself_reusable_runs_warm_unless_the_policy_says
         let (_d, p) = load(&probe(settings, config)).await;
         assert_eq!(calls(p).await, want, "{what}");
     }
+    // An instance that left a host resource open (the data file, never dropped) is not
+    // kept: what it holds would outlive the call it was counted against.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.bin");
+    std::fs::write(&model, b"MODL").unwrap();
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"MODL"));
+    let data_file = format!(
+        "[pipeline.step.data.model]\npath = \"{}\"\nsha256 = \"{sha}\"",
+        model.display()
+    );
+    let (_d, p) = load(&probe(&data_file, "value = \"leak\"")).await;
+    assert_eq!(
+        calls(p).await,
+        ["1", "1", "1", "1"],
+        "leaky instances dropped"
+    );
     // An instance whose call failed, in the guest or in the host's check of its edits, is
     // not reused: the next call runs in a new instance, where it is the first call again
     // and fails the same way; a reused one would count 2 and succeed.

@@ -7,10 +7,11 @@ use sluice_core::{Envelope, Pipelines, Recipient, SessionInfo, Verdict};
 use sluice_plugin::{Runtime, WasmPipeline};
 use sluice_test_plugins::{JS_TAG, PY_TAG, Plugin, TAG};
 
-fn policy(p: Plugin, header: &str) -> String {
+/// The step runs in warm instances, as heavy runtimes should (the Rust one declares it).
+fn policy(lang: &str, p: Plugin, header: &str) -> String {
     format!(
-        "[[pipeline]]\nname = \"t\"\n[pipeline.thresholds]\nadd_header = 0.5\n\
-         [[pipeline.step]]\nname = \"tag\"\nplugin = \"{}\"\nsha256 = \"{}\"\nmemory_mb = 200\ntimeout_ms = 5000\n\
+        "[[pipeline]]\nname = \"t-{lang}\"\n[pipeline.thresholds]\nadd_header = 0.5\n\
+         [[pipeline.step]]\nname = \"tag\"\nplugin = \"{}\"\nsha256 = \"{}\"\nmemory_mb = 200\ntimeout_ms = 5000\ninstances = \"warm\"\n\
          [pipeline.step.config]\nheader = \"{header}\"\nvalue = \"sluice\"\nwords = {{ \"free money\" = 6.0, winner = 3.0, absent = 1.0 }}\n",
         p.path, p.sha256
     )
@@ -34,7 +35,7 @@ async fn the_tag_plugin_behaves_the_same_in_rust_python_and_javascript() {
     for (lang, p) in [("rust", TAG), ("python", PY_TAG), ("javascript", JS_TAG)] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("policy.toml");
-        std::fs::write(&path, policy(p, "X-Processed-By")).unwrap();
+        std::fs::write(&path, policy(lang, p, "X-Processed-By")).unwrap();
         let pipeline = WasmPipeline::load(runtime.clone(), &path, None)
             .await
             .unwrap_or_else(|e| panic!("{lang}: {e:?}"));
@@ -59,7 +60,23 @@ async fn the_tag_plugin_behaves_the_same_in_rust_python_and_javascript() {
         ));
 
         // The same bad configuration is refused the same way, with the plugin's reason.
-        std::fs::write(&path, policy(p, "Bad Header:")).unwrap();
+        // Two more messages: one warm instance serves them all (the runtime leaves no host
+        // resource open between calls, which would make the host drop it).
+        for _ in 0..2 {
+            let mut msg = MESSAGE.as_bytes().to_vec();
+            let mut env = env.clone();
+            pipeline
+                .current()
+                .data("L1", &session, &mut env, &mut msg)
+                .await;
+        }
+        let created = sluice_metrics::global()
+            .plugin_instances
+            .with_label_values(&[&format!("t-{lang}"), "tag"])
+            .get();
+        assert_eq!(created, 1, "{lang}: {created} instances for 3 messages");
+
+        std::fs::write(&path, policy(lang, p, "Bad Header:")).unwrap();
         let err = WasmPipeline::load(runtime.clone(), &path, None)
             .await
             .err()

@@ -22,7 +22,8 @@
 //! - `hold` (delivery): quarantines every message at the delivery stage.
 //! - `reuse` (data): counts its calls in a static, in `X-Calls`, and keeps `config.times`
 //!   MiB more memory each call; with `config.value` `trap` or `bad-edit` its first call
-//!   traps or returns an edit the host refuses (a header name with a colon). The probe declares itself reusable
+//!   traps or returns an edit the host refuses (a header name with a colon); with `leak`
+//!   every call leaves the data file `model` open. The probe declares itself reusable
 //!   (`export_filter!(Probe, reusable)`), so this shows whether the host reused an
 //!   instance; no other mode keeps anything between calls.
 
@@ -134,6 +135,8 @@ impl Filter for Probe {
                 match (n, c.value.as_str()) {
                     (1, "trap") => panic!("first call traps"),
                     (1, "bad-edit") => return Outcome::cont().add_header("X-Bad:Name", "x"),
+                    // A host resource never dropped: the data file `model`, left open.
+                    (_, "leak") => std::mem::forget(host::open_data("model")),
                     _ => {}
                 }
                 Outcome::cont().add_header("X-Calls", &n.to_string())
