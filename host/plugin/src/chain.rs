@@ -3,8 +3,8 @@
 //! A call runs in a fresh instance from the step's `InstancePre` in a new store (no state
 //! carried between messages), or in a warm one from the step's [`WarmPool`] when the
 //! component declares it keeps no state or the policy asks for warm instances; either way
-//! with the step's memory limit, CPU deadline and wall-clock timeout. Steps run in order; the first verdict other than `continue` ends the stage.
-//! Scores add up, and the chain's thresholds turn the sum into an action at the `data`
+//! with the step's memory limit, CPU deadline and wall-clock timeout. Steps run in order;
+//! the first verdict other than `continue` ends the stage. Scores add up, and the chain's thresholds turn the sum into an action at the `data`
 //! stage. A step's edits are checked (stage, capability, form) and applied right after it,
 //! so the next step sees the message as this one left it.
 
