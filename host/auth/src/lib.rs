@@ -9,6 +9,7 @@
 //! before ours is added (RFC 8601 section 5).
 
 mod arc_syntax;
+mod canon;
 mod digest;
 mod sign;
 mod spf;

@@ -1,7 +1,7 @@
 //! DKIM signing of sent mail (RFC 6376, RFC 8463): RSA-SHA256 and Ed25519-SHA256 keys per
-//! domain, several selectors at once (key rotation), relaxed/relaxed canonicalization.
+//! domain, several selectors at once (key rotation), relaxed/relaxed canonicalization (the
+//! body by `canon`, the header fields by mail-auth).
 
-use crate::digest::BufferedDigest;
 use mail_auth::common::crypto::{Algorithm, Ed25519Key, HashOutput, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::{HeaderWriter, Writable};
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
@@ -39,31 +39,31 @@ pub enum KeyError {
 }
 
 enum Key {
-    Rsa(DkimSigner<Buffered<RsaKey<Sha256>>, Done>),
-    Ed25519(DkimSigner<Buffered<Ed25519Key>, Done>),
+    Rsa(RsaKey<Sha256>),
+    Ed25519(Ed25519Key),
 }
 
-/// A mail-auth signing key whose body hash goes through a buffer. mail-auth's relaxed body
-/// canonicalization hands the hasher one byte at a time, and a digest update per byte
-/// made hashing a 50 KB body cost more than the RSA signature; buffered, the digest sees
-/// large blocks. Signing itself is the key's own.
-struct Buffered<K>(K);
+/// A signing key with the body hash of the message at hand. The body is hashed here
+/// (`canon`, RFC 6376's relaxed canonicalization) and mail-auth sees the header block
+/// only: its `hash` call, made for the body alone, gets this one.
+struct WithBodyHash<'a, K> {
+    key: &'a K,
+    body_hash: aws_lc_rs::digest::Digest,
+}
 
-impl<K: SigningKey<Hasher = Sha256>> SigningKey for Buffered<K> {
+impl<K: SigningKey<Hasher = Sha256>> SigningKey for WithBodyHash<'_, K> {
     type Hasher = Sha256;
 
     fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
-        self.0.sign(input)
+        self.key.sign(input)
     }
 
-    fn hash(&self, data: impl Writable) -> HashOutput {
-        let mut hasher = BufferedDigest::new(&aws_lc_rs::digest::SHA256);
-        data.write(&mut hasher);
-        HashOutput::Digest(hasher.finish())
+    fn hash(&self, _body: impl Writable) -> HashOutput {
+        HashOutput::Digest(self.body_hash)
     }
 
     fn algorithm(&self) -> Algorithm {
-        self.0.algorithm()
+        self.key.algorithm()
     }
 }
 
@@ -71,6 +71,7 @@ impl<K: SigningKey<Hasher = Sha256>> SigningKey for Buffered<K> {
 pub struct SignKey {
     pub domain: String,
     pub selector: String,
+    headers: Vec<String>,
     key: Key,
 }
 
@@ -90,31 +91,22 @@ impl SignKey {
         };
         let key = match &der {
             PrivateKeyDer::Pkcs8(p) => match RsaKey::<Sha256>::from_key_der(der.clone_key()) {
-                Ok(rsa) => Key::Rsa(signer(Buffered(rsa), domain, selector, &headers)),
-                Err(_) => Key::Ed25519(signer(
-                    Buffered(
-                        Ed25519Key::from_pkcs8_maybe_unchecked_der(p.secret_pkcs8_der())
-                            .map_err(|e| KeyError::Key(e.to_string()))?,
-                    ),
-                    domain,
-                    selector,
-                    &headers,
-                )),
-            },
-            PrivateKeyDer::Pkcs1(_) => Key::Rsa(signer(
-                Buffered(
-                    RsaKey::<Sha256>::from_key_der(der.clone_key())
+                Ok(rsa) => Key::Rsa(rsa),
+                Err(_) => Key::Ed25519(
+                    Ed25519Key::from_pkcs8_maybe_unchecked_der(p.secret_pkcs8_der())
                         .map_err(|e| KeyError::Key(e.to_string()))?,
                 ),
-                domain,
-                selector,
-                &headers,
-            )),
+            },
+            PrivateKeyDer::Pkcs1(_) => Key::Rsa(
+                RsaKey::<Sha256>::from_key_der(der.clone_key())
+                    .map_err(|e| KeyError::Key(e.to_string()))?,
+            ),
             _ => return Err(KeyError::Key("neither RSA nor Ed25519".into())),
         };
         Ok(SignKey {
             domain: domain.to_ascii_lowercase(),
             selector: selector.to_string(),
+            headers,
             key,
         })
     }
@@ -127,13 +119,34 @@ impl SignKey {
     }
 
     fn sign(&self, raw: &[u8]) -> Result<String, String> {
+        let end = sluice_core::envelope::header_end(raw);
+        let body_start = if raw[end..].starts_with(b"\r\n") {
+            end + 2
+        } else {
+            (end + 1).min(raw.len())
+        };
+        let head = &raw[..body_start];
+        let body_hash = crate::canon::relaxed_body_sha256(&raw[body_start..]);
         let signature = match &self.key {
-            Key::Rsa(s) => s.sign(raw),
-            Key::Ed25519(s) => s.sign(raw),
+            Key::Rsa(key) => self.signer(key, body_hash).sign(head),
+            Key::Ed25519(key) => self.signer(key, body_hash).sign(head),
         };
         signature
             .map(|s| unfold_last_tag(s.to_header()))
             .map_err(|e| e.to_string())
+    }
+
+    fn signer<'a, K: SigningKey<Hasher = Sha256>>(
+        &self,
+        key: &'a K,
+        body_hash: aws_lc_rs::digest::Digest,
+    ) -> DkimSigner<WithBodyHash<'a, K>, Done> {
+        DkimSigner::from_key(WithBodyHash { key, body_hash })
+            .domain(&self.domain)
+            .selector(&self.selector)
+            .headers(self.headers.iter().cloned())
+            .header_canonicalization(Canonicalization::Relaxed)
+            .body_canonicalization(Canonicalization::Relaxed)
     }
 }
 
@@ -153,20 +166,6 @@ fn unfold_last_tag(mut header: String) -> String {
         }
     }
     header
-}
-
-fn signer<T: SigningKey>(
-    key: T,
-    domain: &str,
-    selector: &str,
-    headers: &[String],
-) -> DkimSigner<T, Done> {
-    DkimSigner::from_key(key)
-        .domain(domain)
-        .selector(selector)
-        .headers(headers.iter().cloned())
-        .header_canonicalization(Canonicalization::Relaxed)
-        .body_canonicalization(Canonicalization::Relaxed)
 }
 
 /// Every configured key; signs a message with each key of its `From:` domain.
