@@ -30,11 +30,56 @@ pub struct Attr {
     pub span: Range<usize>,
 }
 
+/// The tag names the scanner and its callers tell apart.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    A,
+    Body,
+    Svg,
+    Math,
+    Script,
+    /// RAWTEXT or RCDATA elements: text up to the element's own end tag.
+    Raw(&'static str),
+    Plaintext,
+    Other,
+}
+
+impl Kind {
+    /// The kind of a tag name, any case.
+    fn of(name: &[u8]) -> Kind {
+        let mut lower = [0u8; 10];
+        if name.len() > lower.len() {
+            return Kind::Other;
+        }
+        for (l, b) in lower.iter_mut().zip(name) {
+            *l = b.to_ascii_lowercase();
+        }
+        match &lower[..name.len()] {
+            b"a" => Kind::A,
+            b"body" => Kind::Body,
+            b"svg" => Kind::Svg,
+            b"math" => Kind::Math,
+            b"script" => Kind::Script,
+            b"style" => Kind::Raw("style"),
+            b"iframe" => Kind::Raw("iframe"),
+            b"xmp" => Kind::Raw("xmp"),
+            b"noembed" => Kind::Raw("noembed"),
+            b"noframes" => Kind::Raw("noframes"),
+            b"noscript" => Kind::Raw("noscript"),
+            b"textarea" => Kind::Raw("textarea"),
+            b"title" => Kind::Raw("title"),
+            b"plaintext" => Kind::Plaintext,
+            _ => Kind::Other,
+        }
+    }
+}
+
 /// A start or end tag.
 pub struct Tag<'a> {
     pub end_tag: bool,
     /// The tag name as written.
     pub name: &'a str,
+    pub kind: Kind,
     /// From `<` to `>` inclusive.
     pub span: Range<usize>,
     pub self_closing: bool,
@@ -43,10 +88,6 @@ pub struct Tag<'a> {
 }
 
 impl Tag<'_> {
-    pub fn is(&self, name: &str) -> bool {
-        self.name.eq_ignore_ascii_case(name)
-    }
-
     /// The first attribute of that name (HTML drops later duplicates).
     pub fn attr(&self, name: &str) -> Option<&Attr> {
         self.attrs
@@ -147,6 +188,7 @@ pub fn scan(html: &str, mut on_tag: impl FnMut(&Tag<'_>)) {
                     };
                     let tag = Tag {
                         end_tag: true,
+                        kind: Kind::of(&b[name.clone()]),
                         name: &html[name],
                         span: lt..tag_end,
                         self_closing,
@@ -167,6 +209,7 @@ pub fn scan(html: &str, mut on_tag: impl FnMut(&Tag<'_>)) {
                 };
                 let tag = Tag {
                     end_tag: false,
+                    kind: Kind::of(&b[name.clone()]),
                     name: &html[name],
                     span: lt..tag_end,
                     self_closing,
@@ -199,9 +242,9 @@ enum Text {
 fn start_tag_feedback(ns: &mut Vec<Ns>, tag: &Tag<'_>) -> Text {
     let name = tag.name;
     let current = *ns.last().unwrap_or(&Ns::Html);
-    if name.eq_ignore_ascii_case("svg") || name.eq_ignore_ascii_case("math") {
+    if let Kind::Svg | Kind::Math = tag.kind {
         if !tag.self_closing {
-            ns.push(if name.eq_ignore_ascii_case("svg") {
+            ns.push(if tag.kind == Kind::Svg {
                 Ns::Svg
             } else {
                 Ns::MathMl
@@ -231,21 +274,18 @@ fn start_tag_feedback(ns: &mut Vec<Ns>, tag: &Tag<'_>) -> Text {
         }
         return Text::Data;
     }
-    const RAW: &[&str] = &[
-        "style", "iframe", "xmp", "noembed", "noframes", "noscript", "textarea", "title",
-    ];
-    if let Some(raw) = RAW.iter().find(|n| name.eq_ignore_ascii_case(n)) {
-        Text::Raw(raw)
-    } else if name.eq_ignore_ascii_case("script") {
-        Text::Script
-    } else if name.eq_ignore_ascii_case("plaintext") {
-        Text::Plain
-    } else {
-        Text::Data
+    match tag.kind {
+        Kind::Raw(raw) => Text::Raw(raw),
+        Kind::Script => Text::Script,
+        Kind::Plaintext => Text::Plain,
+        _ => Text::Data,
     }
 }
 
 fn end_tag_feedback(ns: &mut Vec<Ns>, name: &str) {
+    if ns.len() == 1 {
+        return;
+    }
     let current = *ns.last().unwrap_or(&Ns::Html);
     match current {
         Ns::Html if ns.len() >= 2 => {
@@ -296,13 +336,13 @@ fn markup_declaration(b: &[u8], lt: usize, foreign: bool) -> usize {
             return body + 2;
         }
         let mut from = body;
-        while let Some(p) = memmem::find(&b[from..], b"--") {
+        while let Some(p) = memchr(b'-', &b[from..]) {
             let dashes = from + p;
-            let after = &b[dashes + 2..];
-            if after.starts_with(b">") {
+            let after = &b[dashes..];
+            if after.starts_with(b"-->") {
                 return dashes + 3;
             }
-            if after.starts_with(b"!>") {
+            if after.starts_with(b"--!>") {
                 return dashes + 4;
             }
             from = dashes + 1;

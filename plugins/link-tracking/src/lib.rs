@@ -193,7 +193,7 @@ pub fn rewrite_html(
             return;
         }
         if tag.end_tag {
-            if body && !pixel_placed && tag.is("body") {
+            if body && !pixel_placed && tag.kind == html::Kind::Body {
                 out.push_str(&html[copied..tag.span.start]);
                 out.push_str(pixel.unwrap_or_default());
                 copied = tag.span.start;
@@ -201,11 +201,11 @@ pub fn rewrite_html(
             }
             return;
         }
-        if tag.is("body") {
+        if tag.kind == html::Kind::Body {
             body = true;
             return;
         }
-        if !(config.clicks && tag.is("a")) {
+        if !(config.clicks && tag.kind == html::Kind::A) {
             return;
         }
         let Some(href) = tag.attr("href") else {
@@ -256,6 +256,10 @@ pub fn rewrite_html(
 
 /// Writes `value` for an attribute quoted with `quote`.
 fn escape_attr(value: &str, quote: u8, out: &mut String) {
+    if !value.contains(['&', '"', '\'']) {
+        out.push_str(value);
+        return;
+    }
     for c in value.chars() {
         match c {
             '&' => out.push_str("&amp;"),
