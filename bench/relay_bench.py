@@ -640,6 +640,15 @@ tls = "none"
             print("sluice: not stopped 60 s after SIGTERM; killed", file=sys.stderr)
             self.proc.kill()
             self.proc.wait()
+        # A relay that logged warnings or errors under load is worth a look: count them
+        # and show the first few.
+        self.log.close()
+        with open(self.log.name, errors="replace") as f:
+            bad = [line.rstrip() for line in f if " WARN " in line or " ERROR " in line]
+        if bad:
+            print(f"  sluice logged {len(bad)} warnings or errors, first:", file=sys.stderr)
+            for line in bad[:3]:
+                print("    " + line[:300], file=sys.stderr)
         if self.hooks:
             self.hooks.stop()
         if self.dns:
@@ -685,15 +694,6 @@ PidFile {self.dir}/opendkim.pid
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=30)
-        # A relay that logged warnings or errors under load is worth a look: count them
-        # and show the first few.
-        self.log.close()
-        with open(os.path.join(self.dir, "sluice.log"), errors="replace") as f:
-            bad = [line.rstrip() for line in f if " WARN " in line or " ERROR " in line]
-        if bad:
-            print(f"  sluice logged {len(bad)} warnings or errors, first:", file=sys.stderr)
-            for line in bad[:3]:
-                print("    " + line[:300], file=sys.stderr)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -497,7 +497,14 @@ fn authenticated(raw: &[u8]) -> Option<AuthenticatedMessage<'_>> {
     message.raw_message = raw;
     let body = &raw[cut..];
     for (canonicalization, algorithm, length, hash) in &mut message.body_hashes {
-        *hash = digest::hash(*algorithm, canonicalization.canonical_body(body, *length));
+        // Relaxed bodies by RFC 6376 (`canon`: mail-auth keeps whitespace-only last lines,
+        // so a conforming signature over such a body failed here); an `l=` cut is
+        // mail-auth's.
+        *hash = if *canonicalization == mail_auth::dkim::Canonicalization::Relaxed && *length == 0 {
+            digest::hash(*algorithm, canon::RelaxedBody(body))
+        } else {
+            digest::hash(*algorithm, canonicalization.canonical_body(body, *length))
+        };
     }
     Some(message)
 }
@@ -537,6 +544,18 @@ mod tests {
         assert_eq!(ours.raw_message, theirs.raw_message);
         assert_eq!(ours.headers, theirs.headers);
         assert_eq!(ours.from, theirs.from);
+        // Whitespace-only last lines are empty lines, and empty last lines do not count
+        // (RFC 6376, 3.4.4; mail-auth's own hash keeps them).
+        let tail = b"From: a@example.com\r\nDKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com; s=s1; h=from; bh=AAAA; b=AAAA\r\n\r\nhi  there \r\n \r\n\t\r\n";
+        let expected = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"hi there\r\n");
+        assert_eq!(
+            authenticated(tail).unwrap().body_hashes[0].3,
+            expected.as_ref()
+        );
+        assert_ne!(
+            AuthenticatedMessage::parse(tail).unwrap().body_hashes[0].3,
+            expected.as_ref()
+        );
         // No body at all, and LF-only line ends: parsed as mail-auth parses them.
         for raw in [
             &b"From: a@example.com\r\n"[..],
