@@ -183,39 +183,22 @@ pub fn scan(html: &str, mut on_tag: impl FnMut(&Tag<'_>)) {
             Some(b'?') => after_gt(b, lt + 2),
             Some(b'/') => match b.get(lt + 2) {
                 Some(c) if c.is_ascii_alphabetic() => {
-                    let Some((tag_end, name, self_closing)) = tag(b, lt + 2, &mut attrs) else {
+                    let Some(tag) = tag(html, lt, true, &mut attrs) else {
                         return;
-                    };
-                    let tag = Tag {
-                        end_tag: true,
-                        kind: Kind::of(&b[name.clone()]),
-                        name: &html[name],
-                        span: lt..tag_end,
-                        self_closing,
-                        attrs: &attrs,
-                        src: html,
                     };
                     end_tag_feedback(&mut ns, tag.name);
                     on_tag(&tag);
-                    tag_end
+                    tag.span.end
                 }
                 Some(b'>') => lt + 3,
                 Some(_) => after_gt(b, lt + 2),
                 None => return,
             },
             Some(c) if c.is_ascii_alphabetic() => {
-                let Some((tag_end, name, self_closing)) = tag(b, lt + 1, &mut attrs) else {
+                let Some(tag) = tag(html, lt, false, &mut attrs) else {
                     return;
                 };
-                let tag = Tag {
-                    end_tag: false,
-                    kind: Kind::of(&b[name.clone()]),
-                    name: &html[name],
-                    span: lt..tag_end,
-                    self_closing,
-                    attrs: &attrs,
-                    src: html,
-                };
+                let tag_end = tag.span.end;
                 let text = start_tag_feedback(&mut ns, &tag);
                 on_tag(&tag);
                 match text {
@@ -355,9 +338,11 @@ fn markup_declaration(b: &[u8], lt: usize, foreign: bool) -> usize {
     }
 }
 
-/// A tag from its name's first byte to its `>`: `(after the '>', name, self-closing)`,
-/// with its attributes in `attrs`; `None` when the input ends inside it.
-fn tag(b: &[u8], name_start: usize, attrs: &mut Vec<Attr>) -> Option<(usize, Range<usize>, bool)> {
+/// The tag whose `<` is at `lt` (`</` for an end tag), its attributes kept in `attrs`;
+/// `None` when the input ends inside it.
+fn tag<'a>(html: &'a str, lt: usize, end_tag: bool, attrs: &'a mut Vec<Attr>) -> Option<Tag<'a>> {
+    let b = html.as_bytes();
+    let name_start = lt + 1 + usize::from(end_tag);
     attrs.clear();
     let mut j = name_start;
     while j < b.len() && !is_space(b[j]) && b[j] != b'/' && b[j] != b'>' {
@@ -368,11 +353,20 @@ fn tag(b: &[u8], name_start: usize, attrs: &mut Vec<Attr>) -> Option<(usize, Ran
         while j < b.len() && is_space(b[j]) {
             j += 1;
         }
+        let done = |end: usize, self_closing: bool, attrs: &'a [Attr]| Tag {
+            end_tag,
+            kind: Kind::of(&b[name.clone()]),
+            name: &html[name.clone()],
+            span: lt..end,
+            self_closing,
+            attrs,
+            src: html,
+        };
         match *b.get(j)? {
-            b'>' => return Some((j + 1, name, false)),
+            b'>' => return Some(done(j + 1, false, attrs)),
             b'/' => {
                 if b.get(j + 1) == Some(&b'>') {
-                    return Some((j + 2, name, true));
+                    return Some(done(j + 2, true, attrs));
                 }
                 j += 1;
                 continue;
