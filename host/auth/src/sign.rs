@@ -118,15 +118,9 @@ impl SignKey {
         }
     }
 
-    fn sign(&self, raw: &[u8]) -> Result<String, String> {
-        let end = sluice_core::envelope::header_end(raw);
-        let body_start = if raw[end..].starts_with(b"\r\n") {
-            end + 2
-        } else {
-            (end + 1).min(raw.len())
-        };
-        let head = &raw[..body_start];
-        let body_hash = crate::canon::relaxed_body_sha256(&raw[body_start..]);
+    /// Signs a message given as its header block (with the blank line) and the hash of
+    /// its relaxed canonical body.
+    fn sign(&self, head: &[u8], body_hash: aws_lc_rs::digest::Digest) -> Result<String, String> {
         let signature = match &self.key {
             Key::Rsa(key) => self.signer(key, body_hash).sign(head),
             Key::Ed25519(key) => self.signer(key, body_hash).sign(head),
@@ -192,9 +186,21 @@ impl Signer {
         let Some(domain) = from_domain(raw) else {
             return Ok(Vec::new());
         };
+        let mut keys = self.keys.iter().filter(|k| k.domain == domain).peekable();
+        if keys.peek().is_none() {
+            return Ok(Vec::new());
+        }
+        // One body hash for every key of the domain (key rotation signs twice).
+        let end = sluice_core::envelope::header_end(raw);
+        let body_start = if raw[end..].starts_with(b"\r\n") {
+            end + 2
+        } else {
+            (end + 1).min(raw.len())
+        };
+        let body_hash = crate::canon::relaxed_body_sha256(&raw[body_start..]);
         let mut out = Vec::new();
-        for key in self.keys.iter().filter(|k| k.domain == domain) {
-            out.extend_from_slice(key.sign(raw)?.as_bytes());
+        for key in keys {
+            out.extend_from_slice(key.sign(&raw[..body_start], body_hash)?.as_bytes());
         }
         Ok(out)
     }
