@@ -1,5 +1,6 @@
 //! Applying plugin edits once, after a stage: header changes on the raw header block, text
-//! and HTML part replacement (re-encoded as quoted-printable UTF-8), and envelope changes.
+//! and HTML part replacement (UTF-8; 7bit when the text allows, else quoted-printable), and
+//! envelope changes.
 //! The result is valid MIME: header values are unfolded of CR/LF, non-ASCII values are
 //! RFC 2047 encoded, and replaced parts get matching `Content-Type` charset and
 //! `Content-Transfer-Encoding`.
@@ -368,8 +369,9 @@ fn fold(line: &str) -> String {
 }
 
 /// Replaces text parts; every other byte of the message stays. Each replaced part gets a
-/// UTF-8 charset and quoted-printable encoding in which no line can start with `--`, so
-/// replaced text cannot smuggle a MIME boundary; the part tree is checked to be unchanged.
+/// UTF-8 charset and 7bit or quoted-printable encoding in which no line can start with
+/// `--`, so replaced text cannot smuggle a MIME boundary; the part tree is checked to be
+/// unchanged.
 fn replace_parts(
     raw: &[u8],
     parsed: Option<&mail_parser::Message<'_>>,
@@ -437,14 +439,24 @@ fn replace_parts(
             name: "Content-Type".into(),
             value: format!("text/{subtype}; charset=utf-8"),
         });
-        fields.set(&Header {
-            name: "Content-Transfer-Encoding".into(),
-            value: "quoted-printable".into(),
-        });
         out.extend_from_slice(&raw[copied..hs]);
         let start = out.len();
+        // Text that 7bit can carry as it is goes as it is (what the sender wrote, and
+        // no re-encoding); anything else is quoted-printable.
+        let mut body = Vec::new();
+        let encoding = if seven_bit_into(content, &mut body) {
+            "7bit"
+        } else {
+            body.clear();
+            qp_encode_into(content, &mut body);
+            "quoted-printable"
+        };
+        fields.set(&Header {
+            name: "Content-Transfer-Encoding".into(),
+            value: encoding.into(),
+        });
         out.extend_from_slice(&fields.render());
-        qp_encode_into(content, &mut out);
+        out.extend_from_slice(&body);
         let rest = &raw[be..];
         if !rest.starts_with(b"\r\n") && !rest.is_empty() {
             out.extend_from_slice(b"\r\n");
@@ -455,8 +467,8 @@ fn replace_parts(
     out.extend_from_slice(&raw[copied..]);
     // The bytes around each replaced part are the original ones, so the part tree can only
     // change if a written line starts with `--` (a boundary delimiter of an enclosing
-    // multipart). Neither the part's own header fields nor quoted-printable lines can, by
-    // construction; this is checked on every edit. Test builds also re-parse the result
+    // multipart). Neither the part's own header fields nor the written lines (7bit or
+    // quoted-printable) can, by construction; this is checked on every edit. Test builds also re-parse the result
     // and compare the whole tree (a full parse of a 50 KB HTML part, quoted-printable
     // decoding included, was 5% of the outbound relay's CPU).
     if written.iter().any(|&(start, end)| {
@@ -488,6 +500,39 @@ fn replace_parts(
     Ok(out)
 }
 
+/// Longest line 7bit data may have (RFC 5322 §2.1.1, RFC 2045 §2.7), CRLF not counted.
+const MAX_7BIT_LINE: usize = 998;
+
+/// Appends `text` as 7bit data (RFC 2045 §2.7) with CRLF line ends if it can be: ASCII
+/// without NUL, no line longer than 998 octets, and no line starting with `--` (which
+/// could read as a boundary of an enclosing multipart). Returns false, with `out` in an
+/// unspecified state, if it cannot.
+fn seven_bit_into(text: &str, out: &mut Vec<u8>) -> bool {
+    let bytes = text.as_bytes();
+    if !bytes.is_ascii() || memchr::memchr(0, bytes).is_some() {
+        return false;
+    }
+    out.reserve(bytes.len() + bytes.len() / 32 + 2);
+    let mut start = 0;
+    loop {
+        let end = memchr::memchr2(b'\r', b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
+        let line = &bytes[start..end];
+        if line.len() > MAX_7BIT_LINE || line.starts_with(b"--") {
+            return false;
+        }
+        out.extend_from_slice(line);
+        if end == bytes.len() {
+            return true;
+        }
+        out.extend_from_slice(b"\r\n");
+        start = if bytes[end..].starts_with(b"\r\n") {
+            end + 2
+        } else {
+            end + 1
+        };
+    }
+}
+
 /// Quoted-printable (RFC 2045 §6.7) with lines of at most 76 characters, CRLF line ends,
 /// and `-` or `.` at the start of any line encoded: no line of the result can be read as
 /// a MIME boundary or an SMTP end of data.
@@ -504,10 +549,7 @@ fn qp_encode_into(text: &str, out: &mut Vec<u8>) {
     let mut start = 0;
     loop {
         // CRLF, a lone CR and a lone LF all end a line.
-        let end = bytes[start..]
-            .iter()
-            .position(|&b| b == b'\r' || b == b'\n')
-            .map_or(bytes.len(), |i| start + i);
+        let end = memchr::memchr2(b'\r', b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
         qp_line(&bytes[start..end], out);
         if end == bytes.len() {
             return;
@@ -715,6 +757,68 @@ mod tests {
         // Only the real boundaries start a line with `--b`.
         let boundary_lines = out.split(|&b| b == b'\n').filter(|l| l.starts_with(b"--b"));
         assert_eq!(boundary_lines.count(), 3);
+    }
+
+    #[test]
+    fn replaced_parts_are_7bit_when_the_text_allows_else_quoted_printable() {
+        let raw = concat!(
+            "Subject: m\r\nMIME-Version: 1.0\r\n",
+            "Content-Type: multipart/alternative; boundary=\"b\"\r\n\r\n",
+            "--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\ncGxhaW4=\r\n",
+            "--b\r\nContent-Type: text/html\r\n\r\n<p>old</p>\r\n",
+            "--b--\r\n"
+        );
+        let long = format!("<p>{}</p>", "x".repeat(MAX_7BIT_LINE));
+        let fits = format!("<p>{}</p>", "x".repeat(MAX_7BIT_LINE - 7));
+        let cases: &[(&str, &str)] = &[
+            // ASCII, line ends of every kind: 7bit with CRLF.
+            (
+                "<a href=\"https://x.example/?a=1\">x</a>\nline\rcr\r\n.\n",
+                "7bit",
+            ),
+            (&fits, "7bit"),
+            ("", "7bit"),
+            (&long, "quoted-printable"),
+            ("ok\n--b\nContent-Type: x\n", "quoted-printable"),
+            ("caf\u{e9}", "quoted-printable"),
+            ("nul\0byte", "quoted-printable"),
+        ];
+        for &(text, want) in cases {
+            let mut env = Envelope::default();
+            let edits = [
+                Edit::ReplaceText(text.into()),
+                Edit::ReplaceHtml(text.into()),
+            ];
+            let out = apply(raw.as_bytes(), &mut env, &edits).unwrap().unwrap();
+            let m = parse(&out);
+            assert_eq!(m.parts.len(), 3, "{text:?}");
+            for id in [1, 2] {
+                assert_eq!(
+                    m.parts[id].content_transfer_encoding(),
+                    Some(want),
+                    "{text:?}"
+                );
+            }
+            let norm = |t: &str| t.replace("\r\n", "\n").replace('\r', "\n");
+            assert_eq!(
+                norm(&m.body_html(0).unwrap()).trim_end(),
+                norm(text).trim_end()
+            );
+            assert_eq!(
+                norm(&m.body_text(0).unwrap()).trim_end(),
+                norm(text).trim_end()
+            );
+            // CRLF only, and no line over the limit.
+            let mut prev = 0u8;
+            for &b in out.iter() {
+                assert!(b != b'\n' || prev == b'\r', "bare LF in {text:?}");
+                prev = b;
+            }
+            assert!(
+                out.split(|&b| b == b'\n')
+                    .all(|l| l.len() <= MAX_7BIT_LINE + 1)
+            );
+        }
     }
 
     #[test]

@@ -44,31 +44,55 @@ pub enum Kind {
     Other,
 }
 
+/// Up to 15 bytes of a tag name, lowercased, and its length as one integer: comparing
+/// names is then one integer compare (a byte-slice match compiled to WebAssembly calls
+/// `bcmp` for every candidate, on every tag). The length keeps `a` apart from `a\0`.
+const fn name_key(name: &[u8]) -> u128 {
+    let mut key = (name.len() as u128) << 120;
+    let mut i = 0;
+    while i < name.len() {
+        key |= (name[i].to_ascii_lowercase() as u128) << (8 * i);
+        i += 1;
+    }
+    key
+}
+
 impl Kind {
     /// The kind of a tag name, any case.
     fn of(name: &[u8]) -> Kind {
-        let mut lower = [0u8; 10];
-        if name.len() > lower.len() {
+        const A: u128 = name_key(b"a");
+        const BODY: u128 = name_key(b"body");
+        const SVG: u128 = name_key(b"svg");
+        const MATH: u128 = name_key(b"math");
+        const SCRIPT: u128 = name_key(b"script");
+        const STYLE: u128 = name_key(b"style");
+        const IFRAME: u128 = name_key(b"iframe");
+        const XMP: u128 = name_key(b"xmp");
+        const NOEMBED: u128 = name_key(b"noembed");
+        const NOFRAMES: u128 = name_key(b"noframes");
+        const NOSCRIPT: u128 = name_key(b"noscript");
+        const TEXTAREA: u128 = name_key(b"textarea");
+        const TITLE: u128 = name_key(b"title");
+        const PLAINTEXT: u128 = name_key(b"plaintext");
+        // The longest name above has 9 bytes.
+        if name.len() > 9 {
             return Kind::Other;
         }
-        for (l, b) in lower.iter_mut().zip(name) {
-            *l = b.to_ascii_lowercase();
-        }
-        match &lower[..name.len()] {
-            b"a" => Kind::A,
-            b"body" => Kind::Body,
-            b"svg" => Kind::Svg,
-            b"math" => Kind::Math,
-            b"script" => Kind::Script,
-            b"style" => Kind::Raw("style"),
-            b"iframe" => Kind::Raw("iframe"),
-            b"xmp" => Kind::Raw("xmp"),
-            b"noembed" => Kind::Raw("noembed"),
-            b"noframes" => Kind::Raw("noframes"),
-            b"noscript" => Kind::Raw("noscript"),
-            b"textarea" => Kind::Raw("textarea"),
-            b"title" => Kind::Raw("title"),
-            b"plaintext" => Kind::Plaintext,
+        match name_key(name) {
+            A => Kind::A,
+            BODY => Kind::Body,
+            SVG => Kind::Svg,
+            MATH => Kind::Math,
+            SCRIPT => Kind::Script,
+            STYLE => Kind::Raw("style"),
+            IFRAME => Kind::Raw("iframe"),
+            XMP => Kind::Raw("xmp"),
+            NOEMBED => Kind::Raw("noembed"),
+            NOFRAMES => Kind::Raw("noframes"),
+            NOSCRIPT => Kind::Raw("noscript"),
+            TEXTAREA => Kind::Raw("textarea"),
+            TITLE => Kind::Raw("title"),
+            PLAINTEXT => Kind::Plaintext,
             _ => Kind::Other,
         }
     }

@@ -256,7 +256,7 @@ pub fn rewrite_html(
 
 /// Writes `value` for an attribute quoted with `quote`.
 fn escape_attr(value: &str, quote: u8, out: &mut String) {
-    if !value.contains(['&', '"', '\'']) {
+    if memchr::memchr3(b'&', b'"', b'\'', value.as_bytes()).is_none() {
         out.push_str(value);
         return;
     }
