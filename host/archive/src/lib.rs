@@ -658,6 +658,16 @@ pub fn parse_time(s: &str) -> Option<u64> {
 }
 
 impl sluice_core::durable::CommitHook for Archive {
+    fn start_sync(&self) {
+        let files: Vec<Arc<File>> = {
+            let s = self.sync.state.lock().expect("archive sync");
+            s.dirty.values().map(|(file, _)| file.clone()).collect()
+        };
+        for file in &files {
+            sluice_core::durable::start_writeback(file);
+        }
+    }
+
     fn sync(&self) -> std::io::Result<()> {
         Archive::sync(self).map_err(std::io::Error::other)
     }

@@ -49,9 +49,35 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
 /// it could be. A store that waits for that commit instead of syncing on its own saves an
 /// `fdatasync` per write group.
 pub trait CommitHook: Send + Sync {
+    /// Starts writing what was written so far to disk without waiting ([`start_writeback`]),
+    /// so that the commit's syncs overlap; called before any of them.
+    fn start_sync(&self) {}
+
     /// Makes every write made so far durable. An error is the hooked store's own to
     /// report (to the writers waiting on it); the commit goes on.
     fn sync(&self) -> std::io::Result<()>;
+}
+
+/// Starts writing `file`'s dirty pages to disk and returns at once (Linux
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`; elsewhere nothing). It makes nothing durable:
+/// `sync_data` still must follow. Started on every file of a group commit before the
+/// first sync, the data goes out together and the first sync's journal commit covers the
+/// others' metadata: three appended files synced in turn took ~30% less time and ~20%
+/// less CPU per commit (`bench/fsync_cost.py`, `sfr` against `seq`).
+pub fn start_writeback(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `sync_file_range` takes a descriptor and integers and touches no memory
+        // of ours; the descriptor is open for as long as `file` is borrowed. Its result is
+        // advisory (the sync that follows reports any error), so it is ignored.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
 }
 
 /// Makes a folder's entries (files created, renamed or removed in it) durable.

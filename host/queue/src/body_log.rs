@@ -169,6 +169,14 @@ impl BodyLog {
         })
     }
 
+    /// Starts writing the dirty segments to disk ([`sluice_core::durable::start_writeback`]).
+    pub fn start_sync(&self) {
+        let dirty = self.lock().dirty.clone();
+        for f in &dirty {
+            sluice_core::durable::start_writeback(f);
+        }
+    }
+
     /// Makes every earlier append durable.
     /// After an error the files stay dirty, but Linux may already have dropped the pages
     /// that failed, so a later successful sync proves nothing about them: the queue stops

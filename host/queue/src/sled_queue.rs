@@ -517,6 +517,11 @@ fn flush_loop(inner: std::sync::Weak<Inner>, f: Arc<Flusher>) {
         // Hooked stores first (records written after this flush may point at their
         // data), then bodies, then the records that point at them.
         let hooks = f.hooks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Every file's writeback first, so that the syncs below overlap.
+        for h in &hooks {
+            h.start_sync();
+        }
+        strong.bodies.start_sync();
         for h in hooks {
             if let Err(e) = h.sync() {
                 tracing::error!(error = %e, "a store synced with the queue failed to sync");
