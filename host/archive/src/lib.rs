@@ -660,7 +660,7 @@ pub fn parse_time(s: &str) -> Option<u64> {
 impl sluice_core::durable::CommitHook for Archive {
     fn start_sync(&self) {
         let files: Vec<Arc<File>> = {
-            let s = self.sync.state.lock().expect("archive sync");
+            let s = self.sync.state.lock().unwrap_or_else(|e| e.into_inner());
             s.dirty.values().map(|(file, _)| file.clone()).collect()
         };
         for file in &files {

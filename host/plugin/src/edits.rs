@@ -416,6 +416,16 @@ fn replace_parts(
         let html = is_text(id).ok_or(EditError::NoSuchPart(id))?;
         by_part.insert(id, (html, content));
     }
+    // Every multipart's delimiter: mail-parser (which the host parses with) takes
+    // `--boundary` as a delimiter anywhere in a line, and by prefix, so 7bit text must not
+    // hold one anywhere.
+    let delimiters: Vec<Vec<u8>> = msg
+        .parts
+        .iter()
+        .filter(|p| matches!(p.body, mail_parser::PartType::Multipart(_)))
+        .filter_map(|p| p.content_type()?.attribute("boundary"))
+        .map(|b| format!("--{b}").into_bytes())
+        .collect();
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 8);
     let mut copied = 0;
     // Where the rewritten parts are in `out`.
@@ -444,7 +454,7 @@ fn replace_parts(
         // Text that 7bit can carry as it is goes as it is (what the sender wrote, and
         // no re-encoding); anything else is quoted-printable.
         let mut body = Vec::new();
-        let encoding = if seven_bit_into(content, &mut body) {
+        let encoding = if seven_bit_into(content, &delimiters, &mut body) {
             "7bit"
         } else {
             body.clear();
@@ -504,12 +514,17 @@ fn replace_parts(
 const MAX_7BIT_LINE: usize = 998;
 
 /// Appends `text` as 7bit data (RFC 2045 §2.7) with CRLF line ends if it can be: ASCII
-/// without NUL, no line longer than 998 octets, and no line starting with `--` (which
-/// could read as a boundary of an enclosing multipart). Returns false, with `out` in an
-/// unspecified state, if it cannot.
-fn seven_bit_into(text: &str, out: &mut Vec<u8>) -> bool {
+/// without NUL, no line longer than 998 octets, no line starting with `--` (which could
+/// read as a boundary of an enclosing multipart) and none of the message's `delimiters`
+/// anywhere. Returns false, with `out` in an unspecified state, if it cannot.
+fn seven_bit_into(text: &str, delimiters: &[Vec<u8>], out: &mut Vec<u8>) -> bool {
     let bytes = text.as_bytes();
-    if !bytes.is_ascii() || memchr::memchr(0, bytes).is_some() {
+    if !bytes.is_ascii()
+        || memchr::memchr(0, bytes).is_some()
+        || delimiters
+            .iter()
+            .any(|d| memchr::memmem::find(bytes, d).is_some())
+    {
         return false;
     }
     out.reserve(bytes.len() + bytes.len() / 32 + 2);
@@ -563,12 +578,14 @@ fn qp_encode_into(text: &str, out: &mut Vec<u8>) {
     }
 }
 
-/// Bytes that quoted-printable may carry as themselves anywhere but at a line's start or end.
+/// Bytes that quoted-printable may carry as themselves anywhere but at a line's start or
+/// end. `-` is always encoded, so that no `--` (a MIME delimiter to parsers that look for
+/// one anywhere in a line, as mail-parser does) can appear in the encoded text.
 const QP_PLAIN: [bool; 256] = {
     let mut t = [false; 256];
     let mut b = 0x20;
     while b < 0x7f {
-        t[b] = b != b'=' as usize;
+        t[b] = b != b'=' as usize && b != b'-' as usize;
         b += 1;
     }
     t[b'\t' as usize] = true;
@@ -780,6 +797,9 @@ mod tests {
             ("", "7bit"),
             (&long, "quoted-printable"),
             ("ok\n--b\nContent-Type: x\n", "quoted-printable"),
+            // mail-parser takes `--b` (and `--bx`) as a delimiter anywhere in a line.
+            ("<p>x--b</p><!-- y --bx -->", "quoted-printable"),
+            ("<!--[if mso]><p>-- a</p><![endif]-->", "7bit"),
             ("caf\u{e9}", "quoted-printable"),
             ("nul\0byte", "quoted-printable"),
         ];
@@ -818,6 +838,13 @@ mod tests {
                 out.split(|&b| b == b'\n')
                     .all(|l| l.len() <= MAX_7BIT_LINE + 1)
             );
+            // The delimiter appears only where the message's own boundaries are, in any
+            // position of a line.
+            assert_eq!(
+                memchr::memmem::find_iter(&out, b"--b").count(),
+                3,
+                "{text:?}"
+            );
         }
     }
 
@@ -830,6 +857,7 @@ mod tests {
             assert!(line.len() <= 76, "{}", String::from_utf8_lossy(line));
             assert!(!line.starts_with(b"-") && !line.starts_with(b"."));
         }
+        assert!(memchr::memmem::find(&enc, b"--").is_none());
         let decoded = quoted_printable::decode(&enc, quoted_printable::ParseMode::Strict).unwrap();
         assert_eq!(
             String::from_utf8(decoded).unwrap(),
@@ -852,7 +880,8 @@ mod tests {
                 let last = i + 1 == bytes.len();
                 let plain = (b == b'\t' || (0x20..0x7f).contains(&b))
                     && b != b'='
-                    && !(col == 0 && (b == b'-' || b == b'.'))
+                    && b != b'-'
+                    && !(col == 0 && b == b'.')
                     && !(last && (b == b' ' || b == b'\t'));
                 let width = if plain { 1 } else { 3 };
                 if col + width > if last { 76 } else { 75 } {

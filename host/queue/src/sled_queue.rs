@@ -387,11 +387,10 @@ impl SledQueue {
         Ok(inner)
     }
 
-    /// Refuses when the filesystem holds less than the reserve plus `size`.
-    /// Whether `size` more bytes leave the reserve free; `take` counts them as written.
-    /// A reading of the filesystem is reused for [`ROOM_FRESH`], less what was taken since
-    /// (`statvfs` on ext4 sums per-CPU counters: once per message it was 2.5% of the
-    /// relay's CPU); a refusal is always confirmed by a fresh reading.
+    /// Refuses when the filesystem holds less than the reserve plus `size`; `take` counts
+    /// the bytes as written. A reading of the filesystem is reused for [`ROOM_FRESH`], less
+    /// what was taken since (`statvfs` on ext4 sums per-CPU counters: once per message it
+    /// was 2.5% of the relay's CPU); a refusal is always confirmed by a fresh reading.
     fn check_room(&self, size: u64, take: bool) -> Result<(), QueueError> {
         let min = self.shared.min_free.load(Ordering::Relaxed);
         if min == 0 {
@@ -411,8 +410,8 @@ impl SledQueue {
         let st = rustix::fs::statvfs(&self.shared.dir)
             .map_err(|e| QueueError::Body(std::io::Error::from(e)))?;
         let free = st.f_bavail.saturating_mul(st.f_frsize);
-        let left = if take {
-            free.saturating_sub(size)
+        let left = if take && free >= need {
+            free - size
         } else {
             free
         };

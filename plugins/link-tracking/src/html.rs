@@ -48,6 +48,7 @@ pub enum Kind {
 /// names is then one integer compare (a byte-slice match compiled to WebAssembly calls
 /// `bcmp` for every candidate, on every tag). The length keeps `a` apart from `a\0`.
 const fn name_key(name: &[u8]) -> u128 {
+    assert!(name.len() <= 15, "name_key takes at most 15 bytes");
     let mut key = (name.len() as u128) << 120;
     let mut i = 0;
     while i < name.len() {
