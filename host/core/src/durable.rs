@@ -63,7 +63,8 @@ pub trait CommitHook: Send + Sync {
 /// `sync_data` still must follow. Started on every file of a group commit before the
 /// first sync, the data goes out together and the first sync's journal commit covers the
 /// others' metadata: three appended files synced in turn took ~30% less time and ~20%
-/// less CPU per commit (`bench/fsync_cost.py`, `sfr` against `seq`).
+/// less CPU per commit (`bench/fsync_cost.py`, `sfr` against `seq`); the relay under load
+/// (`bench/relay_bench.py`) showed no difference beyond its run-to-run noise.
 pub fn start_writeback(file: &File) {
     #[cfg(target_os = "linux")]
     {

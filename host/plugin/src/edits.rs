@@ -453,20 +453,22 @@ fn replace_parts(
         let start = out.len();
         // Text that 7bit can carry as it is goes as it is (what the sender wrote, and
         // no re-encoding); anything else is quoted-printable.
-        let mut body = Vec::new();
-        let encoding = if seven_bit_into(content, &delimiters, &mut body) {
-            "7bit"
-        } else {
-            body.clear();
-            qp_encode_into(content, &mut body);
-            "quoted-printable"
-        };
+        let seven_bit = fits_7bit(content, &delimiters);
         fields.set(&Header {
             name: "Content-Transfer-Encoding".into(),
-            value: encoding.into(),
+            value: if seven_bit {
+                "7bit"
+            } else {
+                "quoted-printable"
+            }
+            .into(),
         });
         out.extend_from_slice(&fields.render());
-        out.extend_from_slice(&body);
+        if seven_bit {
+            write_7bit(content, &mut out);
+        } else {
+            qp_encode_into(content, &mut out);
+        }
         let rest = &raw[be..];
         if !rest.starts_with(b"\r\n") && !rest.is_empty() {
             out.extend_from_slice(b"\r\n");
@@ -513,43 +515,56 @@ fn replace_parts(
 /// Longest line 7bit data may have (RFC 5322 §2.1.1, RFC 2045 §2.7), CRLF not counted.
 const MAX_7BIT_LINE: usize = 998;
 
-/// Appends `text` as 7bit data (RFC 2045 §2.7) with CRLF line ends if it can be: ASCII
-/// without NUL, no line longer than 998 octets, no line starting with `--` (which could
-/// read as a boundary of an enclosing multipart) and none of the message's `delimiters`
-/// anywhere. Returns false, with `out` in an unspecified state, if it cannot.
-fn seven_bit_into(text: &str, delimiters: &[Vec<u8>], out: &mut Vec<u8>) -> bool {
+/// The lines of `text` and, for each, whether a line break (CRLF, a lone CR or a lone LF)
+/// follows it.
+fn lines(text: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match memchr::memchr2(b'\r', b'\n', r) {
+            Some(end) => {
+                let next = if r[end..].starts_with(b"\r\n") {
+                    end + 2
+                } else {
+                    end + 1
+                };
+                rest = Some(&r[next..]);
+                Some((&r[..end], true))
+            }
+            None => {
+                rest = None;
+                Some((r, false))
+            }
+        }
+    })
+}
+
+/// Whether `text` can go as 7bit data (RFC 2045 §2.7) with CRLF line ends: ASCII without
+/// NUL, no line longer than 998 octets, no line starting with `--` (which could read as a
+/// boundary of an enclosing multipart) and none of the message's `delimiters` anywhere.
+fn fits_7bit(text: &str, delimiters: &[Vec<u8>]) -> bool {
     let bytes = text.as_bytes();
-    if !bytes.is_ascii()
-        || memchr::memchr(0, bytes).is_some()
-        || delimiters
+    bytes.is_ascii()
+        && memchr::memchr(0, bytes).is_none()
+        && !delimiters
             .iter()
             .any(|d| memchr::memmem::find(bytes, d).is_some())
-    {
-        return false;
-    }
-    out.reserve(bytes.len() + bytes.len() / 32 + 2);
-    let mut start = 0;
-    loop {
-        let end = memchr::memchr2(b'\r', b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
-        let line = &bytes[start..end];
-        if line.len() > MAX_7BIT_LINE || line.starts_with(b"--") {
-            return false;
-        }
+        && lines(bytes).all(|(line, _)| line.len() <= MAX_7BIT_LINE && !line.starts_with(b"--"))
+}
+
+/// Appends `text` with CRLF line ends (for text [`fits_7bit`] accepted).
+fn write_7bit(text: &str, out: &mut Vec<u8>) {
+    out.reserve(text.len() + text.len() / 32 + 2);
+    for (line, broken) in lines(text.as_bytes()) {
         out.extend_from_slice(line);
-        if end == bytes.len() {
-            return true;
+        if broken {
+            out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(b"\r\n");
-        start = if bytes[end..].starts_with(b"\r\n") {
-            end + 2
-        } else {
-            end + 1
-        };
     }
 }
 
 /// Quoted-printable (RFC 2045 §6.7) with lines of at most 76 characters, CRLF line ends,
-/// and `-` or `.` at the start of any line encoded: no line of the result can be read as
+/// every `-` and a `.` at the start of a line encoded: no line of the result can be read as
 /// a MIME boundary or an SMTP end of data.
 pub fn qp_encode(text: &str) -> Vec<u8> {
     let mut out = Vec::new();
@@ -559,22 +574,12 @@ pub fn qp_encode(text: &str) -> Vec<u8> {
 
 /// [`qp_encode`], appending to `out`.
 fn qp_encode_into(text: &str, out: &mut Vec<u8>) {
-    let bytes = text.as_bytes();
-    out.reserve(bytes.len() + bytes.len() / 8 + 2);
-    let mut start = 0;
-    loop {
-        // CRLF, a lone CR and a lone LF all end a line.
-        let end = memchr::memchr2(b'\r', b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
-        qp_line(&bytes[start..end], out);
-        if end == bytes.len() {
-            return;
+    out.reserve(text.len() + text.len() / 8 + 2);
+    for (line, broken) in lines(text.as_bytes()) {
+        qp_line(line, out);
+        if broken {
+            out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(b"\r\n");
-        start = if bytes[end..].starts_with(b"\r\n") {
-            end + 2
-        } else {
-            end + 1
-        };
     }
 }
 
@@ -600,7 +605,8 @@ fn qp_line(line: &[u8], out: &mut Vec<u8>) {
     let mut i = 0;
     while i < line.len() {
         let b = line[i];
-        let leading = |col: usize| col == 0 && (b == b'-' || b == b'.');
+        // `-` is never plain; a `.` is encoded at a line's start.
+        let leading = |col: usize| col == 0 && b == b'.';
         // A run of plain bytes short of the line's last byte that fits before a soft break
         // is copied as it is; the last byte and everything else go one at a time.
         if QP_PLAIN[b as usize] && !leading(col) && col < 75 {
