@@ -148,13 +148,14 @@ def track_policy(path):
 ARCHIVE = plugin_path("archive")
 
 
-def archive_policy(path):
-    """The archive plugin at the queued stage: every message stored (zstd segments, search
-    index, hash chain, synced with the queue's group commit) before its delivery."""
+def archive_policy(path, stage="queued"):
+    """The archive plugin at the queued stage (or `stage`): every message stored (zstd
+    segments, search index, hash chain, synced with the queue's group commit) before its
+    delivery."""
     sha = digest(ARCHIVE)
     with open(path, "w") as f:
         f.write(f'[[pipeline]]\nname = "bench"\n[[pipeline.step]]\nname = "archive"\n'
-                f'plugin = "{ARCHIVE}"\nsha256 = "{sha}"\nstages = ["queued"]\n'
+                f'plugin = "{ARCHIVE}"\nsha256 = "{sha}"\nstages = ["{stage}"]\n'
                 f'[pipeline.step.capabilities]\nblobs = "bench"\n'
                 f'[pipeline.step.config]\nretention_days = 7\n')
 
@@ -533,8 +534,9 @@ class Sluice:
         elif steps == "queued":
             noop_policy(os.path.join(self.dir, "policy.toml"), 1, stage="queued")
             policies = 'policies = "policy.toml"'
-        elif steps == "archive":
-            archive_policy(os.path.join(self.dir, "policy.toml"))
+        elif steps in ("archive", "archive@data"):
+            archive_policy(os.path.join(self.dir, "policy.toml"),
+                           "data" if steps == "archive@data" else "queued")
             policies = 'policies = "policy.toml"'
         elif steps == "track":
             track_policy(os.path.join(self.dir, "policy.toml"))
@@ -903,8 +905,9 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
         server = make(workdir, sink.port, binary, steps="outbound")
     elif kind == "sluice+queued":
         server = make(workdir, sink.port, binary, steps="queued")
-    elif kind == "sluice+archive":
-        server = make(workdir, sink.port, binary, steps="archive")
+    elif kind in ("sluice+archive", "sluice+archive@data"):
+        # `@data`: the archive step at the data stage (before the 250) instead of queued.
+        server = make(workdir, sink.port, binary, steps=kind.split("+")[1])
     elif kind in ("sluice+inbound", "sluice+inbound-av"):
         server = make(workdir, sink.port, binary, steps=kind.split("+")[1])
         pass_greylist(server.port, [("load@bench.test", "rcpt@bench.test"),

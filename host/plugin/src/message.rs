@@ -30,6 +30,14 @@ pub struct MessageData {
     pub envelope: Envelope,
     /// `None` for mail the host made itself (DSNs).
     pub session: Option<SessionInfo>,
+    /// Shared with the versions that differ only in their envelope (a step that set
+    /// metadata): same bytes, same parse.
+    parses: Arc<Parses>,
+}
+
+/// What was parsed of one message's bytes.
+#[derive(Default)]
+struct Parses {
     parsed: OnceLock<Message<'static>>,
     /// The top-level header block alone, for callers that read headers only (most steps,
     /// the archive's metadata) while nothing has parsed the whole message.
@@ -48,29 +56,42 @@ impl MessageData {
             queue_id: queue_id.to_string(),
             envelope,
             session,
-            parsed: OnceLock::new(),
-            head: OnceLock::new(),
+            parses: Arc::default(),
         })
     }
 
-    /// The same message facts with new bytes and envelope (after a step's edits).
+    /// The same message facts with new bytes and envelope (after a step's edits). When
+    /// `raw` is this version's own bytes (only the envelope changed), what was parsed of
+    /// them is kept.
     pub fn edited(&self, raw: Arc<Vec<u8>>, envelope: Envelope) -> Arc<MessageData> {
-        MessageData::new(raw, &self.queue_id, envelope, self.session.clone())
+        let parses = if Arc::ptr_eq(&raw, &self.raw) {
+            self.parses.clone()
+        } else {
+            Arc::default()
+        };
+        Arc::new(MessageData {
+            raw,
+            queue_id: self.queue_id.clone(),
+            envelope,
+            session: self.session.clone(),
+            parses,
+        })
     }
 
     /// The parsed message (parsed on first use).
     pub fn parsed(&self) -> &Message<'static> {
-        self.parsed
+        self.parses
+            .parsed
             .get_or_init(|| or_empty(parser().parse(self.raw.as_slice())))
     }
 
     /// The message's top-level headers: from the full parse when something made it, else
     /// from a parse of the header block alone (the body is neither decoded nor copied).
     pub fn head(&self) -> &Message<'static> {
-        if let Some(m) = self.parsed.get() {
+        if let Some(m) = self.parses.parsed.get() {
             return m;
         }
-        self.head.get_or_init(|| {
+        self.parses.head.get_or_init(|| {
             let block = &self.raw[..sluice_core::envelope::header_end(&self.raw)];
             or_empty(parser().parse_headers(block))
         })
@@ -78,7 +99,7 @@ impl MessageData {
 
     /// The parsed message if something parsed it already.
     pub fn parsed_if_ready(&self) -> Option<&Message<'static>> {
-        self.parsed.get()
+        self.parses.parsed.get()
     }
 
     /// The `Message-ID` header without angle brackets.
@@ -438,6 +459,29 @@ mod tests {
                 "headers alone parse no body"
             );
         }
+    }
+
+    #[test]
+    fn a_new_envelope_keeps_the_parse_and_new_bytes_do_not() {
+        let raw = Arc::new(b"Subject: one\r\n\r\nbody\r\n".to_vec());
+        let m = MessageData::new(raw.clone(), "q", Envelope::default(), None);
+        m.parsed();
+        let mut envelope = Envelope::default();
+        envelope.set_meta("k", "v");
+        let meta_only = m.edited(raw, envelope.clone());
+        assert!(
+            meta_only.parsed_if_ready().is_some(),
+            "same bytes, same parse"
+        );
+        assert_eq!(meta_only.envelope.meta("k"), Some("v"));
+        let rewritten =
+            meta_only.edited(Arc::new(b"Subject: two\r\n\r\nbody\r\n".to_vec()), envelope);
+        assert!(
+            rewritten.parsed_if_ready().is_none(),
+            "new bytes, no parse yet"
+        );
+        assert_eq!(rewritten.head().subject(), Some("two"));
+        assert_eq!(meta_only.parsed().subject(), Some("one"));
     }
 
     #[test]

@@ -34,8 +34,8 @@ struct Config {
     deny_recipients: Vec<String>,
 }
 
-fn config() -> Config {
-    serde_json::from_str(&sluice_plugin_sdk::config_json()).expect("checked by configure")
+fn config() -> &'static Config {
+    sluice_plugin_sdk::config().expect("checked by configure")
 }
 
 /// `addr/len` (or a bare address: the host alone).

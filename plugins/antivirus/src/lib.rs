@@ -45,8 +45,8 @@ fn default_chunk() -> u32 {
     64 * 1024
 }
 
-fn config() -> Config {
-    serde_json::from_str(&sluice_plugin_sdk::config_json()).expect("checked by configure")
+fn config() -> &'static Config {
+    sluice_plugin_sdk::config().expect("checked by configure")
 }
 
 /// What clamd said about the stream.
@@ -118,7 +118,7 @@ impl Filter for Antivirus {
 
     fn on_data(message: &Message) -> Outcome {
         let c = config();
-        match scan(&c, message) {
+        match scan(c, message) {
             Ok(Scan::Clean) => Outcome::cont().add_header("X-Virus-Scanned", "clamd: clean"),
             Ok(Scan::Found(name)) => {
                 let out = Outcome::cont().symbol("VIRUS_FOUND", 0.0);

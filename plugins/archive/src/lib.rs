@@ -78,8 +78,8 @@ impl Config {
     }
 }
 
-fn config() -> Config {
-    serde_json::from_str(&sluice_plugin_sdk::config_json()).expect("checked by configure")
+fn config() -> &'static Config {
+    sluice_plugin_sdk::config().expect("checked by configure")
 }
 
 fn attribute(key: &str, value: &str) -> Attribute {

@@ -94,7 +94,7 @@ impl Filter for Bounces {
     }
 
     fn on_data(message: &Message) -> Outcome {
-        let config: Config = serde_json::from_str(&host::config()).unwrap_or_default();
+        let config: &Config = sluice_plugin_sdk::config().expect("checked by configure");
         let raw = sluice_plugin_sdk::read_message(message, MAX_READ);
         let Some(mut report) = sluice_bounce::parse(&raw) else {
             return Outcome::cont();

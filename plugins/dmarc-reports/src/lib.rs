@@ -56,8 +56,8 @@ fn default_retention() -> u32 {
     400
 }
 
-fn config() -> Config {
-    serde_json::from_str(&sluice_plugin_sdk::config_json()).expect("checked by configure")
+fn config() -> &'static Config {
+    sluice_plugin_sdk::config().expect("checked by configure")
 }
 
 /// The largest attachment read (compressed reports are far smaller than their XML).

@@ -50,8 +50,8 @@ fn default_auto() -> i64 {
     5
 }
 
-fn config() -> Config {
-    serde_json::from_str(&sluice_plugin_sdk::config_json()).expect("checked by configure")
+fn config() -> &'static Config {
+    sluice_plugin_sdk::config().expect("checked by configure")
 }
 
 fn now() -> u64 {

@@ -324,8 +324,8 @@ impl Urls for HostUrls<'_> {
     }
 }
 
-fn config() -> Config {
-    serde_json::from_str(&host::config()).unwrap_or_default()
+fn config() -> &'static Config {
+    sluice_plugin_sdk::config().expect("checked by configure")
 }
 
 /// The edits for one recipient.
@@ -416,7 +416,7 @@ impl Filter for LinkTracking {
 
     fn on_render(message: &Message, recipient: String) -> Vec<Edit> {
         let c = config();
-        match render(message, &recipient, &c) {
+        match render(message, &recipient, c) {
             Ok(edits) => edits,
             Err(e) => {
                 // The message goes out as it is rather than not at all.

@@ -312,6 +312,31 @@ pub fn config_json() -> String {
     host::config()
 }
 
+/// The step's `config` table parsed into `T`, once per instance: an instance serves one
+/// step (a warm one is never shared between steps, and a reload starts new ones), so its
+/// config never changes, and keeping it parsed is not state carried between messages.
+/// A plugin uses one `T` (asking for another type panics); a config that does not parse is
+/// not kept, so every call reports it.
+#[cfg(feature = "config")]
+pub fn config<T>() -> Result<&'static T, String>
+where
+    T: serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    use std::any::Any;
+    use std::sync::OnceLock;
+    static CONFIG: OnceLock<Box<dyn Any + Send + Sync>> = OnceLock::new();
+    let parsed = match CONFIG.get() {
+        Some(c) => c,
+        None => {
+            let c: T = serde_json::from_str(&host::config()).map_err(|e| e.to_string())?;
+            CONFIG.get_or_init(|| Box::new(c))
+        }
+    };
+    Ok(parsed
+        .downcast_ref::<T>()
+        .expect("config::<T>() with one T per plugin"))
+}
+
 /// Logs through the host, with the plugin and step names attached.
 pub fn log(level: host::Level, message: &str) {
     host::log(level, message)

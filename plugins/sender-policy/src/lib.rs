@@ -57,8 +57,8 @@ impl Config {
     }
 }
 
-fn config() -> Config {
-    serde_json::from_str(&host::config()).unwrap_or_default()
+fn config() -> &'static Config {
+    sluice_plugin_sdk::config().expect("checked by configure")
 }
 
 /// Whether `address` is among `allowed` (addresses, or `@domain` with subdomains; `<>` for

@@ -49,8 +49,8 @@ fn default_model() -> String {
     "model".into()
 }
 
-fn config() -> Config {
-    serde_json::from_str(&sluice_plugin_sdk::config_json()).expect("checked by configure")
+fn config() -> &'static Config {
+    sluice_plugin_sdk::config().expect("checked by configure")
 }
 
 /// Authentication results the model cannot learn from an archive corpus (it has none), with

@@ -56,8 +56,8 @@ fn default_soft_days() -> u32 {
     7
 }
 
-fn config() -> Config {
-    serde_json::from_str(&sluice_plugin_sdk::config_json()).expect("checked by configure")
+fn config() -> &'static Config {
+    sluice_plugin_sdk::config().expect("checked by configure")
 }
 
 #[derive(Serialize, Deserialize)]
@@ -170,7 +170,7 @@ impl Filter for Suppression {
                     Some(_) => false,
                     None => event.reply.as_ref().is_some_and(|r| r.code >= 500),
                 };
-                if !hard && !repeated_soft_bounce(&c, event.recipient.as_deref()) {
+                if !hard && !repeated_soft_bounce(c, event.recipient.as_deref()) {
                     return Outcome::cont();
                 }
                 "hard-bounce"

@@ -35,7 +35,7 @@
 //! ```
 
 use base64::Engine;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sluice_plugin_sdk::http;
 use sluice_plugin_sdk::{Filter, Message, Outcome, Stage, Verdict, export_filter, host};
 
@@ -83,47 +83,88 @@ const MAX_MESSAGE: u64 = 32 << 20;
 /// The response body kept with the message.
 const EXCERPT: usize = 256;
 
-/// The JSON form.
+/// The JSON form. Fields in alphabetical order at every level (as the earlier
+/// `serde_json::Value` form wrote them), serialized straight from what the host returned.
+#[derive(Serialize)]
+struct Json<'a> {
+    attachments: Vec<JsonAttachment<'a>>,
+    envelope: JsonEnvelope<'a>,
+    headers: Vec<JsonHeader<'a>>,
+    html: Option<&'a str>,
+    plain: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct JsonEnvelope<'a> {
+    from: &'a str,
+    helo: &'a Option<String>,
+    queue_id: &'a str,
+    remote_ip: &'a str,
+    spf: &'a str,
+    tls: &'a Option<String>,
+    to: &'a [String],
+}
+
+#[derive(Serialize)]
+struct JsonHeader<'a> {
+    name: &'a str,
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonAttachment<'a> {
+    /// Base64.
+    content: String,
+    content_type: &'a str,
+    file_name: &'a Option<String>,
+    size: usize,
+}
+
 fn json(message: &Message) -> Vec<u8> {
     let envelope = message.envelope();
     let session = message.session();
     let auth = message.auth_results();
-    let headers: Vec<serde_json::Value> = message
-        .headers()
-        .into_iter()
-        .map(|h| serde_json::json!({"name": h.name, "value": h.value}))
-        .collect();
+    let headers = message.headers();
+    let parts = message.parts();
     let mut attachments = Vec::new();
-    for p in message.parts() {
+    for p in &parts {
         let attached = p.disposition.as_deref() == Some("attachment") || p.filename.is_some();
         if !attached || p.content_type.starts_with("multipart/") {
             continue;
         }
         let content = sluice_plugin_sdk::read_part(message, p.id);
-        attachments.push(serde_json::json!({
-            "file_name": p.filename,
-            "content_type": p.content_type,
-            "size": content.len(),
-            "content": base64::engine::general_purpose::STANDARD.encode(&content),
-        }));
+        attachments.push(JsonAttachment {
+            content: base64::engine::general_purpose::STANDARD.encode(&content),
+            content_type: &p.content_type,
+            file_name: &p.filename,
+            size: content.len(),
+        });
     }
-    serde_json::json!({
-        "envelope": {
-            "from": envelope.sender,
-            "to": envelope.recipients,
-            "helo": session.helo,
-            "remote_ip": session.client_ip,
-            "tls": session.tls,
-            "spf": auth.spf,
-            "queue_id": message.queue_id(),
+    let queue_id = message.queue_id();
+    let plain = message.text_parts().into_iter().next();
+    let html = message.html_parts().into_iter().next();
+    let json = Json {
+        attachments,
+        envelope: JsonEnvelope {
+            from: &envelope.sender,
+            helo: &session.helo,
+            queue_id: &queue_id,
+            remote_ip: &session.client_ip,
+            spf: &auth.spf,
+            tls: &session.tls,
+            to: &envelope.recipients,
         },
-        "headers": headers,
-        "plain": message.text_parts().into_iter().next(),
-        "html": message.html_parts().into_iter().next(),
-        "attachments": attachments,
-    })
-    .to_string()
-    .into_bytes()
+        headers: headers
+            .iter()
+            .map(|h| JsonHeader {
+                name: &h.name,
+                value: &h.value,
+            })
+            .collect(),
+        html: html.as_deref(),
+        plain: plain.as_deref(),
+    };
+    serde_json::to_vec(&json).expect("strings and numbers serialize")
 }
 
 /// What the endpoint said, or why it said nothing; and how long it took.
@@ -175,14 +216,14 @@ fn excerpt(body: &[u8]) -> String {
 }
 
 fn run(message: &Message) -> Outcome {
-    let c: Config = match serde_json::from_str(&host::config()) {
+    let c: &Config = match sluice_plugin_sdk::config() {
         Ok(c) => c,
         Err(e) => return Outcome::defer(451, "4.3.5", &format!("forward config: {e}")),
     };
     if message.size() > MAX_MESSAGE {
         return Outcome::reject(552, "5.3.4", "Message too big to forward");
     }
-    let (result, ms) = forward(message, &c);
+    let (result, ms) = forward(message, c);
     let outcome = match &result {
         Ok(r) if (200..300).contains(&r.status) && c.deliver => Outcome::cont(),
         Ok(r) if (200..300).contains(&r.status) => Outcome::cont().verdict(Verdict::Discard),

@@ -26,9 +26,10 @@
 //! timeout_ms = 5000
 //! ```
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sluice_plugin_sdk::http;
 use sluice_plugin_sdk::{Event, Filter, Outcome, Stage, export_filter, host};
+use std::collections::BTreeMap;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,29 +59,51 @@ impl Config {
     }
 }
 
-/// The JSON body of an event (`docs/events.md`).
+/// The JSON body of an event (`docs/events.md`). Fields in alphabetical order (as the
+/// earlier `serde_json::Value` form wrote them), serialized straight from the event.
+#[derive(Serialize)]
+struct Body<'a> {
+    attributes: BTreeMap<&'a str, &'a str>,
+    id: &'a str,
+    kind: &'a str,
+    message_id: &'a Option<String>,
+    queue_id: &'a Option<String>,
+    recipient: &'a Option<String>,
+    reply: Option<Reply<'a>>,
+    sender: &'a str,
+    time: u64,
+}
+
+#[derive(Serialize)]
+struct Reply<'a> {
+    code: u16,
+    enhanced: &'a str,
+    text: &'a str,
+}
+
+/// The JSON body of an event (`docs/events.md`); a repeated attribute key keeps its last
+/// value.
 pub fn body(e: &Event) -> String {
-    let reply = e
-        .reply
-        .as_ref()
-        .map(|r| serde_json::json!({"code": r.code, "enhanced": r.enhanced, "text": r.text}));
-    let attributes: serde_json::Map<String, serde_json::Value> = e
-        .attributes
-        .iter()
-        .map(|a| (a.key.clone(), serde_json::Value::String(a.value.clone())))
-        .collect();
-    serde_json::json!({
-        "id": e.id,
-        "time": e.time,
-        "kind": e.kind.name(),
-        "queue_id": e.queue_id,
-        "message_id": e.message_id,
-        "sender": e.sender,
-        "recipient": e.recipient,
-        "reply": reply,
-        "attributes": attributes,
-    })
-    .to_string()
+    let body = Body {
+        attributes: e
+            .attributes
+            .iter()
+            .map(|a| (a.key.as_str(), a.value.as_str()))
+            .collect(),
+        id: &e.id,
+        kind: e.kind.name(),
+        message_id: &e.message_id,
+        queue_id: &e.queue_id,
+        recipient: &e.recipient,
+        reply: e.reply.as_ref().map(|r| Reply {
+            code: r.code,
+            enhanced: &r.enhanced,
+            text: &r.text,
+        }),
+        sender: &e.sender,
+        time: e.time,
+    };
+    serde_json::to_string(&body).expect("strings and numbers serialize")
 }
 
 struct Webhook;
@@ -94,7 +117,7 @@ impl Filter for Webhook {
     }
 
     fn on_event(event: Event) -> Outcome {
-        let c: Config = match serde_json::from_str(&host::config()) {
+        let c: &Config = match sluice_plugin_sdk::config() {
             Ok(c) => c,
             Err(e) => return Outcome::defer(451, "4.3.5", &format!("webhook config: {e}")),
         };
