@@ -154,3 +154,69 @@ impl Filter for Webhook {
 }
 
 export_filter!(Webhook, reusable);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_plugin_sdk::{Attribute, EventKind};
+
+    fn event(reply: Option<sluice_plugin_sdk::Reply>) -> Event {
+        let attribute = |key: &str, value: &str| Attribute {
+            key: key.into(),
+            value: value.into(),
+        };
+        Event {
+            id: "ev-1".into(),
+            time: 1_790_000_000_123,
+            kind: EventKind::Other("custom.kind".into()),
+            queue_id: Some("q1".into()),
+            message_id: None,
+            sender: "app@example.com".into(),
+            recipient: Some("user@example.org".into()),
+            reply,
+            attributes: vec![
+                attribute("z", "last"),
+                attribute("a", "\"quoted\"\n"),
+                attribute("z", "wins"),
+            ],
+        }
+    }
+
+    fn body_reply() -> sluice_plugin_sdk::Reply {
+        sluice_plugin_sdk::Reply {
+            code: 550,
+            enhanced: "5.1.1".into(),
+            text: "no such user".into(),
+        }
+    }
+
+    #[test]
+    fn the_body_is_the_documented_json_with_keys_in_order() {
+        assert_eq!(
+            body(&event(Some(body_reply()))),
+            concat!(
+                r#"{"attributes":{"a":"\"quoted\"\n","z":"wins"},"id":"ev-1","#,
+                r#""kind":"custom.kind","message_id":null,"queue_id":"q1","#,
+                r#""recipient":"user@example.org","#,
+                r#""reply":{"code":550,"enhanced":"5.1.1","text":"no such user"},"#,
+                r#""sender":"app@example.com","time":1790000000123}"#
+            )
+        );
+        // The same bytes as the `serde_json::Value` form earlier releases sent.
+        for e in [event(None), event(Some(body_reply()))] {
+            let value = serde_json::json!({
+                "id": e.id, "time": e.time, "kind": e.kind.name(), "queue_id": e.queue_id,
+                "message_id": e.message_id, "sender": e.sender, "recipient": e.recipient,
+                "reply": e.reply.as_ref().map(|r| serde_json::json!(
+                    {"code": r.code, "enhanced": r.enhanced, "text": r.text})),
+                "attributes": e.attributes.iter()
+                    .map(|a| (a.key.clone(), serde_json::Value::String(a.value.clone())))
+                    .collect::<serde_json::Map<_, _>>(),
+            });
+            assert_eq!(body(&e), value.to_string());
+        }
+        let without: serde_json::Value = serde_json::from_str(&body(&event(None))).unwrap();
+        assert_eq!(without["reply"], serde_json::Value::Null);
+        assert_eq!(without["kind"], "custom.kind");
+    }
+}
