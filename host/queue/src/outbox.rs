@@ -14,16 +14,26 @@
 //! due key always finds its entry while the entry lives; a due key whose time is not the
 //! entry's `next_ms` is stale (the entry was rescheduled) and skipped; an entry left
 //! without its due key by a crash gets it back when the database opens.
+//!
+//! Events due now also wait in memory (up to [`READY_MAX`]), where the dispatcher takes
+//! them first: an event published due now is written without a due key (a crash leaves
+//! it to the repair at open, which makes it due), and one made due after its message's
+//! enqueue keeps the due key it was written with, a moment later, instead of being
+//! rewritten. An index scan skips the entries held in memory. Either way an event costs
+//! its entry's write and removal, and at most one due key.
 
 use crate::QueueError;
 use serde::{Deserialize, Serialize};
 use sluice_core::Event;
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const ENTRY: &[u8] = b"e/";
 const DUE: &[u8] = b"d/";
 const VERSION: u8 = 1;
+/// Events due now held in memory; past this, new ones wait in the index only.
+pub const READY_MAX: usize = 4096;
 
 /// An event with its delivery state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +45,22 @@ pub struct OutboxEntry {
     pub next_ms: u64,
     /// Dropped (and counted) when not acknowledged by then, unix milliseconds.
     pub expires_ms: u64,
+    /// Whether the due index has a key for it at `next_ms` (not stored: an entry read
+    /// from the database has one).
+    #[serde(skip, default = "indexed")]
+    pub indexed: bool,
+}
+
+fn indexed() -> bool {
+    true
+}
+
+/// Events due now, in memory, and those handed to the dispatcher from here until it
+/// settles them (an index scan skips both).
+#[derive(Default)]
+struct Ready {
+    entries: VecDeque<OutboxEntry>,
+    held: HashSet<String>,
 }
 
 /// Cheap to clone.
@@ -46,6 +72,7 @@ pub struct Outbox {
     ttl: Arc<std::sync::atomic::AtomicU64>,
     /// Where every event is also recorded (unset: no history).
     history: Arc<std::sync::OnceLock<Arc<crate::History>>>,
+    ready: Arc<Mutex<Ready>>,
 }
 
 fn entry_key(id: &str) -> Vec<u8> {
@@ -77,7 +104,31 @@ impl Outbox {
             wake: Arc::new(tokio::sync::Notify::new()),
             ttl: Arc::new(std::sync::atomic::AtomicU64::new(3 * 24 * 3600 * 1000)),
             history: Arc::new(std::sync::OnceLock::new()),
+            ready: Arc::default(),
         }
+    }
+
+    fn ready(&self) -> std::sync::MutexGuard<'_, Ready> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether memory has room for another event due now.
+    fn has_room(&self) -> bool {
+        self.ready().entries.len() < READY_MAX
+    }
+
+    /// Holds entries in memory for the dispatcher.
+    fn hold(&self, entries: impl IntoIterator<Item = OutboxEntry>) {
+        let mut r = self.ready();
+        for e in entries {
+            r.held.insert(e.event.id.clone());
+            r.entries.push_back(e);
+        }
+    }
+
+    /// The dispatcher is done with this entry (acknowledged, rescheduled or dropped).
+    fn release(&self, id: &str) {
+        self.ready().held.remove(id);
     }
 
     /// Points the outbox at a (re)opened database.
@@ -160,15 +211,38 @@ impl Outbox {
         self.wake.clone()
     }
 
-    /// Adds an event, due now.
+    /// Adds an event, due now: its entry is written, and held in memory for the
+    /// dispatcher without a due key while there is room.
     pub fn publish(&self, event: Event) -> Result<(), QueueError> {
         let copy = self.keeps_history().then(|| event.clone());
-        self.publish_after(event, 0)?;
+        let mut entry = self.entry(event, 0);
+        entry.indexed = !self.has_room();
+        // Written before the dispatcher can see it, so that no acknowledgement comes first.
+        self.write(&entry, None)?;
+        if !entry.indexed {
+            self.hold([entry]);
+        }
         if let Some(e) = copy {
             self.record(e);
         }
         self.wake.notify_one();
         Ok(())
+    }
+
+    fn entry(&self, event: Event, delay_ms: u64) -> OutboxEntry {
+        sluice_metrics::global()
+            .events_published
+            .with_label_values(&[sluice_metrics::event_kind(event.kind.name())])
+            .inc();
+        let ttl = self.ttl.load(std::sync::atomic::Ordering::Relaxed);
+        let now = now_ms();
+        OutboxEntry {
+            attempts: 0,
+            next_ms: now + delay_ms,
+            expires_ms: event.time_ms.max(now).saturating_add(ttl),
+            event,
+            indexed: true,
+        }
     }
 
     /// Adds an event due in `delay_ms`, without waking the dispatcher: for events of a
@@ -180,45 +254,45 @@ impl Outbox {
         event: Event,
         delay_ms: u64,
     ) -> Result<OutboxEntry, QueueError> {
-        sluice_metrics::global()
-            .events_published
-            .with_label_values(&[sluice_metrics::event_kind(event.kind.name())])
-            .inc();
-        let ttl = self.ttl.load(std::sync::atomic::Ordering::Relaxed);
-        let now = now_ms();
-        let entry = OutboxEntry {
-            attempts: 0,
-            next_ms: now + delay_ms,
-            expires_ms: event.time_ms.max(now).saturating_add(ttl),
-            event,
-        };
+        let entry = self.entry(event, delay_ms);
         self.write(&entry, None)?;
         Ok(entry)
     }
 
-    /// Makes events published with a delay due now, and records them in the history.
+    /// Makes events published with a delay due now (in memory: each keeps its due key of
+    /// a moment later for a crash, and is not rewritten), and records them in the history.
     pub(crate) fn make_due(&self, entries: Vec<OutboxEntry>) {
-        let now = now_ms();
-        for mut e in entries {
-            let old = e.next_ms;
-            e.next_ms = now;
-            if let Err(err) = self.write(&e, Some(old)) {
-                tracing::error!(id = %e.event.id, error = %err, "cannot make an event due; it will be due shortly anyway");
+        if self.keeps_history() {
+            for e in &entries {
+                self.record(e.event.clone());
             }
-            self.record(e.event);
+        }
+        if self.has_room() {
+            self.hold(entries);
+        } else {
+            // No room: due now through the index.
+            for mut e in entries {
+                let old = e.next_ms;
+                e.next_ms = now_ms();
+                if let Err(err) = self.write(&e, Some(old)) {
+                    tracing::error!(id = %e.event.id, error = %err, "cannot make an event due; it will be due shortly anyway");
+                }
+            }
         }
         self.wake.notify_one();
     }
 
-    /// Writes the entry, then its due key, then removes the due key it had: every prefix
-    /// of these writes is safe (see the module's doc).
+    /// Writes the entry, then its due key when `entry.indexed`, then removes the due key
+    /// it had (`old_due`): every prefix of these writes is safe (see the module's doc).
     fn write(&self, entry: &OutboxEntry, old_due: Option<u64>) -> Result<(), QueueError> {
         let id = &entry.event.id;
         let bytes = crate::versioned::encode(VERSION, entry);
         let tree = self.tree()?;
         tree.insert(entry_key(id), bytes)?;
-        tree.insert(due_key(entry.next_ms, id), &[])?;
-        if let Some(old) = old_due.filter(|&old| old != entry.next_ms) {
+        if entry.indexed {
+            tree.insert(due_key(entry.next_ms, id), &[])?;
+        }
+        if let Some(old) = old_due.filter(|&old| !entry.indexed || old != entry.next_ms) {
             tree.remove(due_key(old, id))?;
         }
         Ok(())
@@ -235,15 +309,29 @@ impl Outbox {
         }
     }
 
-    /// Up to `limit` entries due at `now_ms`, earliest first. An unreadable entry is
-    /// removed and logged rather than blocking the others.
+    /// Up to `limit` entries due at `now_ms`: those held in memory first, in the order
+    /// they became due, then the index's, earliest first. An unreadable entry is removed
+    /// and logged rather than blocking the others. Entries from memory stay held (an index
+    /// scan skips them) until acknowledged or rescheduled.
     pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<OutboxEntry>, QueueError> {
         let mut out = Vec::new();
+        let held = {
+            let mut r = self.ready();
+            let n = r.entries.len().min(limit);
+            out.extend(r.entries.drain(..n));
+            r.held.clone()
+        };
+        if out.len() >= limit {
+            return Ok(out);
+        }
         let end = due_key(now_ms.saturating_add(1), "");
         let tree = self.tree()?;
         for item in tree.range(DUE.to_vec()..end) {
             let (k, _) = item?;
             let id = String::from_utf8_lossy(&k[DUE.len() + 8..]).into_owned();
+            if held.contains(&id) {
+                continue;
+            }
             match tree.get(entry_key(&id))? {
                 Some(v) => match Self::decode(&id, &v) {
                     Ok(e) if e.next_ms == due_time(&k) => out.push(e),
@@ -286,8 +374,11 @@ impl Outbox {
     /// open (at least once).
     pub fn ack(&self, entry: &OutboxEntry) -> Result<(), QueueError> {
         let tree = self.tree()?;
-        tree.remove(due_key(entry.next_ms, &entry.event.id))?;
+        if entry.indexed {
+            tree.remove(due_key(entry.next_ms, &entry.event.id))?;
+        }
         tree.remove(entry_key(&entry.event.id))?;
+        self.release(&entry.event.id);
         Ok(())
     }
 
@@ -301,6 +392,12 @@ impl Outbox {
 
     /// Schedules the entry again at `next_ms`.
     pub fn retry(&self, entry: &OutboxEntry, next_ms: u64) -> Result<OutboxEntry, QueueError> {
+        let result = self.reschedule(entry, next_ms);
+        self.release(&entry.event.id);
+        result
+    }
+
+    fn reschedule(&self, entry: &OutboxEntry, next_ms: u64) -> Result<OutboxEntry, QueueError> {
         // Gone meanwhile (discarded): do not bring it back.
         if self.tree()?.get(entry_key(&entry.event.id))?.is_none() {
             return Ok(entry.clone());
@@ -308,7 +405,8 @@ impl Outbox {
         let mut e = entry.clone();
         e.attempts += 1;
         e.next_ms = next_ms;
-        self.write(&e, Some(entry.next_ms))?;
+        e.indexed = true;
+        self.write(&e, entry.indexed.then_some(entry.next_ms))?;
         Ok(e)
     }
 
@@ -395,7 +493,7 @@ mod tests {
                 })
             })
             .collect();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         loop {
             // Once the publishers are done, scan until nothing is left.
             let finished = publishers.iter().all(|p| p.is_finished());
@@ -418,6 +516,106 @@ mod tests {
         assert_eq!(all, THREADS * EACH);
         assert!(ob.is_empty());
         assert_eq!(ob.next_due().unwrap(), None, "no due key left behind");
+    }
+
+    /// An event due now is written without a due key and held in memory; after a crash
+    /// the repair at open makes it due.
+    #[test]
+    fn an_event_due_now_is_held_in_memory_and_survives_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let id;
+        {
+            let q = crate::SledQueue::open(dir.path()).unwrap();
+            let ob = q.outbox();
+            let e = Event::new(EventKind::Delivered, "a@b");
+            id = e.id.clone();
+            ob.publish(e).unwrap();
+            assert_eq!(ob.next_due().unwrap(), None, "no due key written");
+            assert_eq!(ob.len(), 1);
+            let due = ob.due(now_ms(), 10).unwrap();
+            assert_eq!(due.len(), 1);
+            assert!(!due[0].indexed);
+            // Not acknowledged: the process ends here.
+        }
+        let q = crate::SledQueue::open(dir.path()).unwrap();
+        let ob = q.outbox();
+        let due = ob.due(now_ms() + 10, 10).unwrap();
+        assert_eq!(due.len(), 1, "due again after the crash");
+        assert_eq!(due[0].event.id, id);
+        assert!(due[0].indexed);
+        ob.ack(&due[0]).unwrap();
+        assert!(ob.is_empty());
+        assert_eq!(ob.next_due().unwrap(), None);
+    }
+
+    /// An event made due after its message's enqueue is not rewritten: it keeps the due
+    /// key of a moment later, and the index scan does not hand it out a second time.
+    #[test]
+    fn an_event_made_due_is_handed_out_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = crate::SledQueue::open(dir.path()).unwrap();
+        let ob = q.outbox();
+        let entry = ob
+            .publish_after(Event::new(EventKind::Queued, "a@b"), 1)
+            .unwrap();
+        let key = entry.next_ms;
+        ob.make_due(vec![entry]);
+        assert_eq!(ob.next_due().unwrap(), Some(key), "the same due key");
+        // Past the key's time: memory and index both have it, it comes once.
+        let due = ob.due(key + 10, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert!(
+            ob.due(key + 10, 10).unwrap().is_empty(),
+            "held until settled"
+        );
+        let later = ob.retry(&due[0], key + 60_000).unwrap();
+        assert_eq!(
+            ob.next_due().unwrap(),
+            Some(key + 60_000),
+            "old key removed"
+        );
+        let due = ob.due(key + 60_010, 10).unwrap();
+        assert_eq!(due, vec![later.clone()]);
+        ob.ack(&later).unwrap();
+        assert!(ob.is_empty());
+        assert_eq!(ob.next_due().unwrap(), None);
+    }
+
+    /// Past `READY_MAX` events waiting in memory, new ones go through the index; each
+    /// is handed out once.
+    #[test]
+    fn past_the_memory_limit_events_wait_in_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = crate::SledQueue::open(dir.path()).unwrap();
+        let ob = q.outbox();
+        let mut ids = HashSet::new();
+        for i in 0..READY_MAX + 10 {
+            let e = Event::new(EventKind::Delivered, "a@b");
+            ids.insert(e.id.clone());
+            if i % 2 == 0 {
+                ob.publish(e).unwrap();
+            } else {
+                let entry = ob.publish_after(e, 2000).unwrap();
+                ob.make_due(vec![entry]);
+            }
+        }
+        let mut indexed = 0;
+        let mut seen = HashSet::new();
+        loop {
+            let due = ob.due(now_ms() + 10, 64).unwrap();
+            if due.is_empty() {
+                break;
+            }
+            for e in due {
+                indexed += usize::from(e.indexed && e.next_ms <= now_ms() + 10);
+                assert!(seen.insert(e.event.id.clone()), "handed out twice");
+                ob.ack(&e).unwrap();
+            }
+        }
+        assert_eq!(seen, ids);
+        assert!(indexed >= 10, "the overflow went through the index");
+        assert!(ob.is_empty());
+        assert_eq!(ob.next_due().unwrap(), None);
     }
 
     /// What a crash between two writes can leave: an entry without its due key comes
