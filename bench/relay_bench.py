@@ -332,7 +332,7 @@ class Clamd:
     """A real clamd (Debian clamav-daemon) on 127.0.0.1 with one signature, the EICAR file's
     MD5 (`sigtool --md5`): no download, the scanning work per message is clamd's own."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, tmpfs=False):
         for tool in ("clamd", "sigtool"):
             if not shutil.which(tool):
                 sys.exit(f"{tool} not found: apt-get install clamav-daemon")
@@ -348,11 +348,16 @@ class Clamd:
         with open(os.path.join(db, "bench.hdb"), "w") as f:
             f.write(f"{md5_hex}:{size}:Bench-EICAR\n")
         self.port = free_port()
+        # clamd spools each stream and the mail parts it takes apart to files in its
+        # TemporaryDirectory (a directory and files per message): on the disk's ext4 by
+        # default, or with `tmpfs` on a tmpfs (/dev/shm), the usual tuning for mail.
+        self.tmp = tempfile.mkdtemp(prefix="clamd-", dir="/dev/shm") if tmpfs else None
         conf = os.path.join(d, "clamd.conf")
         with open(conf, "w") as f:
             f.write(f"Foreground yes\nTCPSocket {self.port}\nTCPAddr 127.0.0.1\n"
                     f"DatabaseDirectory {db}\nLogFile {d}/clamd.log\n"
-                    f"MaxThreads 20\nStreamMaxLength 100M\n")
+                    f"MaxThreads 20\nStreamMaxLength 100M\n"
+                    + (f"TemporaryDirectory {self.tmp}\n" if self.tmp else ""))
         self.proc = subprocess.Popen(["clamd", "-c", conf], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         wait_port(self.port, limit=120)
@@ -363,6 +368,8 @@ class Clamd:
     def stop(self):
         self.proc.kill()
         self.proc.wait()
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def smtp_reply(f):
@@ -520,10 +527,11 @@ class Sluice:
             extra = (f'[http]\nbind = "127.0.0.1:{http}"\n\n[tracking]\n'
                      f'base_url = "https://t.bench.test"\nkey = "tracking.key"\n\n'
                      f'[[dkim]]\ndomain = "bench.test"\nselector = "s1"\nkey = "{key}"\n\n')
-        elif steps in ("inbound", "inbound-av"):
+        elif steps in ("inbound", "inbound-av", "inbound-av@shm"):
             self.hooks = Hooks()
             self.dns = Dns()
-            self.clamd = Clamd(workdir) if steps == "inbound-av" else None
+            self.clamd = (Clamd(workdir, tmpfs=steps.endswith("@shm"))
+                          if steps.startswith("inbound-av") else None)
             inbound_policy(os.path.join(self.dir, "policy.toml"), self.hooks.port,
                            self.clamd.port if self.clamd else None)
             policies = 'policies = "policy.toml"'
@@ -908,7 +916,8 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
     elif kind in ("sluice+archive", "sluice+archive@data"):
         # `@data`: the archive step at the data stage (before the 250) instead of queued.
         server = make(workdir, sink.port, binary, steps=kind.split("+")[1])
-    elif kind in ("sluice+inbound", "sluice+inbound-av"):
+    elif kind in ("sluice+inbound", "sluice+inbound-av", "sluice+inbound-av@shm"):
+        # `@shm`: clamd's TemporaryDirectory on a tmpfs.
         server = make(workdir, sink.port, binary, steps=kind.split("+")[1])
         pass_greylist(server.port, [("load@bench.test", "rcpt@bench.test"),
                                     ("probe@bench.test", "probe@bench.test")])
@@ -988,7 +997,8 @@ def main():
                     help="comma-separated: direct, sluice, sluice+N (N no-op plugin steps), sluice+Nw (the same in warm instances), any sluice row with a ~w suffix (every step in warm instances) or ~f (every step in a fresh instance per call; without a suffix a step runs as its policy and plugin say), postfix, "
                          "sluice+spam (the spam-score plugin and model), "
                          "sluice+track (link tracking, per-recipient render), "
-                         "sluice+archive (the archive plugin at the queued stage), "
+                         "sluice+archive (the archive plugin at the queued stage; "
+                         "sluice+archive@data: at the data stage), "
                          "sluice+archive-warm (sluice+archive~w), "
                          "sluice+queued (one no-op step at the queued stage), "
                          "sluice+outbound (STARTTLS+AUTH submission, suppression, tracking, "
@@ -997,7 +1007,8 @@ def main():
                          "sluice+inbound (SPF/DKIM/DMARC checks, allow/deny lists, greylisting "
                          "passed, archive, webhook-forward queued to a local receiver), "
                          "sluice+inbound-av (the same with antivirus, a real clamd; its CPU "
-                         "in its own column), "
+                         "in its own column; sluice+inbound-av@shm: clamd's temporary files "
+                         "on a tmpfs), "
                          "baseline (another sluice binary, --baseline), baseline+X (it in the setup sluice+X)")
     ap.add_argument("--message-file", help="send this message (headers and body, LF line ends) "
                     "instead of smtp-source's generated text; --sizes is then ignored")
