@@ -13,6 +13,6 @@ trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 # Plugins' own unit tests (their workspace, built for the host here).
-(cd plugins && cargo test --no-fail-fast -p access -p antivirus -p dmarc-reports -p link-tracking -p sender-policy -p send-window -p webhook -p sluice-plugin-sdk --features sluice-plugin-sdk/http 2>&1) | tee -a "$log" || status=$?
+(cd plugins && cargo test --no-fail-fast -p access -p antivirus -p dmarc-reports -p link-tracking -p sender-policy -p send-window -p webhook -p webhook-forward -p sluice-plugin-sdk --features sluice-plugin-sdk/http 2>&1) | tee -a "$log" || status=$?
 awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
 exit "$status"
