@@ -435,6 +435,12 @@ mod tests {
     use super::*;
     use sluice_core::EventKind;
 
+    /// No entry and no due key left.
+    fn assert_drained(ob: &Outbox) {
+        assert!(ob.is_empty());
+        assert_eq!(ob.next_due().unwrap(), None, "no due key left behind");
+    }
+
     #[test]
     fn events_wait_until_acknowledged_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -514,8 +520,7 @@ mod tests {
             }
         }
         assert_eq!(all, THREADS * EACH);
-        assert!(ob.is_empty());
-        assert_eq!(ob.next_due().unwrap(), None, "no due key left behind");
+        assert_drained(&ob);
     }
 
     /// An event due now is written without a due key and held in memory; after a crash
@@ -544,8 +549,7 @@ mod tests {
         assert_eq!(due[0].event.id, id);
         assert!(due[0].indexed);
         ob.ack(&due[0]).unwrap();
-        assert!(ob.is_empty());
-        assert_eq!(ob.next_due().unwrap(), None);
+        assert_drained(&ob);
     }
 
     /// An event made due after its message's enqueue is not rewritten: it keeps the due
@@ -577,8 +581,7 @@ mod tests {
         let due = ob.due(key + 60_010, 10).unwrap();
         assert_eq!(due, vec![later.clone()]);
         ob.ack(&later).unwrap();
-        assert!(ob.is_empty());
-        assert_eq!(ob.next_due().unwrap(), None);
+        assert_drained(&ob);
     }
 
     /// Past `READY_MAX` events waiting in memory, new ones go through the index; each
@@ -614,8 +617,7 @@ mod tests {
         }
         assert_eq!(seen, ids);
         assert!(indexed >= 10, "the overflow went through the index");
-        assert!(ob.is_empty());
-        assert_eq!(ob.next_due().unwrap(), None);
+        assert_drained(&ob);
     }
 
     /// What a crash between two writes can leave: an entry without its due key comes
