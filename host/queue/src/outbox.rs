@@ -136,9 +136,11 @@ impl Outbox {
         let tree = db.open_tree("events")?;
         let repaired = Self::repair(&tree)?;
         if repaired > 0 {
-            tracing::warn!(
+            // Events published due now wait in memory without a due key: any the event
+            // chain had not taken when the process ended (or a crash cut a write short).
+            tracing::info!(
                 repaired,
-                "events left without their due time by a crash are due again"
+                "events not yet handed to the event chain when the queue closed are due again"
             );
         }
         *self.tree.write().unwrap_or_else(|e| e.into_inner()) = Some(tree);
@@ -373,12 +375,14 @@ impl Outbox {
     /// Removes the due key first: a crash in between leaves the entry, made due again at
     /// open (at least once).
     pub fn ack(&self, entry: &OutboxEntry) -> Result<(), QueueError> {
+        // Released whatever happens: an entry the database still has is found again by
+        // an index scan (or, without a due key, by the repair when the database reopens).
+        self.release(&entry.event.id);
         let tree = self.tree()?;
         if entry.indexed {
             tree.remove(due_key(entry.next_ms, &entry.event.id))?;
         }
         tree.remove(entry_key(&entry.event.id))?;
-        self.release(&entry.event.id);
         Ok(())
     }
 
