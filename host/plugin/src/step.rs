@@ -414,34 +414,26 @@ impl StepState {
         if self.tracked {
             return Ok(());
         }
-        let ns = sluice_track::CONTEXT_NAMESPACE;
-        let have = self
-            .services
+        let context = sluice_track::Context {
+            message_id: message.message_id(),
+            sender: message.envelope.sender.clone(),
+            attributes: message.envelope.meta.clone(),
+        };
+        let value = serde_json::to_vec(&context).map_err(|e| host::Error::Failed(e.to_string()))?;
+        // Once per message: the first recipient's render stores it, the others find it.
+        self.services
             .kv
-            .get(ns, &message.queue_id)
+            .set_if_absent(
+                sluice_track::CONTEXT_NAMESPACE,
+                &message.queue_id,
+                &value,
+                Some(tracking.retention),
+                &KvLimits {
+                    max_total: u64::MAX,
+                    ..Default::default()
+                },
+            )
             .map_err(store_error)?;
-        if have.is_none() {
-            let context = sluice_track::Context {
-                message_id: message.message_id(),
-                sender: message.envelope.sender.clone(),
-                attributes: message.envelope.meta.clone(),
-            };
-            let value =
-                serde_json::to_vec(&context).map_err(|e| host::Error::Failed(e.to_string()))?;
-            self.services
-                .kv
-                .set(
-                    ns,
-                    &message.queue_id,
-                    &value,
-                    Some(tracking.retention),
-                    &KvLimits {
-                        max_total: u64::MAX,
-                        ..Default::default()
-                    },
-                )
-                .map_err(store_error)?;
-        }
         self.tracked = true;
         Ok(())
     }

@@ -49,6 +49,22 @@ pub trait KvStore: Send + Sync {
         ttl: Option<Duration>,
         limits: &KvLimits,
     ) -> Result<(), StoreError>;
+    /// Sets the key unless it holds a live value; true when it stored `value`. Atomic
+    /// in the stores here (one compare-and-swap in sled); this default is not.
+    fn set_if_absent(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        limits: &KvLimits,
+    ) -> Result<bool, StoreError> {
+        if self.get(ns, key)?.is_some() {
+            return Ok(false);
+        }
+        self.set(ns, key, value, ttl, limits)?;
+        Ok(true)
+    }
     /// True when the key was there (and not expired).
     fn delete(&self, ns: &str, key: &str) -> Result<bool, StoreError>;
     /// Adds `delta` atomically; an absent or expired key counts as 0 and gets `ttl`.
@@ -180,6 +196,12 @@ impl SledKv {
         Ok(())
     }
 
+    /// Whether `grow` more bytes would take `ns` past its total (no reading of the usage
+    /// for a namespace without one).
+    fn over_quota(&self, ns: &str, grow: u64, limits: &KvLimits) -> Result<bool, StoreError> {
+        Ok(limits.max_total != u64::MAX && self.usage(ns)?.saturating_add(grow) > limits.max_total)
+    }
+
     fn size(k: &[u8], v: Option<&[u8]>) -> i64 {
         v.map_or(0, |v| (k.len() + v.len()) as i64)
     }
@@ -212,7 +234,7 @@ impl KvStore for SledKv {
             } else {
                 0
             };
-        if grow > 0 && self.usage(ns)?.saturating_add(grow as u64) > limits.max_total {
+        if grow > 0 && self.over_quota(ns, grow as u64, limits)? {
             return Err(over_quota(ns, limits));
         }
         let old = self.tree.insert(&k, new.as_slice())?;
@@ -220,6 +242,48 @@ impl KvStore for SledKv {
             ns,
             Self::size(&k, Some(&new)) - Self::size(&k, old.as_deref()),
         )
+    }
+
+    fn set_if_absent(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        limits: &KvLimits,
+    ) -> Result<bool, StoreError> {
+        check_sizes(key, value.len(), limits)?;
+        let k = full_key(ns, key);
+        let new = encode(expiry(ttl), value);
+        // What the key holds: read first only when a quota needs the size it frees.
+        let mut current: Option<sled::IVec> = if limits.max_total == u64::MAX {
+            None
+        } else {
+            self.tree.get(&k)?
+        };
+        loop {
+            if current
+                .as_ref()
+                .is_some_and(|c| live(c, now_secs()).is_some())
+            {
+                return Ok(false);
+            }
+            // Absent, or an expired value that this replaces.
+            let grow = Self::size(&k, Some(&new)) - Self::size(&k, current.as_deref());
+            if grow > 0 && self.over_quota(ns, grow as u64, limits)? {
+                return Err(over_quota(ns, limits));
+            }
+            match self
+                .tree
+                .compare_and_swap(&k, current.as_ref(), Some(new.as_slice()))?
+            {
+                Ok(()) => {
+                    self.add_usage(ns, grow)?;
+                    return Ok(true);
+                }
+                Err(e) => current = e.current,
+            }
+        }
     }
 
     fn delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
@@ -364,6 +428,30 @@ impl KvStore for MemoryKv {
         Ok(())
     }
 
+    fn set_if_absent(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        limits: &KvLimits,
+    ) -> Result<bool, StoreError> {
+        check_sizes(key, value.len(), limits)?;
+        let k = full_key(ns, key);
+        let new = encode(expiry(ttl), value);
+        let mut map = self.map();
+        let old = match map.get(&k) {
+            Some(v) if live(v, now_secs()).is_some() => return Ok(false),
+            Some(v) => (k.len() + v.len()) as u64,
+            None => 0,
+        };
+        if Self::total(&map, ns) - old + (k.len() + new.len()) as u64 > limits.max_total {
+            return Err(over_quota(ns, limits));
+        }
+        map.insert(k, new);
+        Ok(true)
+    }
+
     fn delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
         let old = self.map().remove(&full_key(ns, key));
         Ok(old.is_some_and(|v| live(&v, now_secs()).is_some()))
@@ -466,6 +554,13 @@ mod tests {
         assert_eq!(kv.incr("a", "n", -2, None, &l).unwrap(), 3);
         kv.set("a", "gone", b"x", Some(Duration::from_secs(1)), &l)
             .unwrap();
+        assert!(kv.set_if_absent("a", "once", b"first", None, &l).unwrap());
+        assert!(!kv.set_if_absent("a", "once", b"second", None, &l).unwrap());
+        assert_eq!(kv.get("a", "once").unwrap().as_deref(), Some(&b"first"[..]));
+        assert!(
+            kv.set_if_absent("a", "brief", b"old", Some(Duration::from_secs(1)), &l)
+                .unwrap()
+        );
         assert!(kv.get("a", "gone").unwrap().is_some());
         assert_eq!(
             kv.get_many("a", &["k1".into(), "nope".into()]).unwrap(),
@@ -492,6 +587,9 @@ mod tests {
         assert!(kv.set("b", "k2", b"b is unaffected", None, &l).is_ok());
         std::thread::sleep(Duration::from_millis(2100));
         assert!(kv.get("a", "gone").unwrap().is_none(), "expired");
+        // An expired value counts as absent.
+        assert!(kv.set_if_absent("a", "brief", b"new", None, &l).unwrap());
+        assert_eq!(kv.get("a", "brief").unwrap().as_deref(), Some(&b"new"[..]));
         assert_eq!(kv.purge_expired().unwrap(), 1);
     }
 
