@@ -49,8 +49,8 @@ pub trait KvStore: Send + Sync {
         ttl: Option<Duration>,
         limits: &KvLimits,
     ) -> Result<(), StoreError>;
-    /// Sets the key unless it holds a live value; true when it stored `value`. Atomic
-    /// in the stores here (one compare-and-swap in sled); this default is not.
+    /// Sets the key, atomically, unless it holds a live value (an expired one counts as
+    /// absent); true when it stored `value`.
     fn set_if_absent(
         &self,
         ns: &str,
@@ -58,13 +58,7 @@ pub trait KvStore: Send + Sync {
         value: &[u8],
         ttl: Option<Duration>,
         limits: &KvLimits,
-    ) -> Result<bool, StoreError> {
-        if self.get(ns, key)?.is_some() {
-            return Ok(false);
-        }
-        self.set(ns, key, value, ttl, limits)?;
-        Ok(true)
-    }
+    ) -> Result<bool, StoreError>;
     /// True when the key was there (and not expired).
     fn delete(&self, ns: &str, key: &str) -> Result<bool, StoreError>;
     /// Adds `delta` atomically; an absent or expired key counts as 0 and gets `ttl`.
@@ -390,6 +384,23 @@ impl MemoryKv {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Stores `new` at `k` (full key of `ns`) unless the namespace's total would pass its
+    /// quota.
+    fn put(
+        map: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+        ns: &str,
+        k: Vec<u8>,
+        new: Vec<u8>,
+        limits: &KvLimits,
+    ) -> Result<(), StoreError> {
+        let old = map.get(&k).map_or(0, |v| (k.len() + v.len()) as u64);
+        if Self::total(map, ns) - old + (k.len() + new.len()) as u64 > limits.max_total {
+            return Err(over_quota(ns, limits));
+        }
+        map.insert(k, new);
+        Ok(())
+    }
+
     fn total(map: &BTreeMap<Vec<u8>, Vec<u8>>, ns: &str) -> u64 {
         let base = full_key(ns, "");
         map.range(base.clone()..)
@@ -419,13 +430,7 @@ impl KvStore for MemoryKv {
         check_sizes(key, value.len(), limits)?;
         let k = full_key(ns, key);
         let new = encode(expiry(ttl), value);
-        let mut map = self.map();
-        let old = map.get(&k).map_or(0, |v| (k.len() + v.len()) as u64);
-        if Self::total(&map, ns) - old + (k.len() + new.len()) as u64 > limits.max_total {
-            return Err(over_quota(ns, limits));
-        }
-        map.insert(k, new);
-        Ok(())
+        Self::put(&mut self.map(), ns, k, new, limits)
     }
 
     fn set_if_absent(
@@ -440,15 +445,10 @@ impl KvStore for MemoryKv {
         let k = full_key(ns, key);
         let new = encode(expiry(ttl), value);
         let mut map = self.map();
-        let old = match map.get(&k) {
-            Some(v) if live(v, now_secs()).is_some() => return Ok(false),
-            Some(v) => (k.len() + v.len()) as u64,
-            None => 0,
-        };
-        if Self::total(&map, ns) - old + (k.len() + new.len()) as u64 > limits.max_total {
-            return Err(over_quota(ns, limits));
+        if map.get(&k).is_some_and(|v| live(v, now_secs()).is_some()) {
+            return Ok(false);
         }
-        map.insert(k, new);
+        Self::put(&mut map, ns, k, new, limits)?;
         Ok(true)
     }
 

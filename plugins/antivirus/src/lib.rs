@@ -20,6 +20,11 @@
 //! clamd unreachable, an `ERROR` answer (a size limit, say) or a broken connection make the
 //! call fail, so the policy's `on_error` decides; it never passes a message it could not scan
 //! as clean.
+//!
+//! clamd writes every stream, and the MIME parts it takes apart, to files in a fresh
+//! directory under its `TemporaryDirectory`: put that on a tmpfs. On the queue's busy ext4
+//! disk, creating them cost clamd 1.1–1.9 ms of CPU per 5 KB message under load, on a
+//! tmpfs 0.46 ms (bench/RESULTS.md, tenth session).
 
 use serde::Deserialize;
 use sluice_plugin_sdk::{Filter, Message, Outcome, Stage, Verdict, export_filter};

@@ -59,8 +59,8 @@ impl Config {
     }
 }
 
-/// The JSON body of an event (`docs/events.md`). Fields in alphabetical order (as the
-/// earlier `serde_json::Value` form wrote them), serialized straight from the event.
+/// What [`body`] serializes: fields in alphabetical order, as the earlier
+/// `serde_json::Value` form wrote them.
 #[derive(Serialize)]
 struct Body<'a> {
     attributes: BTreeMap<&'a str, &'a str>,
