@@ -81,6 +81,18 @@ pub trait KvStore: Send + Sync {
     fn purge_expired(&self) -> Result<usize, StoreError>;
 }
 
+/// The full key and the stored form (expiry, value) of an entry, after the size checks.
+fn stored(
+    ns: &str,
+    key: &str,
+    value: &[u8],
+    ttl: Option<Duration>,
+    limits: &KvLimits,
+) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    check_sizes(key, value.len(), limits)?;
+    Ok((full_key(ns, key), encode(expiry(ttl), value)))
+}
+
 fn check_sizes(key: &str, value_len: usize, limits: &KvLimits) -> Result<(), StoreError> {
     if key.len() > limits.max_key {
         return Err(StoreError::Quota(format!(
@@ -218,9 +230,7 @@ impl KvStore for SledKv {
         ttl: Option<Duration>,
         limits: &KvLimits,
     ) -> Result<(), StoreError> {
-        check_sizes(key, value.len(), limits)?;
-        let k = full_key(ns, key);
-        let new = encode(expiry(ttl), value);
+        let (k, new) = stored(ns, key, value, ttl, limits)?;
         let old_len = self.tree.get(&k)?.map_or(0, |v| v.len());
         let grow = (k.len() + new.len()) as i64
             - if old_len > 0 {
@@ -246,9 +256,7 @@ impl KvStore for SledKv {
         ttl: Option<Duration>,
         limits: &KvLimits,
     ) -> Result<bool, StoreError> {
-        check_sizes(key, value.len(), limits)?;
-        let k = full_key(ns, key);
-        let new = encode(expiry(ttl), value);
+        let (k, new) = stored(ns, key, value, ttl, limits)?;
         // What the key holds: read first only when a quota needs the size it frees.
         let mut current: Option<sled::IVec> = if limits.max_total == u64::MAX {
             None
@@ -427,9 +435,7 @@ impl KvStore for MemoryKv {
         ttl: Option<Duration>,
         limits: &KvLimits,
     ) -> Result<(), StoreError> {
-        check_sizes(key, value.len(), limits)?;
-        let k = full_key(ns, key);
-        let new = encode(expiry(ttl), value);
+        let (k, new) = stored(ns, key, value, ttl, limits)?;
         Self::put(&mut self.map(), ns, k, new, limits)
     }
 
@@ -441,9 +447,7 @@ impl KvStore for MemoryKv {
         ttl: Option<Duration>,
         limits: &KvLimits,
     ) -> Result<bool, StoreError> {
-        check_sizes(key, value.len(), limits)?;
-        let k = full_key(ns, key);
-        let new = encode(expiry(ttl), value);
+        let (k, new) = stored(ns, key, value, ttl, limits)?;
         let mut map = self.map();
         if map.get(&k).is_some_and(|v| live(v, now_secs()).is_some()) {
             return Ok(false);
