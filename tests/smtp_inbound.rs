@@ -231,8 +231,16 @@ fn bad_input_gets_clear_replies() {
 #[test]
 fn connection_limit_and_command_timeout() {
     let s = Sluice::configure("max_connections = 2\ncommand_timeout = \"1s\"", "").spawn();
-    let _a = Client::connect(s.mx_port);
-    let _b = Client::connect(s.mx_port);
+    // The start's readiness probe holds a slot until the server has seen it close.
+    let mut clients = Vec::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        clients.clear();
+        clients.extend(Client::try_connect(s.mx_port));
+        clients.extend(Client::try_connect(s.mx_port));
+        clients.len() == 2
+    }));
+    let _b = clients.pop().unwrap();
+    let _a = clients.pop().unwrap();
     let mut third = std::net::TcpStream::connect(("127.0.0.1", s.mx_port)).unwrap();
     let mut buf = String::new();
     third.read_to_string(&mut buf).unwrap();

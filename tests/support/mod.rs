@@ -282,6 +282,11 @@ pub struct Client {
 
 impl Client {
     pub fn connect(port: u16) -> Client {
+        Client::try_connect(port).unwrap_or_else(|greeting| panic!("greeting: {greeting}"))
+    }
+
+    /// A session, or the greeting when it is not `220`.
+    pub fn try_connect(port: u16) -> Result<Client, String> {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
@@ -289,8 +294,11 @@ impl Client {
         let reader = BufReader::new(stream.try_clone().unwrap());
         let mut c = Client { reader, stream };
         let greeting = c.read_reply();
-        assert!(greeting.starts_with("220 "), "greeting: {greeting}");
-        c
+        if greeting.starts_with("220 ") {
+            Ok(c)
+        } else {
+            Err(greeting)
+        }
     }
 
     /// Reads one reply, all lines joined with `\n`; empty when the server closed.
