@@ -38,11 +38,23 @@ pub struct MessageData {
 /// What was parsed of one message's bytes.
 #[derive(Default)]
 struct Parses {
-    parsed: OnceLock<Message<'static>>,
+    parsed: OnceLock<Parsed>,
     /// The top-level header block alone, for callers that read headers only (most steps,
     /// the archive's metadata) while nothing has parsed the whole message.
-    head: OnceLock<Message<'static>>,
+    head: OnceLock<Parsed>,
 }
+
+self_cell::self_cell!(
+    /// A parse that borrows from the bytes it was made of, which it keeps: mail-parser
+    /// leaves the headers and the bodies that need no decoding in them, and an owned copy
+    /// of the parse (`Message::into_owned`) copied them all (a 50 KB body for every
+    /// message a plugin reads the parts of).
+    struct Parsed {
+        owner: Arc<Vec<u8>>,
+        #[covariant]
+        dependent: Message,
+    }
+);
 
 impl MessageData {
     pub fn new(
@@ -79,27 +91,37 @@ impl MessageData {
     }
 
     /// The parsed message (parsed on first use).
-    pub fn parsed(&self) -> &Message<'static> {
+    pub fn parsed(&self) -> &Message<'_> {
         self.parses
             .parsed
-            .get_or_init(|| or_empty(parser().parse(self.raw.as_slice())))
+            .get_or_init(|| {
+                Parsed::new(self.raw.clone(), |raw| {
+                    or_empty(parser().parse(raw.as_slice()))
+                })
+            })
+            .borrow_dependent()
     }
 
     /// The message's top-level headers: from the full parse when something made it, else
     /// from a parse of the header block alone (the body is neither decoded nor copied).
-    pub fn head(&self) -> &Message<'static> {
+    pub fn head(&self) -> &Message<'_> {
         if let Some(m) = self.parses.parsed.get() {
-            return m;
+            return m.borrow_dependent();
         }
-        self.parses.head.get_or_init(|| {
-            let block = &self.raw[..sluice_core::envelope::header_end(&self.raw)];
-            or_empty(parser().parse_headers(block))
-        })
+        self.parses
+            .head
+            .get_or_init(|| {
+                Parsed::new(self.raw.clone(), |raw| {
+                    let block = &raw[..sluice_core::envelope::header_end(raw)];
+                    or_empty(parser().parse_headers(block))
+                })
+            })
+            .borrow_dependent()
     }
 
     /// The parsed message if something parsed it already.
-    pub fn parsed_if_ready(&self) -> Option<&Message<'static>> {
-        self.parses.parsed.get()
+    pub fn parsed_if_ready(&self) -> Option<&Message<'_>> {
+        self.parses.parsed.get().map(Parsed::borrow_dependent)
     }
 
     /// The `Message-ID` header without angle brackets.
@@ -226,10 +248,10 @@ impl MessageData {
     }
 }
 
-/// An owned parse, or an empty message with an empty root part when mail-parser found no
+/// The parse, or an empty message with an empty root part when mail-parser found no
 /// headers (its accessors index the root part: a bare default would panic in them).
-fn or_empty(m: Option<Message<'_>>) -> Message<'static> {
-    m.map(Message::into_owned).unwrap_or_else(|| {
+fn or_empty(m: Option<Message<'_>>) -> Message<'_> {
+    m.unwrap_or_else(|| {
         let mut m = Message::default();
         m.parts.push(mail_parser::MessagePart::default());
         m
