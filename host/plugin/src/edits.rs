@@ -220,14 +220,10 @@ fn clean(a: &str) -> String {
 
 /// Header block (without the blank line) and body (after it).
 fn split(raw: &[u8]) -> (&[u8], &[u8]) {
-    match memchr_find(raw, b"\r\n\r\n") {
+    match memchr::memmem::find(raw, b"\r\n\r\n") {
         Some(i) => (&raw[..i + 2], &raw[i + 4..]),
         None => (raw, &[]),
     }
-}
-
-fn memchr_find(h: &[u8], n: &[u8]) -> Option<usize> {
-    h.windows(n.len()).position(|w| w == n)
 }
 
 /// Header fields, each with its raw text (continuation lines included).
@@ -484,9 +480,8 @@ fn replace_parts(
     // and compare the whole tree (a full parse of a 50 KB HTML part, quoted-printable
     // decoding included, was 5% of the outbound relay's CPU).
     if written.iter().any(|&(start, end)| {
-        out[start..end]
-            .split(|&b| b == b'\n')
-            .any(|line| line.starts_with(b"--"))
+        let part = &out[start..end];
+        part.starts_with(b"--") || memchr::memmem::find(part, b"\n--").is_some()
     }) {
         return Err(EditError::Structure);
     }
@@ -554,8 +549,18 @@ fn fits_7bit(text: &str, delimiters: &[Vec<u8>]) -> bool {
 
 /// Appends `text` with CRLF line ends (for text [`fits_7bit`] accepted).
 fn write_7bit(text: &str, out: &mut Vec<u8>) {
+    let b = text.as_bytes();
+    // Every CR and every LF in a CRLF pair (a part's own text after an edit, usually): the
+    // text is its own result.
+    let crs = memchr::memchr_iter(b'\r', b).count();
+    if crs == memchr::memchr_iter(b'\n', b).count()
+        && crs == memchr::memmem::find_iter(b, b"\r\n").count()
+    {
+        out.extend_from_slice(b);
+        return;
+    }
     out.reserve(text.len() + text.len() / 32 + 2);
-    for (line, broken) in lines(text.as_bytes()) {
+    for (line, broken) in lines(b) {
         out.extend_from_slice(line);
         if broken {
             out.extend_from_slice(b"\r\n");
@@ -851,6 +856,25 @@ mod tests {
                 3,
                 "{text:?}"
             );
+        }
+    }
+
+    #[test]
+    fn seven_bit_text_gets_crlf_line_ends() {
+        for (text, want) in [
+            ("", ""),
+            ("one line", "one line"),
+            ("a\r\nb\r\n", "a\r\nb\r\n"),
+            ("a\nb\n", "a\r\nb\r\n"),
+            ("a\rb", "a\r\nb"),
+            ("a\r\nb\nc\rd\r\n", "a\r\nb\r\nc\r\nd\r\n"),
+            ("a\r\r\nb", "a\r\n\r\nb"),
+            ("a\n\r\nb", "a\r\n\r\nb"),
+            ("\n\r", "\r\n\r\n"),
+        ] {
+            let mut out = Vec::new();
+            write_7bit(text, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{text:?}");
         }
     }
 
