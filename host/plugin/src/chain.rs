@@ -686,13 +686,12 @@ impl WarmPool {
         // Host resources the guest left open (a socket, an HTTP request still running, a
         // stream) would outlive the call they were counted against: such an instance goes.
         // Not counted: the `request-options` that wasmtime-wasi-http 48's `handle` reads and
-        // never deletes (a leak of the host's, a few bytes each, gone with the instance).
-        let leftovers = w
-            .store
-            .data_mut()
-            .table
-            .iter_mut()
-            .any(|r| !r.is::<wasmtime_wasi_http::RequestOptions>());
+        // never deletes (a leak of the host's, a few bytes each, gone with the instance),
+        // and the `network` handle, a placeholder holding nothing that wasi-libc asks for
+        // once and keeps (every plugin that opened a socket was otherwise never reused).
+        let leftovers = w.store.data_mut().table.iter_mut().any(|r| {
+            !r.is::<wasmtime_wasi_http::RequestOptions>() && !r.is::<wasmtime_wasi::p2::Network>()
+        });
         if w.uses >= self.recycle_after || memory > allowed || leftovers {
             return;
         }

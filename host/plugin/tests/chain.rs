@@ -767,6 +767,31 @@ async fn a_plugin_that_declares_itself_reusable_runs_warm_unless_the_policy_says
 }
 
 #[tokio::test]
+async fn a_warm_instance_that_closed_its_sockets_is_reused_one_that_left_one_open_is_not() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    for (name, mode, want) in [("tcp-warm", "tcp", 1), ("tcp-kept", "tcp-keep", 3)] {
+        let (_d, p) = load(&step(
+            name,
+            HOSTILE,
+            &format!(
+                "instances = \"warm\"\n[pipeline.step.capabilities]\ntcp = [\"{target}\"]\n[pipeline.step.config]\nmode = \"{mode}\"\ntarget = \"{target}\"\n"
+            ),
+        ))
+        .await;
+        for _ in 0..3 {
+            let (_, msg, _) = data(&p).await;
+            assert!(header(&msg, "X-Tcp").is_some_and(|h| h == "connected" || h == "kept"));
+        }
+        let created = sluice_metrics::global()
+            .plugin_instances
+            .with_label_values(&["test", name])
+            .get();
+        assert_eq!(created, want, "{name}: {created} instances for 3 messages");
+    }
+}
+
+#[tokio::test]
 async fn warm_instances_are_reused_then_recycled() {
     let (_d, p) = load(&hostile(
         "state",

@@ -57,6 +57,7 @@ impl Filter for Hostile {
             "boundary",
             "header",
             "relay",
+            "tcp-keep",
             "tcp-flood",
             "http-flood",
         ];
@@ -95,6 +96,14 @@ impl Filter for Hostile {
             },
             "tcp" => match std::net::TcpStream::connect(&config().target) {
                 Ok(_) => Outcome::cont().add_header("X-Tcp", "connected"),
+                Err(e) => Outcome::cont().add_header("X-Tcp", &format!("refused: {e}")),
+            },
+            // A connection left open after the call.
+            "tcp-keep" => match std::net::TcpStream::connect(&config().target) {
+                Ok(s) => {
+                    std::mem::forget(s);
+                    Outcome::cont().add_header("X-Tcp", "kept")
+                }
                 Err(e) => Outcome::cont().add_header("X-Tcp", &format!("refused: {e}")),
             },
             "http" => match http_get(&config().target) {
