@@ -10,6 +10,11 @@ use support::clamd::{Clamd, EICAR, SIGNATURE};
 use support::{Client, Sluice, wait_until};
 
 fn start(clamd: &str, action: &str, on_error: &str, timeout_ms: u64) -> Sluice {
+    start_with(clamd, action, on_error, timeout_ms, "")
+}
+
+/// [`start`] with more lines of the step's config.
+fn start_with(clamd: &str, action: &str, on_error: &str, timeout_ms: u64, config: &str) -> Sluice {
     let s = Sluice::configure_with("policies = \"policy.toml\"", "", "");
     std::fs::write(
         s.dir.path().join("policy.toml"),
@@ -28,6 +33,7 @@ tcp = ["{clamd}"]
 [pipeline.step.config]
 clamd = "{clamd}"
 action = "{action}"
+{config}
 "#,
             ANTIVIRUS.path, ANTIVIRUS.sha256
         ),
@@ -105,6 +111,35 @@ fn eicar_is_caught_clean_mail_passes_and_a_stopped_clamd_gives_on_error() {
         &with_attachment("while down", "x"),
     );
     assert!(r.starts_with("451 4.3.0"), "{r}");
+}
+
+/// A message larger than one INSTREAM chunk goes in several, and the virus after the first
+/// chunk is still found; a clean one of the same size passes.
+#[test]
+fn a_message_in_many_chunks_is_scanned_whole() {
+    let clamd = Clamd::start();
+    let addr = format!("127.0.0.1:{}", clamd.port);
+    let s = start_with(&addr, "reject", "tempfail", 10_000, "chunk_bytes = 512");
+    let mut c = Client::connect(s.mx_port);
+    c.cmd("EHLO client.test");
+    let padded = |content: &str| {
+        with_attachment("chunks", content).replacen(
+            "see attached",
+            &"a line of text before the attachment, long enough to fill chunks\r\n".repeat(60),
+            1,
+        )
+    };
+    let eicar = padded(EICAR);
+    assert!(eicar.len() > 8 * 512, "{}", eicar.len());
+    let r = c.send_mail("a@example.com", &["bob@localhost"], &eicar);
+    assert!(r.starts_with("554 5.7.1") && r.contains(SIGNATURE), "{r}");
+    let r = c.send_mail("a@example.com", &["bob@localhost"], &padded("just a file"));
+    assert!(r.starts_with("250"), "{r}");
+    assert!(wait_until(Duration::from_secs(10), || s
+        .maildir("bob@localhost")
+        .len()
+        == 1));
+    assert!(s.maildir("bob@localhost")[0].contains("X-Virus-Scanned: clamd: clean"));
 }
 
 /// A clamd that accepts and never answers: the step's wall-clock limit ends the call and

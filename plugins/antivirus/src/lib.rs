@@ -77,20 +77,28 @@ fn parse(answer: &str) -> Result<Scan, String> {
 fn scan(c: &Config, message: &Message) -> Result<Scan, String> {
     let mut s = TcpStream::connect(&c.clamd).map_err(|e| format!("clamd {}: {e}", c.clamd))?;
     let io = |e: std::io::Error| format!("clamd {}: {e}", c.clamd);
-    s.write_all(b"zINSTREAM\0").map_err(io)?;
+    // The command, the chunks with their lengths and the end mark go out in as few writes
+    // as the chunk size allows: one for a message smaller than a chunk (separate small
+    // writes each cost a system call and a TCP segment).
     let size = message.size();
+    let mut out = Vec::with_capacity(size.min(u64::from(c.chunk_bytes)) as usize + 32);
+    out.extend_from_slice(b"zINSTREAM\0");
     let mut at = 0u64;
     while at < size {
         let chunk = message.bytes(at, c.chunk_bytes);
         if chunk.is_empty() {
             break;
         }
-        s.write_all(&(chunk.len() as u32).to_be_bytes())
-            .map_err(io)?;
-        s.write_all(&chunk).map_err(io)?;
+        out.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+        out.extend_from_slice(&chunk);
         at += chunk.len() as u64;
+        if out.len() >= c.chunk_bytes as usize {
+            s.write_all(&out).map_err(io)?;
+            out.clear();
+        }
     }
-    s.write_all(&0u32.to_be_bytes()).map_err(io)?;
+    out.extend_from_slice(&0u32.to_be_bytes());
+    s.write_all(&out).map_err(io)?;
     let mut answer = Vec::new();
     s.take(4096).read_to_end(&mut answer).map_err(io)?;
     parse(&String::from_utf8_lossy(&answer))
