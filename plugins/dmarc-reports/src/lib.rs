@@ -105,7 +105,7 @@ fn covered(domains: &[String], domain: &str) -> bool {
 }
 
 enum Stored {
-    New(sluice_dmarc::Stored),
+    New(Box<sluice_dmarc::Stored>),
     Duplicate(String),
 }
 
@@ -125,7 +125,7 @@ fn store(r: &Report, ttl: u64) -> Result<Stored, host::Error> {
     let value = serde_json::to_vec(&stored).expect("serialises");
     host::kv_set(&key, &value, Some(ttl))?;
     host::kv_set(&keys::index(&stored.id), key.as_bytes(), Some(ttl))?;
-    Ok(Stored::New(stored))
+    Ok(Stored::New(Box::new(stored)))
 }
 
 struct DmarcReports;
