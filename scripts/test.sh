@@ -8,6 +8,7 @@ scripts/setup.sh
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)
 cargo clippy --workspace --all-targets -- -D warnings
+(cd plugins && cargo clippy --workspace --all-targets -- -D warnings)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
