@@ -70,6 +70,10 @@ fn message() -> String {
 }
 
 fn send(s: &Sluice) -> String {
+    send_message(s, &message())
+}
+
+fn send_message(s: &Sluice, message: &str) -> String {
     let mut c = Client::connect(s.mx_port);
     c.cmd("EHLO mail.remote.test");
     let r = c.cmd("MAIL FROM:<alice@remote.test>");
@@ -77,7 +81,7 @@ fn send(s: &Sluice) -> String {
     let r = c.cmd("RCPT TO:<support@in.example.com>");
     assert!(r.starts_with("250"), "{r}");
     assert!(c.cmd("DATA").starts_with("354"));
-    c.send_raw(message().as_bytes());
+    c.send_raw(message.as_bytes());
     c.send_raw(b"\r\n.\r\n");
     let r = c.read_reply();
     c.cmd("QUIT");
@@ -160,6 +164,65 @@ fn the_endpoint_decides_the_reply_at_data() {
     let down = start(support::free_port(), "data", "json", false);
     let r = send(&down);
     assert!(r.starts_with("451 4.4.1"), "{r}");
+}
+
+/// An endpoint that answers `413` as soon as it has a request's head, then reads and drops
+/// the body (as a server that refuses large uploads does), closing after `requests`.
+fn early_refusal(port: u16, requests: usize) -> std::thread::JoinHandle<usize> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        let mut answered = 0;
+        for _ in 0..requests {
+            let (conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut writer = conn;
+            let mut length = 0;
+            loop {
+                let mut h = String::new();
+                reader.read_line(&mut h).unwrap();
+                if h.trim_end().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            let text = "Message too large for this mailbox";
+            write!(
+                writer,
+                "HTTP/1.1 413 Payload Too Large\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            )
+            .unwrap();
+            writer.flush().unwrap();
+            answered += 1;
+            // Drain what the client still sends, so that closing does not reset the answer.
+            let _ = std::io::copy(&mut reader.by_ref().take(length), &mut std::io::sink());
+        }
+        answered
+    })
+}
+
+#[test]
+fn an_endpoint_that_refuses_before_reading_the_body_decides_the_reply() {
+    let port = support::free_port();
+    let endpoint = early_refusal(port, 1);
+    let s = start(port, "data", "json", false);
+    // About 3 MB of JSON: far more than the connection takes before the answer comes.
+    let line = "All work and no play makes a dull message body, line after line.\r\n";
+    let big = message().replace("My order is late.", &line.repeat(40_000));
+    let r = send_message(&s, &big);
+    assert!(
+        r.starts_with("550 5.7.1 Message too large for this mailbox"),
+        "{r}\n{}",
+        s.log()
+    );
+    assert_eq!(endpoint.join().unwrap(), 1, "one request, not retried");
 }
 
 #[test]

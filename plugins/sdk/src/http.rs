@@ -72,9 +72,7 @@ pub fn post(
     excerpt: usize,
 ) -> Result<Response, String> {
     use wasi::http::outgoing_handler;
-    use wasi::http::types::{
-        Fields, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
-    };
+    use wasi::http::types::{Fields, Method, OutgoingRequest, RequestOptions, Scheme};
     let target = parse_url(url)?;
     let fields = Fields::new();
     for (name, value) in headers {
@@ -108,30 +106,28 @@ pub fn post(
     let _ = options.set_between_bytes_timeout(Some(ns));
     let response =
         outgoing_handler::handle(request, Some(options)).map_err(|e| format!("{e:?}"))?;
-    {
-        // As much per write as the host takes (`check-write`), not `blocking-write-and-
-        // flush`'s 4096 bytes: a 70 KB body was 18 host calls and 18 HTTP body frames.
-        let stream = outgoing.write().map_err(|_| "body stream")?;
-        let sending = |e| format!("sending the body: {e:?}");
-        let mut rest = body;
-        while !rest.is_empty() {
-            let n = stream.check_write().map_err(sending)? as usize;
-            if n == 0 {
-                stream.subscribe().block();
-                continue;
-            }
-            let (now, later) = rest.split_at(n.min(rest.len()));
-            stream.write(now).map_err(sending)?;
-            rest = later;
-        }
-        stream.blocking_flush().map_err(sending)?;
-    }
-    OutgoingBody::finish(outgoing, None).map_err(|e| format!("{e:?}"))?;
+    let sent = send(outgoing, body);
+    // Wait for the answer even when sending failed: an endpoint may answer (413, 401, ...)
+    // and close before it has read the body; once every byte is written, the request can
+    // complete before the flush returns (the stream then says "closed", and the answer is
+    // the endpoint's); and when the request failed, the response says why (refused, reset,
+    // timed out) where the body stream only says "closed".
     response.subscribe().block();
-    let incoming = match response.get() {
-        Some(Ok(Ok(r))) => r,
-        Some(Ok(Err(e))) => return Err(format!("{e:?}")),
-        Some(Err(())) | None => return Err("no response".into()),
+    let incoming = match (response.get(), sent) {
+        (Some(Ok(Ok(r))), Sent::All | Sent::Unfinished(_)) => r,
+        (Some(Ok(Ok(r))), Sent::Part(e)) if (200..300).contains(&r.status()) => {
+            return Err(format!(
+                "the endpoint answered {} before it had the whole body ({e})",
+                r.status()
+            ));
+        }
+        (Some(Ok(Ok(r))), Sent::Part(_)) => r,
+        (Some(Ok(Err(code))), Sent::All) => return Err(format!("{code:?}")),
+        (Some(Ok(Err(code))), Sent::Part(e) | Sent::Unfinished(e)) => {
+            return Err(format!("{e}: {code:?}"));
+        }
+        (Some(Err(())) | None, Sent::Part(e) | Sent::Unfinished(e)) => return Err(e),
+        (Some(Err(())) | None, Sent::All) => return Err("no response".into()),
     };
     let status = incoming.status();
     let mut read = Vec::new();
@@ -149,24 +145,48 @@ pub fn post(
     Ok(Response { status, body: read })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// How far [`send`] got.
+enum Sent {
+    /// Every byte written, the body finished.
+    All,
+    /// Every byte written; the flush or the finish failed.
+    Unfinished(String),
+    /// Not every byte was written.
+    Part(String),
+}
 
-    #[test]
-    fn urls() {
-        assert_eq!(
-            parse_url("https://hooks.example.com/a/b?c=1").unwrap(),
-            Target {
-                https: true,
-                authority: "hooks.example.com".into(),
-                path: "/a/b?c=1".into()
+/// Writes `body` to the request and finishes it; on an error the request is abandoned.
+fn send(outgoing: wasi::http::types::OutgoingBody, body: &[u8]) -> Sent {
+    use wasi::http::types::OutgoingBody;
+    {
+        let Ok(stream) = outgoing.write() else {
+            return Sent::Part("no body stream".into());
+        };
+        let sending = |e| format!("sending the body: {e:?}");
+        // As much per write as the host takes (`check-write`), not `blocking-write-and-
+        // flush`'s 4096 bytes: a 70 KB body was 18 host calls and 18 HTTP body frames.
+        let mut rest = body;
+        while !rest.is_empty() {
+            let n = match stream.check_write() {
+                Ok(n) => n as usize,
+                Err(e) => return Sent::Part(sending(e)),
+            };
+            if n == 0 {
+                stream.subscribe().block();
+                continue;
             }
-        );
-        assert_eq!(parse_url("http://127.0.0.1:8080").unwrap().path, "/");
-        assert_eq!(parse_url("http://h.example?x=1").unwrap().path, "/?x=1");
-        assert!(parse_url("ftp://x").is_err());
-        assert!(parse_url("http://user@x/").is_err());
-        assert!(parse_url("https:///x").is_err());
+            let (now, later) = rest.split_at(n.min(rest.len()));
+            if let Err(e) = stream.write(now) {
+                return Sent::Part(sending(e));
+            }
+            rest = later;
+        }
+        if let Err(e) = stream.blocking_flush() {
+            return Sent::Unfinished(sending(e));
+        }
+    }
+    match OutgoingBody::finish(outgoing, None) {
+        Ok(()) => Sent::All,
+        Err(e) => Sent::Unfinished(format!("finishing the body: {e:?}")),
     }
 }
