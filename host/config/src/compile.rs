@@ -95,6 +95,12 @@ impl Compiler<'_> {
         if f.hostname.trim().is_empty() || f.hostname.contains(char::is_whitespace) {
             self.problem("hostname".into(), "must be a host name without spaces");
         }
+        if f.queue_commit_interval > std::time::Duration::from_millis(100) {
+            self.problem(
+                "queue_commit_interval".into(),
+                "at most 100ms (it is added to the time to a 250 under load)",
+            );
+        }
         let local_domains = self.domains("local_domains", &f.local_domains);
         let relay_domains = self.domains("relay_domains", &f.relay_domains);
         for d in local_domains.intersection(&relay_domains) {
@@ -351,6 +357,7 @@ impl Compiler<'_> {
                 .unwrap_or_else(|| f.data_dir.join("users")),
             data_dir: f.data_dir,
             queue_min_free: f.queue_min_free,
+            queue_commit_interval: f.queue_commit_interval,
             local_domains,
             relay_domains,
             tls_cert,
@@ -596,7 +603,7 @@ mod tests {
     fn all_semantic_problems_reported_at_once() {
         let src = r#"
 hostname = "mx.example"
-
+queue_commit_interval = "1s"
 [[listener]]
 name = "a"
 bind = "nonsense"
@@ -624,6 +631,7 @@ via = "smarthost"
         assert_eq!(
             got,
             vec![
+                (3, "queue_commit_interval"),
                 (6, "listener[0].bind"),
                 (10, "listener[1].name"),
                 (12, "listener[1].role"),

@@ -12,6 +12,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Free bytes the queue keeps in reserve.
     pub queue_min_free: u64,
+    /// The least time between two group commits under concurrent writes.
+    pub queue_commit_interval: Duration,
     /// Lowercased.
     pub local_domains: HashSet<String>,
     /// Lowercased.

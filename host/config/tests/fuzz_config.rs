@@ -40,6 +40,7 @@ fn line() -> impl Strategy<Value = String> {
         "hostname",
         "data_dir",
         "queue_min_free",
+        "queue_commit_interval",
         "local_domains",
         "relay_domains",
         "policies",

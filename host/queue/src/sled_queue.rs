@@ -56,6 +56,8 @@ struct Flusher {
     poisoned: AtomicBool,
     /// Other stores synced before each flush.
     hooks: Hooks,
+    /// [`SledQueue::set_commit_interval`], in microseconds.
+    interval_us: Arc<AtomicU64>,
 }
 
 /// Why the store stopped taking writes.
@@ -123,6 +125,8 @@ struct Shared {
     room: Mutex<Option<(Instant, u64)>>,
     /// Synced at the start of every flush ([`Queue::add_commit_hook`]).
     hooks: Hooks,
+    /// [`SledQueue::set_commit_interval`], in microseconds.
+    interval_us: Arc<AtomicU64>,
 }
 
 type Hooks = Arc<Mutex<Vec<Arc<dyn sluice_core::durable::CommitHook>>>>;
@@ -148,6 +152,7 @@ impl Inner {
         dir: &Path,
         outbox: &crate::outbox::Outbox,
         hooks: Hooks,
+        interval_us: Arc<AtomicU64>,
     ) -> Result<Arc<Inner>, QueueError> {
         // No periodic flush of sled's own: it fsyncs with errors only logged, and a lost
         // fsync error is lost data. The flusher below runs at least every FLUSH_EVERY.
@@ -181,6 +186,7 @@ impl Inner {
             poison: Mutex::new(None),
             poisoned: AtomicBool::new(false),
             hooks,
+            interval_us,
         });
         // Live bodies per segment, counted as the records stream by.
         let mut live: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
@@ -294,7 +300,8 @@ impl SledQueue {
         sluice_core::durable::create_dir_all(dir).map_err(io)?;
         let outbox = crate::outbox::Outbox::new();
         let hooks: Hooks = Arc::default();
-        let inner = Inner::open(dir, &outbox, hooks.clone())?;
+        let interval_us = Arc::new(AtomicU64::new(0));
+        let inner = Inner::open(dir, &outbox, hooks.clone(), interval_us.clone())?;
         Ok(SledQueue {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
@@ -305,6 +312,7 @@ impl SledQueue {
                 min_free: AtomicU64::new(0),
                 room: Mutex::new(None),
                 hooks,
+                interval_us,
             }),
         })
     }
@@ -313,6 +321,15 @@ impl SledQueue {
     /// [`QueueError::NoSpace`] until space returns.
     pub fn set_min_free(&self, bytes: u64) {
         self.shared.min_free.store(bytes, Ordering::Relaxed);
+    }
+
+    /// While writers come faster than the disk syncs (the last group commit covered more
+    /// than one), starts group commits at least `interval` apart: writes arriving
+    /// meanwhile share one round of fsyncs. A lone writer never waits. Zero (the default)
+    /// starts each as soon as the last one ends.
+    pub fn set_commit_interval(&self, interval: Duration) {
+        let us = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
+        self.shared.interval_us.store(us, Ordering::Relaxed);
     }
 
     /// The open database, reopened first when a failure poisoned it.
@@ -366,6 +383,7 @@ impl SledQueue {
             &self.shared.dir,
             &self.shared.outbox,
             self.shared.hooks.clone(),
+            self.shared.interval_us.clone(),
         )
         .inspect_err(|e| {
             tracing::error!(error = %e, "cannot reopen the queue store; trying again later");
@@ -488,6 +506,8 @@ impl SledQueue {
 }
 
 fn flush_loop(inner: std::sync::Weak<Inner>, f: Arc<Flusher>) {
+    // When the last group commit started, and how many tickets it covered.
+    let (mut last_start, mut last_group) = (Instant::now(), 0);
     loop {
         let target = {
             let mut g = f.wake.lock().unwrap_or_else(|e| e.into_inner());
@@ -510,6 +530,16 @@ fn flush_loop(inner: std::sync::Weak<Inner>, f: Arc<Flusher>) {
         if f.stop.load(Ordering::SeqCst) {
             return;
         }
+        let interval = Duration::from_micros(f.interval_us.load(Ordering::Relaxed));
+        let since = last_start.elapsed();
+        if last_group > 1 && since < interval {
+            // Writers are concurrent: let more of them join this group.
+            std::thread::sleep(interval - since);
+        }
+        last_start = Instant::now();
+        // A ticket is taken after the write it covers: every write up to this one is done.
+        let target = target.max(f.requested.load(Ordering::SeqCst));
+        last_group = target - f.flushed.borrow().done;
         let Some(strong) = inner.upgrade() else {
             return;
         };
@@ -837,6 +867,35 @@ mod tests {
         let asked = f.requested.load(Ordering::SeqCst);
         q.sync_soon(Duration::from_millis(5)).await.unwrap();
         assert_eq!(f.requested.load(Ordering::SeqCst), asked + 1);
+    }
+
+    #[tokio::test]
+    async fn group_commits_are_spaced_only_while_writers_are_concurrent() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SledQueue::open(dir.path()).unwrap();
+        let interval = Duration::from_secs(1);
+        q.set_commit_interval(interval);
+        let f = q.inner().unwrap().flusher.clone();
+        // A lone writer: each commit covers one ticket, none waits for the interval.
+        let t = Instant::now();
+        for _ in 0..3 {
+            q.sync().await.unwrap();
+        }
+        assert!(t.elapsed() < interval, "{:?}", t.elapsed());
+        // Two writers in one commit (a ticket taken without waiting, then one that waits).
+        f.requested.fetch_add(1, Ordering::SeqCst);
+        q.sync().await.unwrap();
+        let t = Instant::now();
+        q.sync().await.unwrap();
+        assert!(
+            t.elapsed() >= interval * 9 / 10,
+            "the commit after a group waits: {:?}",
+            t.elapsed()
+        );
+        // That commit covered one writer: the next starts at once.
+        let t = Instant::now();
+        q.sync().await.unwrap();
+        assert!(t.elapsed() < interval * 9 / 10, "{:?}", t.elapsed());
     }
 
     #[tokio::test]

@@ -492,6 +492,7 @@ async fn serve(settings: Settings) -> Result<()> {
         )
     })?;
     queue.set_min_free(settings.queue_min_free);
+    queue.set_commit_interval(settings.queue_commit_interval);
     let outbox = queue.outbox();
     let history = if settings.delivery.event_history.is_zero() {
         None
