@@ -237,8 +237,7 @@ tcp = ["127.0.0.1:{clamd_port}"]
 clamd = "127.0.0.1:{clamd_port}"
 action = "reject"
 '''
-    with open(path, "w") as f:
-        f.write(f'''[[pipeline]]
+    text = f'''[[pipeline]]
 name = "inbound"
 listeners = ["mx"]
 
@@ -284,7 +283,16 @@ http = ["http://127.0.0.1:{hook_port}"]
 [pipeline.step.config]
 url = "http://127.0.0.1:{hook_port}/incoming"
 secret = "bench-forward-secret-0123456789"
-''')
+'''
+    # RELAY_BENCH_INBOUND_DROP=forward,archive: the chain without those steps, to see what
+    # each costs (the POST is then not the delivery: the message goes to the sink).
+    drop = [d for d in os.environ.get("RELAY_BENCH_INBOUND_DROP", "").split(",") if d]
+    if drop:
+        head, *steps = text.split("\n[[pipeline.step]]\n")
+        steps = [b for b in steps if not any(b.startswith(f'name = "{d}"') for d in drop)]
+        text = "\n[[pipeline.step]]\n".join([head] + steps)
+    with open(path, "w") as f:
+        f.write(text)
 
 
 class Dns:
@@ -958,7 +966,8 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
         expected = n * recipients + sent[0] if per_recipient else total
         # Inbound mail is delivered by its POST to the application's endpoint.
         inbound = kind.startswith("sluice+inbound")
-        count = (lambda: server.hooks.count) if inbound else sink.count
+        forwarding = "forward" not in os.environ.get("RELAY_BENCH_INBOUND_DROP", "").split(",")
+        count = (lambda: server.hooks.count) if inbound and forwarding else sink.count
         deadline = time.time() + 600
         while count() < expected and time.time() < deadline:
             time.sleep(0.02)
