@@ -155,6 +155,12 @@ fn plugin_steps_are_measured() {
         assert!(r.starts_with("250"), "{r}");
     }
     let m = get(http, "/metrics").1;
+    // Each accepted message waited for a group commit of the queue.
+    assert!(
+        sample(&m, "sluice_queue_commit_seconds_count") >= 1.0,
+        "{m}"
+    );
+    assert!(sample(&m, "sluice_queue_commit_writes_sum") >= 2.0, "{m}");
     assert!(
         sample(
             &m,

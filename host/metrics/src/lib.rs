@@ -50,6 +50,8 @@ pub struct Metrics {
     pub queue_scheduled: IntGauge,
     /// Delivery attempts running.
     pub queue_in_flight: IntGauge,
+    pub queue_commit_seconds: Histogram,
+    pub queue_commit_writes: Histogram,
     /// Messages in the queue by state, from a periodic scan.
     pub queue_messages: IntGaugeVec,
     /// Events put on the event bus.
@@ -175,7 +177,7 @@ impl Metrics {
                 &r,
                 "sluice_smtp_end_of_data_seconds",
                 "Time from the end of a client's message data to the reply (checks, policy, durable enqueue).",
-                fast,
+                fast.clone(),
             ),
             deliveries: counter(
                 &r,
@@ -195,6 +197,19 @@ impl Metrics {
                 "Messages waiting in the delivery schedule.",
             ),
             queue_in_flight: gauge(&r, "sluice_queue_in_flight", "Delivery attempts running."),
+            queue_commit_seconds: histogram(
+                &r,
+                "sluice_queue_commit_seconds",
+                "Time of one group commit of the queue: the fsyncs that make a group of \
+                 writes durable (a slow disk shows here first).",
+                fast,
+            ),
+            queue_commit_writes: histogram(
+                &r,
+                "sluice_queue_commit_writes",
+                "Writes waiting for durability (enqueues, updates) one group commit covered.",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            ),
             queue_messages: gauge_vec(
                 &r,
                 "sluice_queue_messages",
@@ -269,7 +284,7 @@ impl Metrics {
     /// The name of every metric declared, whether or not it has samples yet.
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let all: [&dyn Collector; 23] = [
+        let all: [&dyn Collector; 25] = [
             &self.smtp_connections,
             &self.smtp_replies,
             &self.smtp_commands,
@@ -287,6 +302,8 @@ impl Metrics {
             &self.delivery_latency_seconds,
             &self.queue_scheduled,
             &self.queue_in_flight,
+            &self.queue_commit_seconds,
+            &self.queue_commit_writes,
             &self.queue_messages,
             &self.events_published,
             &self.events_handled,

@@ -539,7 +539,7 @@ fn flush_loop(inner: std::sync::Weak<Inner>, f: Arc<Flusher>) {
         last_start = Instant::now();
         // A ticket is taken after the write it covers: every write up to this one is done.
         let target = target.max(f.requested.load(Ordering::SeqCst));
-        last_group = target - f.flushed.borrow().done;
+        last_group = target.saturating_sub(f.flushed.borrow().done);
         let Some(strong) = inner.upgrade() else {
             return;
         };
@@ -568,6 +568,12 @@ fn flush_loop(inner: std::sync::Weak<Inner>, f: Arc<Flusher>) {
         drop(strong);
         if let Err(e) = &result {
             f.poison(e);
+        }
+        if last_group > 0 {
+            let m = sluice_metrics::global();
+            m.queue_commit_seconds
+                .observe(last_start.elapsed().as_secs_f64());
+            m.queue_commit_writes.observe(last_group as f64);
         }
         f.flushed.send_modify(|s| {
             s.done = target;
