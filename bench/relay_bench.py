@@ -646,9 +646,20 @@ tls = "none"
             # How many instances each step created (fresh steps: one per call).
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5) as r:
+                    commits = {}
                     for line in r.read().decode().splitlines():
                         if line.startswith("sluice_plugin_instances_total{"):
                             print("  " + line, file=sys.stderr)
+                        m = re.match(r"sluice_queue_commit_(seconds|writes)_(sum|count) (\S+)", line)
+                        if m:
+                            commits[m.group(1) + m.group(2)] = float(m.group(3))
+                    # The queue's group commits: how many, writes per commit, time per commit.
+                    if commits.get("secondscount"):
+                        n = commits["secondscount"]
+                        print(f"  queue group commits: {n:.0f}, "
+                              f"{commits.get('writessum', 0) / n:.1f} writes and "
+                              f"{commits.get('secondssum', 0) / n * 1000:.2f} ms each",
+                              file=sys.stderr)
             except OSError as e:
                 print(f"  metrics: {e}", file=sys.stderr)
         self.proc.send_signal(signal.SIGTERM)
