@@ -20,7 +20,7 @@ pub struct ConfigFile {
     /// While writers come faster than the disk syncs, the least time between the starts
     /// of two of the queue's group commits: writes arriving meanwhile share one round of
     /// fsyncs, so each message costs fewer (more messages per second for up to this much
-    /// more time to a `250`). A lone writer never waits. `0s` turns it off; at most `100ms`.
+    /// more time to a `250`). Writers one at a time do not wait. `0s` turns it off; at most `100ms`.
     #[serde(with = "humantime_serde")]
     pub queue_commit_interval: Duration,
     /// Domains whose mail is accepted on `mx` listeners and delivered to Maildir.

@@ -50,7 +50,9 @@ pub struct Metrics {
     pub queue_scheduled: IntGauge,
     /// Delivery attempts running.
     pub queue_in_flight: IntGauge,
+    /// How long each of the queue's group commits took.
     pub queue_commit_seconds: Histogram,
+    /// Writes each group commit covered.
     pub queue_commit_writes: Histogram,
     /// Messages in the queue by state, from a periodic scan.
     pub queue_messages: IntGaugeVec,

@@ -106,7 +106,7 @@ pub fn post(
     let _ = options.set_between_bytes_timeout(Some(ns));
     let response =
         outgoing_handler::handle(request, Some(options)).map_err(|e| format!("{e:?}"))?;
-    let sent = send(outgoing, body);
+    let sent = send(outgoing, body, &response);
     // Wait for the answer even when sending failed: an endpoint may answer (413, 401, ...)
     // and close before it has read the body; once every byte is written, the request can
     // complete before the flush returns (the stream then says "closed", and the answer is
@@ -155,8 +155,14 @@ enum Sent {
     Part(String),
 }
 
-/// Writes `body` to the request and finishes it; on an error the request is abandoned.
-fn send(outgoing: wasi::http::types::OutgoingBody, body: &[u8]) -> Sent {
+/// Writes `body` to the request and finishes it; on an error, or when the endpoint answers
+/// while the body still waits for room (it may neither read nor close), the request is
+/// abandoned.
+fn send(
+    outgoing: wasi::http::types::OutgoingBody,
+    body: &[u8],
+    response: &wasi::http::types::FutureIncomingResponse,
+) -> Sent {
     use wasi::http::types::OutgoingBody;
     {
         let Ok(stream) = outgoing.write() else {
@@ -172,7 +178,12 @@ fn send(outgoing: wasi::http::types::OutgoingBody, body: &[u8]) -> Sent {
                 Err(e) => return Sent::Part(sending(e)),
             };
             if n == 0 {
-                stream.subscribe().block();
+                let (room, answer) = (stream.subscribe(), response.subscribe());
+                if wasi::io::poll::poll(&[&room, &answer]).contains(&1) {
+                    return Sent::Part(
+                        "the endpoint answered before it took the whole body".into(),
+                    );
+                }
                 continue;
             }
             let (now, later) = rest.split_at(n.min(rest.len()));
@@ -188,5 +199,27 @@ fn send(outgoing: wasi::http::types::OutgoingBody, body: &[u8]) -> Sent {
     match OutgoingBody::finish(outgoing, None) {
         Ok(()) => Sent::All,
         Err(e) => Sent::Unfinished(format!("finishing the body: {e:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("https://hooks.example.com/a/b?c=1").unwrap(),
+            Target {
+                https: true,
+                authority: "hooks.example.com".into(),
+                path: "/a/b?c=1".into()
+            }
+        );
+        assert_eq!(parse_url("http://127.0.0.1:8080").unwrap().path, "/");
+        assert_eq!(parse_url("http://h.example?x=1").unwrap().path, "/?x=1");
+        assert!(parse_url("ftp://x").is_err());
+        assert!(parse_url("http://user@x/").is_err());
+        assert!(parse_url("https:///x").is_err());
     }
 }
