@@ -214,6 +214,13 @@ ANTIVIRUS = plugin_path("antivirus")
 FORWARD = plugin_path("webhook_forward")
 
 
+def inbound_dropped():
+    """RELAY_BENCH_INBOUND_DROP=forward,archive: steps left out of the inbound chain, to see
+    what each costs (without `forward` the POST is not the delivery: the message goes to
+    the SMTP sink)."""
+    return [d for d in os.environ.get("RELAY_BENCH_INBOUND_DROP", "").split(",") if d]
+
+
 def inbound_policy(path, hook_port, clamd_port=None):
     """policies/inbound.toml's chain as it costs per message: allow/deny lists (entries that
     do not match, so every check runs), greylisting (the bench's triplets passed beforehand,
@@ -284,9 +291,7 @@ http = ["http://127.0.0.1:{hook_port}"]
 url = "http://127.0.0.1:{hook_port}/incoming"
 secret = "bench-forward-secret-0123456789"
 '''
-    # RELAY_BENCH_INBOUND_DROP=forward,archive: the chain without those steps, to see what
-    # each costs (the POST is then not the delivery: the message goes to the sink).
-    drop = [d for d in os.environ.get("RELAY_BENCH_INBOUND_DROP", "").split(",") if d]
+    drop = inbound_dropped()
     if drop:
         head, *steps = text.split("\n[[pipeline.step]]\n")
         steps = [b for b in steps if not any(b.startswith(f'name = "{d}"') for d in drop)]
@@ -977,7 +982,7 @@ def run_one(kind, workdir, size, n, sessions, binary, baseline=None, message_fil
         expected = n * recipients + sent[0] if per_recipient else total
         # Inbound mail is delivered by its POST to the application's endpoint.
         inbound = kind.startswith("sluice+inbound")
-        forwarding = "forward" not in os.environ.get("RELAY_BENCH_INBOUND_DROP", "").split(",")
+        forwarding = "forward" not in inbound_dropped()
         count = (lambda: server.hooks.count) if inbound and forwarding else sink.count
         deadline = time.time() + 600
         while count() < expected and time.time() < deadline:
